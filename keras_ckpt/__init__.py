@@ -1,0 +1,54 @@
+"""keras_ckpt: crash-safe checkpointing callbacks for Keras 3.
+
+The callbacks import Keras; the pure modules (``keras_ckpt.policies``, ``ranking``, ``naming``,
+``triggers``, ``records``, ``store``) do not, so the public names below load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0.dev0"
+
+_EXPORTS = {
+    "BestCheckpoint": "keras_ckpt.callbacks.best_checkpoint",
+    "CheckpointCorruptedError": "keras_ckpt.store",
+    "CheckpointRecord": "keras_ckpt.records",
+    "CheckpointStore": "keras_ckpt.store",
+    "ModelCheckpoint": "keras_ckpt.callbacks.model_checkpoint",
+    "best_checkpoint": "keras_ckpt.loading",
+    "list_checkpoints": "keras_ckpt.loading",
+    "load_best": "keras_ckpt.loading",
+}
+
+__all__ = [
+    "BestCheckpoint",
+    "CheckpointCorruptedError",
+    "CheckpointRecord",
+    "CheckpointStore",
+    "ModelCheckpoint",
+    "best_checkpoint",
+    "list_checkpoints",
+    "load_best",
+]
+
+if TYPE_CHECKING:
+    from keras_ckpt.callbacks.best_checkpoint import BestCheckpoint
+    from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
+    from keras_ckpt.loading import best_checkpoint, list_checkpoints, load_best
+    from keras_ckpt.records import CheckpointRecord
+    from keras_ckpt.store import CheckpointCorruptedError, CheckpointStore
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keras_ckpt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,124 @@
+"""What every saving callback shares: run identity, the global step, and one call into the store."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_ckpt import ranking
+from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
+from keras_ckpt.store import CheckpointStore
+
+
+def plain_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
+    """The scalar entries of ``logs`` as Python floats (tensors and arrays converted)."""
+    metrics = {}
+    for name, value in (logs or {}).items():
+        try:
+            array = np.asarray(keras.ops.convert_to_numpy(value))
+        except Exception:  # A non-numeric log entry is not a metric.
+            continue
+        if array.size == 1 and np.issubdtype(array.dtype, np.number):
+            metrics[name] = float(array.reshape(()))
+    return metrics
+
+
+def metric_direction(model: keras.Model | None, monitor: str) -> str | None:
+    """``"up"`` or ``"down"`` if one of the model's compiled metrics named like ``monitor`` says."""
+    name = monitor.removeprefix("val_")
+    for metric in _flat_metrics(getattr(model, "metrics", None) or []):
+        if metric.name == name and getattr(metric, "_direction", None) in ("up", "down"):
+            return metric._direction
+    return None
+
+
+def _flat_metrics(metrics: list[Any]) -> list[Any]:
+    flat = []
+    for metric in metrics:
+        inner = getattr(metric, "metrics", None)
+        if isinstance(inner, list) and inner and inner is not metrics:
+            flat.extend(_flat_metrics(inner))
+        else:
+            flat.append(metric)
+    return flat
+
+
+def resolve_mode_or_raise(callback_name: str, model: keras.Model | None, monitor: str, mode: str) -> str:
+    resolved = ranking.resolve_mode(monitor, mode, metric_direction(model, monitor))
+    if resolved is None:
+        raise ValueError(
+            f"{callback_name} callback received monitor={monitor}, but Keras isn't able to "
+            "automatically determine whether that metric should be maximized or minimized. "
+            "Pass `mode='max'` in order to monitor based on the highest metric value, or pass "
+            "`mode='min'` in order to use the lowest value."
+        )
+    return resolved
+
+
+class StoreCallback(keras.callbacks.Callback):
+    """Base of the saving callbacks: a thin adapter from ``fit``'s hooks to a CheckpointStore."""
+
+    def __init__(self, save_weights_only: bool):
+        super().__init__()
+        self.save_weights_only = save_weights_only
+        self._run = ""
+        self._start_iterations = 0
+
+    @property
+    def keeper(self) -> str:
+        """The name under which this callback keeps files in a shared directory."""
+        return type(self).__name__
+
+    def _begin_run(self) -> None:
+        self._run = uuid.uuid4().hex[:12]
+        self._start_iterations = self._iterations()
+
+    def _iterations(self) -> int:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            return 0
+        return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+    def _open_store(self, directory: str) -> CheckpointStore:
+        return CheckpointStore(directory, keras_version=keras.__version__)
+
+    def _write(self, path: str) -> None:
+        if self.save_weights_only:
+            self.model.save_weights(path, overwrite=True)
+        else:
+            self.model.save(path, overwrite=True)
+
+    def _commit(
+        self,
+        store: CheckpointStore,
+        filename: str,
+        *,
+        epoch: int,
+        batch: int | None,
+        metrics: Mapping[str, float],
+    ) -> CheckpointRecord:
+        """Saves the model now; ``epoch`` and ``batch`` are 0-based as ``fit`` passes them."""
+        return store.commit(
+            filename,
+            self._write,
+            epoch=epoch + 1,
+            batch=None if batch is None else batch + 1,
+            step=self._iterations() - self._start_iterations,
+            metrics=metrics,
+            kind=KIND_WEIGHTS if self.save_weights_only else KIND_MODEL,
+            run=self._run,
+            keeper=self.keeper,
+        )
+
+    def _own_records(self, store: CheckpointStore) -> list[CheckpointRecord]:
+        """This run's checkpoints that this callback keeps, oldest first."""
+        return [r for r in store.records() if r.run == self._run and self.keeper in r.kept_by]
+
+    @staticmethod
+    def _finite(value: float) -> bool:
+        return math.isfinite(value)

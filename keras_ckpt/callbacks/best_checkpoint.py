@@ -1,0 +1,227 @@
+"""``keras_ckpt.BestCheckpoint``: keep the top-k best models of a run, safely."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any
+
+from keras_ckpt import naming, ranking, validation
+from keras_ckpt.callbacks._base import StoreCallback, plain_metrics, resolve_mode_or_raise
+from keras_ckpt.policies import KeepBest
+from keras_ckpt.records import BEST_ALIAS, CheckpointRecord
+from keras_ckpt.store import CheckpointStore, check_directory_usable
+
+
+class BestCheckpoint(StoreCallback):
+    """Keeps the ``top_k`` best checkpoints of a training run by a monitored metric.
+
+    At the end of each epoch whose ``monitor`` value would rank among the ``top_k`` best of the
+    run, the model is saved (atomically, with a manifest entry); then checkpoints that fell out of
+    the top k are deleted, and ``best.keras`` (or ``best.weights.h5``) is pointed at the best one
+    by a hard link, which costs no second write.
+
+    An epoch without validation (``validation_freq > 1``) is skipped. A ``monitor`` that is not
+    in the logs although validation ran is an error listing the metrics that exist. A NaN or
+    infinite value is never saved.
+
+    A directory that already holds checkpoints from earlier runs keeps them: this run ranks only
+    its own checkpoints, never deletes or overwrites another run's files (a clashing name gets a
+    ``-v1`` suffix), and moves the ``best`` alias to its own best.
+
+    Args:
+        directory: Where the checkpoints go; created at the start of training.
+        monitor: The metric to rank by, e.g. ``"val_loss"`` or ``"val_accuracy"``.
+        mode: ``"min"``, ``"max"``, or ``"auto"`` (from the metric, as Keras infers it).
+        top_k: How many of the best checkpoints to keep.
+        min_delta: How much a value must beat the worst kept value (the best, with
+            ``top_k=1``) to count as better.
+        save_weights_only: Save ``.weights.h5`` files instead of whole ``.keras`` models.
+        filename: File name template with fields ``{epoch}`` (1-based), ``{step}`` and the
+            metrics of the epoch; the extension is added if missing. Defaults to
+            ``"epoch{epoch:03d}-<monitor>{<monitor>:.4f}"``.
+        verbose: 0 is silent; 1 prints a line per save or skip.
+
+    Raises:
+        ValueError: On any invalid argument, naming it.
+
+    Example:
+        >>> import keras_ckpt
+        >>> best = keras_ckpt.BestCheckpoint("runs/best", monitor="val_loss", top_k=3)
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        top_k: int = 1,
+        min_delta: float = 0.0,
+        save_weights_only: bool = False,
+        filename: str | None = None,
+        verbose: int = 0,
+    ):
+        super().__init__(save_weights_only=_bool("save_weights_only", save_weights_only))
+        self.directory = check_directory_usable(directory, "directory")
+        self.monitor = validation.non_empty_str("monitor", monitor)
+        self.mode = validation.one_of("mode", mode, ranking.MODES)
+        self.top_k = validation.positive_int("top_k", top_k)
+        self.min_delta = validation.non_negative_float("min_delta", min_delta)
+        self.verbose = validation.one_of("verbose", verbose, (0, 1))
+        template = naming.default_best_template(monitor) if filename is None else filename
+        validation.non_empty_str("filename", template)
+        if os.sep in template or (os.altsep and os.altsep in template):
+            raise ValueError(
+                "Argument `filename` must be a file name without directories. "
+                f"Received: filename={filename!r}"
+            )
+        self.filename = naming.with_extension(template, self.save_weights_only)
+        naming.template_fields(self.filename)
+        self._store: CheckpointStore | None = None
+        self._resolved_mode: str | None = None
+        self._restored_run: str | None = None
+        self._epochs_without_validation = 0
+
+    @property
+    def keeper(self) -> str:
+        return f"BestCheckpoint[{self.monitor}]"
+
+    # Hooks -------------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._store = self._open_store(self.directory)
+        self._begin_run()
+        if self._restored_run is not None:
+            self._run, self._restored_run = self._restored_run, None
+        self._resolved_mode = None
+        self._epochs_without_validation = 0
+        earlier = [r for r in self._store.records() if r.run != self._run]
+        if earlier and self.verbose:
+            print(
+                f"BestCheckpoint: {self.directory} holds {len(earlier)} checkpoint(s) of earlier "
+                "runs; they are kept and not ranked with this run's."
+            )
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        store = self._require_store()
+        metrics = plain_metrics(logs)
+        if self.monitor not in metrics:
+            self._handle_missing_monitor(epoch, metrics)
+            return
+        value = metrics[self.monitor]
+        if not math.isfinite(value):
+            warnings.warn(
+                f"BestCheckpoint: {self.monitor}={value} at epoch {epoch + 1} is not finite; "
+                "nothing saved.",
+                stacklevel=2,
+            )
+            return
+        mode = self._mode()
+        own = self._own_records(store)
+        if not ranking.enters_top_k(
+            [r.metrics[self.monitor] for r in own], value, self.top_k, mode, self.min_delta
+        ):
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: {self.monitor}={value:.5f} is not among the best.")
+            return
+        filename = self._filename(store, epoch, metrics, own)
+        record = self._commit(store, filename, epoch=epoch, batch=None, metrics=metrics)
+        own = self._own_records(store)
+        keep = KeepBest(self.top_k, self.monitor, mode).keep(own)
+        best = self._best_record(own)
+        if best is not None:
+            store.set_alias(BEST_ALIAS, best.filename)
+        store.release(self.keeper, [r.filename for r, kept in zip(own, keep) if not kept])
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: {self.monitor}={value:.5f}, saved {record.path}")
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._epochs_without_validation and not self._own_records(self._require_store()):
+            warnings.warn(
+                f"BestCheckpoint saved nothing: {self.monitor!r} never appeared in the logs of "
+                f"{self._epochs_without_validation} epoch(s) without validation. Pass "
+                "`validation_data` (or `validation_split`) to `fit`.",
+                stacklevel=2,
+            )
+
+    # Results -----------------------------------------------------------------------------
+
+    @property
+    def best_path(self) -> str | None:
+        """Path of the best checkpoint this run kept, or ``None``."""
+        best = self._best_record(self._own_records(self._require_store())) if self._store else None
+        return None if best is None else best.path
+
+    @property
+    def best_value(self) -> float | None:
+        """The monitored value of ``best_path``, or ``None``."""
+        best = self._best_record(self._own_records(self._require_store())) if self._store else None
+        return None if best is None else best.metrics[self.monitor]
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue this run's top-k (kept in the manifest)."""
+        return {"run": self._run}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues the run ``state`` describes from the next ``on_train_begin``."""
+        self._restored_run = state.get("run") or None
+
+    # Internals ---------------------------------------------------------------------------
+
+    def _require_store(self) -> CheckpointStore:
+        if self._store is None:
+            raise RuntimeError("BestCheckpoint is used before on_train_begin.")
+        return self._store
+
+    def _mode(self) -> str:
+        if self._resolved_mode is None:
+            self._resolved_mode = resolve_mode_or_raise(
+                "BestCheckpoint", self.model, self.monitor, self.mode
+            )
+        return self._resolved_mode
+
+    def _best_record(self, records: list[CheckpointRecord]) -> CheckpointRecord | None:
+        if not records:
+            return None
+        order = ranking.ranked([r.metrics[self.monitor] for r in records], self._mode())
+        return records[order[0]]
+
+    def _handle_missing_monitor(self, epoch: int, metrics: dict[str, float]) -> None:
+        validated = any(name.startswith("val_") for name in metrics)
+        if self.monitor.startswith("val_") and not validated:
+            self._epochs_without_validation += 1
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: no validation this epoch; nothing to rank.")
+            return
+        raise ValueError(
+            f"BestCheckpoint: argument `monitor` names a metric that epoch {epoch + 1} did not "
+            f"produce. Received: monitor={self.monitor!r}. Metrics available: {sorted(metrics)}"
+        )
+
+    def _filename(
+        self,
+        store: CheckpointStore,
+        epoch: int,
+        metrics: dict[str, float],
+        own: list[CheckpointRecord],
+    ) -> str:
+        values = {**metrics, "epoch": epoch + 1, "step": self._iterations() - self._start_iterations}
+        try:
+            filename = naming.format_filename(self.filename, values)
+        except KeyError:
+            unknown = [f for f in naming.template_fields(self.filename) if f not in values]
+            raise ValueError(
+                f"Argument `filename` uses field(s) {unknown} that epoch {epoch + 1} does not "
+                f"provide. Received: filename={self.filename!r}. Fields available: "
+                f"{sorted(values)}"
+            ) from None
+        # Replacing this run's own file is fine; anything else in the directory is not ours.
+        taken = set(os.listdir(store.directory)) - {r.filename for r in own}
+        return naming.next_free_name(filename, taken)
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"Argument `{name}` must be True or False. Received: {name}={value!r}")
+    return value

@@ -1,0 +1,301 @@
+"""``keras_ckpt.ModelCheckpoint``: Keras's ModelCheckpoint, crash-safe, with a manifest and top-k."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_ckpt import naming, ranking, validation
+from keras_ckpt.callbacks._base import StoreCallback, plain_metrics, resolve_mode_or_raise
+from keras_ckpt.policies import KeepBest
+from keras_ckpt.records import CheckpointRecord
+from keras_ckpt.store import CheckpointStore
+from keras_ckpt.triggers import EveryNBatches
+
+
+class ModelCheckpoint(StoreCallback):
+    """Saves the model or its weights during ``fit``; a drop-in for Keras's ModelCheckpoint.
+
+    Takes every argument of ``keras.callbacks.ModelCheckpoint`` with the same defaults and
+    meaning, and adds:
+
+    - Atomic saves: a checkpoint is written under a temporary name and renamed into place, so a
+      crash or a failed save never leaves a half-written file where a good one was.
+    - A manifest (``keras_ckpt.json``) in the target directory recording epoch, step, metrics,
+      size and SHA-256 of every file (see ``keras_ckpt.list_checkpoints``).
+    - ``save_top_k``: keep the k best files by ``monitor``; a new file commits before a worse one
+      is deleted.
+    - ``best_path`` and ``best_value``.
+
+    Where Keras 3.15 misbehaves this class does not (each listed in the README): an integer
+    ``save_freq`` works with ``save_best_only``; an epoch without the monitored metric does not
+    overwrite the best file once one exists; ``save_freq`` must be ``"epoch"`` or a positive int;
+    the best value restarts with every ``fit`` call; NaN is never "best".
+
+    Args:
+        filepath: Path template of the files, e.g. ``"ckpt/{epoch:02d}-{val_loss:.2f}.keras"``;
+            filled from ``epoch`` (1-based), ``batch`` and the logs. Must end in ``.weights.h5``
+            when ``save_weights_only=True``, else in ``.keras`` (or legacy ``.h5``).
+        monitor: The metric compared for ``save_best_only`` and ``save_top_k``.
+        verbose: 0 is silent; 1 prints a line when the callback acts.
+        save_best_only: Save only when ``monitor`` improves on the best so far.
+        save_weights_only: Save ``model.save_weights`` files instead of whole models.
+        mode: ``"auto"``, ``"min"`` or ``"max"``. An unknown mode warns and falls back to auto,
+            as in Keras.
+        save_freq: ``"epoch"``, or a positive number of batches between saves.
+        initial_value_threshold: A value the monitored metric must beat before anything is saved
+            under ``save_best_only`` or ``save_top_k``.
+        save_top_k: If set, keep only the ``save_top_k`` best files by ``monitor``; the template
+            must then name a field (``{epoch}``, a metric, ...) so that files differ.
+
+    Raises:
+        ValueError: On a bad ``save_freq``, ``save_top_k`` or ``initial_value_threshold``, or a
+            ``filepath`` extension that does not match ``save_weights_only``.
+
+    Example:
+        >>> import keras_ckpt
+        >>> checkpoint = keras_ckpt.ModelCheckpoint(
+        ...     "ckpt/{epoch:02d}.keras", monitor="val_loss", save_top_k=3)
+    """
+
+    def __init__(
+        self,
+        filepath: str | os.PathLike[str],
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        save_freq: str | int = "epoch",
+        initial_value_threshold: float | None = None,
+        save_top_k: int | None = None,
+    ):
+        super().__init__(save_weights_only=save_weights_only)
+        if mode not in ranking.MODES:
+            # Keras warns and falls back here; a drop-in keeps that reaction.
+            warnings.warn(
+                f"{type(self).__name__} mode '{mode}' is unknown, fallback to auto mode.",
+                stacklevel=2,
+            )
+            mode = "auto"
+        self.filepath = os.fspath(filepath)
+        self.monitor = monitor
+        self.mode = mode
+        self.verbose = verbose
+        self.save_best_only = save_best_only
+        self.save_freq = save_freq
+        self.initial_value_threshold = validation.optional_float(
+            "initial_value_threshold", initial_value_threshold
+        )
+        self.save_top_k = None if save_top_k is None else validation.positive_int(
+            "save_top_k", save_top_k
+        )
+        if save_freq != "epoch" and (
+            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
+        ):
+            raise ValueError(
+                f"Unrecognized save_freq: {save_freq!r}. Argument `save_freq` must be 'epoch' or "
+                f"a positive integer number of batches. Received: save_freq={save_freq!r}"
+            )
+        self._check_extension()
+        fields = naming.template_fields(self.filepath)
+        if self.save_top_k is not None and self.save_top_k > 1 and not fields:
+            raise ValueError(
+                "Argument `filepath` must contain a field such as {epoch} when `save_top_k` > 1, "
+                f"or every save would overwrite the last. Received: filepath={self.filepath!r}"
+            )
+        self.best = self.initial_value_threshold
+        self._batch_trigger = EveryNBatches(save_freq) if save_freq != "epoch" else None
+        if self._batch_trigger is not None:
+            # Only a batch-frequency checkpoint needs the batch hook. Defining it on the class
+            # would make Keras turn off asynchronous dispatch for every user (see KERAS_NOTES).
+            self.on_train_batch_end = self._on_train_batch_end_saving
+        self._current_epoch = 0
+        self._resolved_mode: str | None = None
+        self._directories: set[str] = set()
+        self._has_saved = False
+        self._warned_replaced: set[str] = set()
+
+    def _check_extension(self) -> None:
+        if self.save_weights_only:
+            if not self.filepath.endswith(".weights.h5"):
+                raise ValueError(
+                    "When using `save_weights_only=True` in `ModelCheckpoint`, the filepath "
+                    "provided must end in `.weights.h5` (Keras weights format). Received: "
+                    f"filepath={self.filepath}"
+                )
+        elif not self.filepath.endswith((".keras", ".h5")):
+            raise ValueError(
+                "The filepath provided must end in `.keras` (Keras model format). Received: "
+                f"filepath={self.filepath}"
+            )
+
+    # Hooks -------------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._begin_run()
+        self.best = self.initial_value_threshold
+        if self._batch_trigger is not None:
+            self._batch_trigger.reset()
+        self._resolved_mode = None
+        self._has_saved = False
+        self._warned_replaced = set()
+        self._directories = set()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._current_epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.save_freq == "epoch":
+            self._save_model(epoch, None, logs or {})
+
+    def _on_train_batch_end_saving(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        assert self._batch_trigger is not None
+        if self._batch_trigger.observe(batch):
+            self._save_model(self._current_epoch, batch, logs or {})
+
+    # Results -----------------------------------------------------------------------------
+
+    @property
+    def best_value(self) -> float | None:
+        """The best monitored value among the files this run has on disk (``None`` if none)."""
+        best = self._best_record()
+        return None if best is None else best.metrics[self.monitor]
+
+    @property
+    def best_path(self) -> str | None:
+        """The file holding ``best_value``."""
+        best = self._best_record()
+        return None if best is None else best.path
+
+    def _best_record(self) -> CheckpointRecord | None:
+        mode = self._mode_if_known()
+        if mode is None:
+            return None
+        candidates = [
+            record
+            for directory in sorted(self._directories)
+            for record in self._own_records(CheckpointStore(directory))
+            if math.isfinite(record.metrics.get(self.monitor, math.nan))
+        ]
+        if not candidates:
+            return None
+        order = ranking.ranked([r.metrics[self.monitor] for r in candidates], mode)
+        return candidates[order[0]]
+
+    # Saving ------------------------------------------------------------------------------
+
+    def _save_model(self, epoch: int, batch: int | None, logs: dict[str, Any]) -> None:
+        filepath = self._format_path(epoch, batch, logs)
+        metrics = plain_metrics(logs)
+        directory, filename = os.path.split(os.path.abspath(filepath))
+        if not filename:
+            raise OSError(
+                "Please specify a non-directory filepath for ModelCheckpoint. "
+                f"Filepath used is an existing directory: {filepath}"
+            )
+        store = self._open_store(directory)
+        self._directories.add(store.directory)
+        if not self._should_save(epoch, logs, metrics, filepath, store):
+            return
+        if os.path.isdir(store.path(filename)):
+            raise OSError(
+                "Please specify a non-directory filepath for ModelCheckpoint. "
+                f"Filepath used is an existing directory: {filepath}"
+            )
+        self._warn_if_replacing_earlier_file(store, filename)
+        self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics)
+        self._has_saved = True
+        if self.save_top_k is not None:
+            own = self._own_records(store)
+            keep = KeepBest(self.save_top_k, self.monitor, self._mode()).keep(own)
+            store.release(self.keeper, [r.filename for r, kept in zip(own, keep) if not kept])
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
+
+    def _format_path(self, epoch: int, batch: int | None, logs: dict[str, Any]) -> str:
+        values = {**logs, "epoch": epoch + 1}
+        if batch is not None and "batch" not in logs:
+            values["batch"] = batch + 1
+        return naming.format_filename(self.filepath, values)
+
+    def _should_save(
+        self,
+        epoch: int,
+        logs: dict[str, Any],
+        metrics: dict[str, float],
+        filepath: str,
+        store: CheckpointStore,
+    ) -> bool:
+        if not (self.save_best_only or self.save_top_k is not None):
+            if self.verbose > 0:
+                print(f"\nEpoch {epoch + 1}: saving model to {filepath}")
+            return True
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(f"Can save best model only with {self.monitor} available.", stacklevel=3)
+            # Keras saves anyway; that lets an unvalidated epoch replace the best file. Save
+            # only while this run has nothing saved, which keeps Keras's first-epoch behaviour.
+            return not self._has_saved
+        if np.ndim(keras.ops.convert_to_numpy(current)) > 0:
+            warnings.warn(
+                "Can save best model only when `monitor` is a scalar value. "
+                f"Received: {current}. Falling back to `save_best_only=False`.",
+                stacklevel=3,
+            )
+            return True
+        value = metrics[self.monitor]
+        mode = self._mode()
+        new_best = ranking.is_improvement(value, self.best, mode)
+        if self.save_top_k is None:
+            improved = new_best
+        else:
+            kept = [r.metrics.get(self.monitor, math.nan) for r in self._own_records(store)]
+            improved = ranking.enters_top_k(kept, value, self.save_top_k, mode) and (
+                ranking.is_improvement(value, self.initial_value_threshold, mode)
+            )
+        if self.verbose > 0:
+            best_text = "None" if self.best is None else f"{self.best:.5f}"
+            if improved:
+                print(
+                    f"\nEpoch {epoch + 1}: {self.monitor} improved from {best_text} to "
+                    f"{value:.5f}, saving model to {filepath}"
+                )
+            else:
+                print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best_text}")
+        if new_best:
+            self.best = value
+        return improved
+
+    def _mode(self) -> str:
+        if self._resolved_mode is None:
+            self._resolved_mode = resolve_mode_or_raise(
+                type(self).__name__, self.model, self.monitor, self.mode
+            )
+        return self._resolved_mode
+
+    def _mode_if_known(self) -> str | None:
+        try:
+            return self._mode()
+        except ValueError:
+            return None
+
+    def _warn_if_replacing_earlier_file(self, store: CheckpointStore, filename: str) -> None:
+        path = store.path(filename)
+        if path in self._warned_replaced or not os.path.exists(path):
+            return
+        record = store.manifest().find(filename)
+        if record is not None and record.run == self._run:
+            return
+        self._warned_replaced.add(path)
+        warnings.warn(
+            f"ModelCheckpoint is replacing {path}, which an earlier run wrote (as Keras's "
+            "ModelCheckpoint would). Put {epoch} in `filepath`, or use a new directory, to keep "
+            "both.",
+            stacklevel=4,
+        )

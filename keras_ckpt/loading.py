@@ -1,0 +1,87 @@
+"""Reading a checkpoint directory back: list what it holds, load the best."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, CheckpointRecord
+from keras_ckpt.store import read_manifest, verify
+
+if TYPE_CHECKING:
+    import keras
+
+
+def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointRecord]:
+    """The committed checkpoints in ``directory``, oldest first.
+
+    Each record has ``path``, ``epoch`` (1-based), ``step``, ``metrics``, ``time``, ``size``,
+    ``sha256``, ``keras_version``, ``kind`` (``"model"`` or ``"weights"``) and ``run``. Files that
+    a crash left uncommitted are not listed.
+
+    Raises:
+        FileNotFoundError: If ``directory`` does not exist.
+    """
+    path = os.path.abspath(os.fspath(directory))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"No checkpoint directory at {path}.")
+    return read_manifest(path).records
+
+
+def best_checkpoint(directory: str | os.PathLike[str]) -> CheckpointRecord:
+    """The record the directory's ``best`` alias points at.
+
+    Raises:
+        FileNotFoundError: If the directory has no best checkpoint.
+    """
+    path = os.path.abspath(os.fspath(directory))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"No checkpoint directory at {path}.")
+    manifest = read_manifest(path)
+    target = manifest.aliases.get(BEST_ALIAS)
+    record = None if target is None else manifest.find(target)
+    if record is None:
+        raise FileNotFoundError(f"{path} has no best checkpoint (no BestCheckpoint saved there).")
+    return record
+
+
+def load_best(
+    directory: str | os.PathLike[str], model: keras.Model | None = None, *, verify_checksum: bool = True
+) -> keras.Model:
+    """Loads the best checkpoint of ``directory``.
+
+    Args:
+        directory: A directory written by ``BestCheckpoint``.
+        model: If given, the best weights are loaded into it (and it is returned); needed when
+            the checkpoints hold weights only. A compiled model gets its optimizer state too.
+        verify_checksum: Check the file against the SHA-256 in the manifest before loading.
+
+    Returns:
+        The loaded model.
+
+    Raises:
+        FileNotFoundError: If the directory has no best checkpoint.
+        keras_ckpt.CheckpointCorruptedError: If the file does not match its manifest entry.
+        ValueError: If the best checkpoint holds weights only and no ``model`` is given.
+
+    Example:
+        >>> model = keras_ckpt.load_best("runs/demo")  # doctest: +SKIP
+    """
+    import keras
+
+    record = best_checkpoint(directory)
+    if verify_checksum:
+        verify(record)
+    if model is None:
+        if record.kind == KIND_WEIGHTS:
+            raise ValueError(
+                f"The best checkpoint {record.path} holds weights only; pass the model to load "
+                "them into: load_best(directory, model=model)."
+            )
+        return keras.saving.load_model(record.path)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built and model.built:
+        # Without this Keras skips the optimizer's saved state ("Skipping variable loading").
+        optimizer.build(model.trainable_variables)
+    model.load_weights(record.path)
+    return model

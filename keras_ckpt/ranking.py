@@ -1,0 +1,94 @@
+"""Is a monitored value an improvement, and which values are the best k. Pure: no Keras import."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+MODES = ("auto", "min", "max")
+
+
+def resolve_mode(monitor: str, mode: str, direction: str | None = None) -> str | None:
+    """Turns ``mode`` into ``"min"`` or ``"max"``, as Keras's callbacks do for ``"auto"``.
+
+    Args:
+        monitor: The monitored metric, e.g. ``"val_loss"``.
+        mode: ``"auto"``, ``"min"`` or ``"max"``.
+        direction: The metric's own direction (``"up"`` or ``"down"``, Keras metrics carry it as
+            ``_direction``), when known.
+
+    Returns:
+        ``"min"`` or ``"max"``; ``None`` when ``mode="auto"`` and nothing tells the direction.
+
+    Example:
+        >>> resolve_mode("val_loss", "auto")
+        'min'
+        >>> resolve_mode("val_accuracy", "auto", direction="up")
+        'max'
+    """
+    if mode in ("min", "max"):
+        return mode
+    if monitor.removeprefix("val_") == "loss":
+        return "min"
+    if direction == "up":
+        return "max"
+    if direction == "down":
+        return "min"
+    return None
+
+
+def is_improvement(
+    current: float, reference: float | None, mode: str, min_delta: float = 0.0
+) -> bool:
+    """Whether ``current`` beats ``reference`` by more than ``min_delta`` in direction ``mode``.
+
+    NaN is never an improvement and never a reference worth keeping; ``reference=None`` means
+    nothing has been seen yet.
+
+    Example:
+        >>> is_improvement(0.5, 0.6, "min")
+        True
+        >>> is_improvement(0.59, 0.6, "min", min_delta=0.05)
+        False
+        >>> is_improvement(float("nan"), None, "min")
+        False
+    """
+    if math.isnan(current):
+        return False
+    if reference is None or math.isnan(reference):
+        return True
+    if mode == "min":
+        return current < reference - abs(min_delta)
+    return current > reference + abs(min_delta)
+
+
+def ranked(values: Sequence[float], mode: str) -> list[int]:
+    """Indices of ``values`` from best to worst; NaN last, ties broken by position (older first)."""
+    sign = 1.0 if mode == "min" else -1.0
+    return sorted(
+        range(len(values)),
+        key=lambda i: (math.isnan(values[i]), sign * values[i] if not math.isnan(values[i]) else 0.0, i),
+    )
+
+
+def enters_top_k(
+    kept: Sequence[float], candidate: float, k: int, mode: str, min_delta: float = 0.0
+) -> bool:
+    """Whether ``candidate`` earns a place among the ``k`` best, given the values kept so far.
+
+    With fewer than ``k`` kept, any finite value enters; otherwise it must improve on the worst
+    kept value by more than ``min_delta``. With ``k=1`` this is the classic "new best" test.
+
+    Example:
+        >>> enters_top_k([0.3, 0.5], 0.4, k=2, mode="min")
+        True
+        >>> enters_top_k([0.3, 0.5], 0.6, k=2, mode="min")
+        False
+    """
+    if not math.isfinite(candidate):
+        return False
+    if len(kept) < k:
+        return True
+    order = ranked(kept, mode)
+    worst_kept = kept[order[k - 1]]
+    return is_improvement(candidate, worst_kept, mode, min_delta)

@@ -1,0 +1,380 @@
+"""The checkpoint store: the one engine under every saving callback. No Keras import.
+
+A store is a directory of checkpoint files plus ``keras_ckpt.json``, the manifest. Every change
+goes through a write-ahead step so that a process killed at any instant leaves the directory as it
+was before the change or as it is after it:
+
+1. The checkpoint is written under a temporary name (``.keras_ckpt-tmp-*``) in the same directory,
+   flushed and fsynced while its SHA-256 is computed.
+2. The manifest is replaced (temporary file, fsync, ``os.replace``) with the commit marked
+   *pending*.
+3. The temporary file is renamed over the final name (``os.replace``) and the directory fsynced.
+4. The manifest is replaced again with the new record and no pending commit.
+
+Opening a directory finishes or undoes what a killed process left: a pending commit whose
+temporary file still exists is undone (the old file, if any, is untouched); one whose rename
+happened and whose file matches the recorded checksum is completed. Leftover temporary files
+are removed. Readers (``list_checkpoints``) see only what the manifest lists.
+
+Deletion is recorded the same way: the manifest drops the records and lists the files as
+*trash* before they are unlinked.
+
+The saving itself is a callable ``write(path)`` supplied by the caller, so the store knows
+nothing of Keras; an asynchronous writer or a "chief process only" rule wraps this class rather
+than changing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+
+from keras_ckpt.records import MANIFEST_NAME, CheckpointRecord, Manifest
+
+TEMP_PREFIX = ".keras_ckpt-tmp-"
+_HASH_CHUNK = 1 << 20
+
+_locks_guard = threading.Lock()
+_directory_locks: dict[str, threading.RLock] = {}
+
+
+def _directory_lock(directory: str) -> threading.RLock:
+    with _locks_guard:
+        return _directory_locks.setdefault(directory, threading.RLock())
+
+
+class CheckpointCorruptedError(ValueError):
+    """A checkpoint file does not match the size or SHA-256 its manifest recorded."""
+
+
+def check_directory_usable(directory: str | os.PathLike[str], argument: str) -> str:
+    """Checks, without creating anything, that ``directory`` can hold checkpoints.
+
+    Returns the absolute path. Raises ``ValueError`` naming ``argument`` when the path is a file,
+    or when the nearest existing parent is not a writable directory.
+    """
+    path = os.path.abspath(os.fspath(directory))
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise ValueError(
+            f"Argument `{argument}` must be a directory (or a path where one can be created), "
+            f"but {probe!r} is a file. Received: {argument}={os.fspath(directory)!r}"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"Argument `{argument}` must be writable, but {probe!r} is not. "
+            f"Received: {argument}={os.fspath(directory)!r}"
+        )
+    return path
+
+
+def _fsync_directory(directory: str) -> None:
+    if not hasattr(os, "O_DIRECTORY"):  # Windows cannot open directories.
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_and_hash(path: str) -> tuple[int, str]:
+    """Flushes ``path`` to disk and returns its size and SHA-256, reading it once."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb+") as file:
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        os.fsync(file.fileno())
+    return size, digest.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: str) -> Manifest:
+    """The committed manifest of ``directory``; an empty one if there is none yet."""
+    path = os.path.join(directory, MANIFEST_NAME)
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = json.load(file)
+    except FileNotFoundError:
+        return Manifest()
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"The manifest {path} is not valid JSON ({error}). keras_ckpt never writes a partial "
+            "manifest, so something else changed it; move it away to start a fresh store."
+        ) from None
+    return Manifest.from_json(data, directory)
+
+
+def verify(record: CheckpointRecord) -> None:
+    """Raises ``CheckpointCorruptedError`` unless the file matches its recorded size and SHA-256."""
+    try:
+        size = os.path.getsize(record.path)
+    except FileNotFoundError:
+        raise CheckpointCorruptedError(f"Checkpoint {record.path} is missing.") from None
+    if size != record.size:
+        raise CheckpointCorruptedError(
+            f"Checkpoint {record.path} has {size} bytes; its manifest recorded {record.size}."
+        )
+    if file_sha256(record.path) != record.sha256:
+        raise CheckpointCorruptedError(
+            f"Checkpoint {record.path} does not match the SHA-256 its manifest recorded."
+        )
+
+
+def alias_filename(alias: str, target_filename: str) -> str:
+    """``best`` pointing at ``epoch003.weights.h5`` is the file ``best.weights.h5``."""
+    for extension in (".weights.h5", ".keras", ".h5"):
+        if target_filename.endswith(extension):
+            return alias + extension
+    return alias
+
+
+class CheckpointStore:
+    """A crash-safe directory of checkpoints with a manifest.
+
+    Several stores (one per callback) may share a directory within a process: every change
+    re-reads the manifest under a per-directory lock, so none overwrites another's records.
+
+    Args:
+        directory: Where the checkpoints live; created if missing.
+        keras_version: Recorded with every checkpoint.
+
+    Raises:
+        ValueError: If the directory cannot be created or written.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], keras_version: str = "unknown"):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.keras_version = keras_version
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            probe = os.path.join(self.directory, f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}")
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        except OSError as error:
+            raise ValueError(
+                f"Checkpoint directory {self.directory!r} cannot be written: {error}"
+            ) from None
+        self._lock = _directory_lock(self.directory)
+        self.recover()
+
+    # Reading -----------------------------------------------------------------------------
+
+    def manifest(self) -> Manifest:
+        return read_manifest(self.directory)
+
+    def records(self) -> list[CheckpointRecord]:
+        """Committed checkpoints, oldest first."""
+        return self.manifest().records
+
+    def path(self, filename: str) -> str:
+        return os.path.join(self.directory, filename)
+
+    # Writing -----------------------------------------------------------------------------
+
+    def commit(
+        self,
+        filename: str,
+        write: Callable[[str], None],
+        *,
+        epoch: int,
+        step: int,
+        metrics: Mapping[str, float],
+        kind: str,
+        run: str,
+        keeper: str,
+        batch: int | None = None,
+    ) -> CheckpointRecord:
+        """Writes a checkpoint through ``write(temporary_path)`` and commits it as ``filename``.
+
+        A same-named committed file is replaced only at the instant of the atomic rename; if
+        ``write`` raises, nothing on disk or in the manifest changes.
+        """
+        if os.path.basename(filename) != filename or filename.startswith(TEMP_PREFIX):
+            raise ValueError(f"Checkpoint file name must be a plain name. Received: {filename!r}")
+        temporary = self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{filename}")
+        try:
+            write(temporary)
+            size, sha256 = _fsync_and_hash(temporary)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+            raise
+        record = CheckpointRecord(
+            path=self.path(filename),
+            epoch=epoch,
+            batch=batch,
+            step=step,
+            metrics=dict(metrics),
+            time=time.time(),
+            size=size,
+            sha256=sha256,
+            keras_version=self.keras_version,
+            kind=kind,
+            run=run,
+            kept_by=(keeper,),
+        )
+        with self._lock:
+            manifest = self.manifest()
+            manifest.pending = {"temp": os.path.basename(temporary), "record": record.to_json()}
+            self._write_manifest(manifest)
+            os.replace(temporary, record.path)
+            _fsync_directory(self.directory)
+            manifest.pending = None
+            self._add_record(manifest, record)
+            self._write_manifest(manifest)
+        return record
+
+    def release(self, keeper: str, filenames: Iterable[str]) -> list[str]:
+        """``keeper`` no longer keeps ``filenames``; deletes those that nobody keeps.
+
+        Returns the names of the files deleted.
+        """
+        names = set(filenames)
+        with self._lock:
+            manifest = self.manifest()
+            remaining, deleted = [], []
+            for record in manifest.records:
+                if record.filename in names:
+                    record = record.without_keeper(keeper)
+                    if not record.kept_by:
+                        deleted.append(record.filename)
+                        continue
+                remaining.append(record)
+            manifest.records = remaining
+            manifest.trash = list(deleted)
+            for alias, target in list(manifest.aliases.items()):
+                if target in deleted:
+                    del manifest.aliases[alias]
+                    manifest.trash.append(alias_filename(alias, target))
+            self._write_manifest(manifest)
+            if manifest.trash:
+                self._empty_trash(manifest)
+        return deleted
+
+    def set_alias(self, alias: str, target_filename: str) -> str:
+        """Points the file ``alias`` (+ the target's extension) at a committed checkpoint.
+
+        A hard link, so the alias costs no second write and no disk space; a copy where the file
+        system cannot link. Returns the alias's path.
+        """
+        with self._lock:
+            manifest = self.manifest()
+            if manifest.find(target_filename) is None:
+                raise ValueError(f"{target_filename!r} is not a committed checkpoint.")
+            alias_path = self._link_alias(alias, target_filename)
+            previous = manifest.aliases.get(alias)
+            if previous is not None and alias_filename(alias, previous) != os.path.basename(
+                alias_path
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path(alias_filename(alias, previous)))
+            manifest.aliases[alias] = target_filename
+            self._write_manifest(manifest)
+        return alias_path
+
+    # Recovery ----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Finishes or undoes whatever a killed process left half done."""
+        with self._lock:
+            manifest = self.manifest()
+            changed = False
+            if manifest.pending is not None:
+                self._finish_pending(manifest)
+                changed = True
+            if manifest.trash:
+                self._empty_trash(manifest)
+                changed = True
+            for name in os.listdir(self.directory):
+                if name.startswith(TEMP_PREFIX):
+                    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                        os.remove(self.path(name))
+            for alias, target in manifest.aliases.items():
+                if manifest.find(target) is not None:
+                    self._link_alias(alias, target)
+            if changed:
+                self._write_manifest(manifest)
+
+    # Internals ---------------------------------------------------------------------------
+
+    def _finish_pending(self, manifest: Manifest) -> None:
+        pending, manifest.pending = manifest.pending, None
+        assert pending is not None
+        temporary = self.path(pending["temp"])
+        record = CheckpointRecord.from_json(pending["record"], self.directory)
+        if os.path.exists(temporary):
+            return  # The rename never happened: the old file (if any) is intact.
+        try:
+            verify(record)
+        except CheckpointCorruptedError:
+            return
+        self._add_record(manifest, record)
+
+    @staticmethod
+    def _add_record(manifest: Manifest, record: CheckpointRecord) -> None:
+        previous = manifest.find(record.filename)
+        if previous is not None:
+            keepers = tuple(dict.fromkeys(previous.kept_by + record.kept_by))
+            record = replace(record, kept_by=keepers)
+            manifest.records.remove(previous)
+        manifest.records.append(record)
+
+    def _empty_trash(self, manifest: Manifest) -> None:
+        listed = {record.filename for record in manifest.records}
+        listed.update(alias_filename(a, t) for a, t in manifest.aliases.items())
+        for name in manifest.trash:
+            if name not in listed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path(name))
+        manifest.trash = []
+        self._write_manifest(manifest)
+
+    def _link_alias(self, alias: str, target_filename: str) -> str:
+        target = self.path(target_filename)
+        alias_path = self.path(alias_filename(alias, target_filename))
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samefile(alias_path, target):
+                return alias_path
+        temporary = self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{alias}")
+        try:
+            os.link(target, temporary)
+        except OSError:
+            shutil.copyfile(target, temporary)
+            _fsync_and_hash(temporary)
+        os.replace(temporary, alias_path)
+        _fsync_directory(self.directory)
+        return alias_path
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        path = self.path(MANIFEST_NAME)
+        temporary = self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{MANIFEST_NAME}")
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump(manifest.to_json(), file, indent=1, allow_nan=False)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        _fsync_directory(self.directory)

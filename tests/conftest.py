@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny real Keras models on the CPU, TensorFlow backend unless told otherwise."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 4)).astype("float32")
+    y = (x @ rng.normal(size=(4, 1)) + 0.1 * rng.normal(size=(96, 1))).astype("float32")
+    return x, y
+
+
+@pytest.fixture
+def make_model():
+    import keras
+
+    def make(seed: int = 0, metrics=("mae",)):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+        )
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", metrics=list(metrics))
+        return model
+
+    return make
+
+
+@pytest.fixture
+def scripted():
+    """A callback that overwrites logs[key] with a scripted value per epoch, as a metric would."""
+    import keras
+
+    class Scripted(keras.callbacks.Callback):
+        def __init__(self, values, key="val_loss"):
+            super().__init__()
+            self.values = list(values)
+            self.key = key
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = self.values[epoch]
+            if value is None:
+                logs.pop(self.key, None)
+                for name in [n for n in logs if n.startswith("val_")]:
+                    logs.pop(name)
+            else:
+                logs[self.key] = value
+
+    return Scripted
