@@ -54,3 +54,25 @@ def scripted():
                 logs[self.key] = value
 
     return Scripted
+
+
+@pytest.fixture
+def weights_by_epoch():
+    """A callback recording the model's weights at the end of every epoch (1-based keys)."""
+    import keras
+
+    class WeightsByEpoch(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.weights = {}
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.weights[epoch + 1] = [w.copy() for w in self.model.get_weights()]
+
+    return WeightsByEpoch
+
+
+def assert_weights_equal(actual, expected):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_array_equal(a, e)

@@ -82,7 +82,7 @@ class StoreCallback(keras.callbacks.Callback):
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
             return 0
-        return int(keras.ops.convert_to_numpy(optimizer.iterations))
+        return int(optimizer.iterations.numpy())
 
     def _open_store(self, directory: str) -> CheckpointStore:
         return CheckpointStore(directory, keras_version=keras.__version__)

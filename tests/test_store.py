@@ -1,0 +1,212 @@
+"""The store on its own: atomic commits, recovery after a crash, retention, aliases. No Keras."""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from keras_ckpt.records import MANIFEST_NAME
+from keras_ckpt.store import (
+    TEMP_PREFIX,
+    CheckpointCorruptedError,
+    CheckpointStore,
+    check_directory_usable,
+    read_manifest,
+    verify,
+)
+
+
+def writer(content: bytes):
+    def write(path):
+        with open(path, "wb") as file:
+            file.write(content)
+
+    return write
+
+
+def commit(store, name, content=b"weights", keeper="A", run="r1", epoch=1, metrics=None):
+    return store.commit(
+        name, writer(content), epoch=epoch, step=epoch * 10, metrics=metrics or {"val_loss": 0.5},
+        kind="weights", run=run, keeper=keeper,
+    )
+
+
+def files(directory):
+    return sorted(os.listdir(directory))
+
+
+def test_commit_writes_file_and_manifest(tmp_path):
+    store = CheckpointStore(tmp_path / "ckpt", keras_version="3.15.1")
+    record = commit(store, "a.weights.h5", b"hello")
+    assert files(store.directory) == ["a.weights.h5", MANIFEST_NAME]
+    with open(record.path, "rb") as file:
+        assert file.read() == b"hello"
+    [listed] = read_manifest(store.directory).records
+    assert listed == record
+    assert listed.sha256 == hashlib.sha256(b"hello").hexdigest()
+    assert listed.size == 5 and listed.keras_version == "3.15.1" and listed.step == 10
+    verify(listed)
+
+
+def test_failed_write_changes_nothing(tmp_path):
+    store = CheckpointStore(tmp_path)
+    commit(store, "a.weights.h5", b"good")
+    manifest_before = (tmp_path / MANIFEST_NAME).read_bytes()
+
+    def broken(path):
+        with open(path, "wb") as file:
+            file.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        store.commit("a.weights.h5", broken, epoch=2, step=20, metrics={}, kind="weights",
+                     run="r1", keeper="A")
+    assert (tmp_path / "a.weights.h5").read_bytes() == b"good"
+    assert (tmp_path / MANIFEST_NAME).read_bytes() == manifest_before
+    assert files(tmp_path) == ["a.weights.h5", MANIFEST_NAME]
+
+
+def test_same_name_commit_replaces_record(tmp_path):
+    store = CheckpointStore(tmp_path)
+    commit(store, "a.keras", b"one", epoch=1)
+    commit(store, "a.keras", b"two", epoch=2)
+    [record] = store.records()
+    assert record.epoch == 2 and (tmp_path / "a.keras").read_bytes() == b"two"
+
+
+def test_leftover_temporary_files_are_removed_and_never_listed(tmp_path):
+    store = CheckpointStore(tmp_path)
+    commit(store, "a.keras")
+    leftover = tmp_path / f"{TEMP_PREFIX}dead-b.keras"
+    leftover.write_bytes(b"partial")
+    assert [r.filename for r in store.records()] == ["a.keras"]
+    CheckpointStore(tmp_path)
+    assert not leftover.exists()
+
+
+def _manifest_json(directory):
+    return json.loads((directory / MANIFEST_NAME).read_text())
+
+
+def test_pending_commit_before_rename_is_undone(tmp_path):
+    # A process killed after announcing a commit but before renaming: the old file stays.
+    store = CheckpointStore(tmp_path)
+    commit(store, "a.keras", b"old")
+    temporary = tmp_path / f"{TEMP_PREFIX}x-a.keras"
+    temporary.write_bytes(b"new")
+    data = _manifest_json(tmp_path)
+    new_record = dict(data["checkpoints"][0], sha256=hashlib.sha256(b"new").hexdigest(), epoch=9)
+    data["pending"] = {"temp": temporary.name, "record": new_record}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    store = CheckpointStore(tmp_path)
+    [record] = store.records()
+    assert record.epoch == 1 and (tmp_path / "a.keras").read_bytes() == b"old"
+    assert files(tmp_path) == ["a.keras", MANIFEST_NAME]
+    assert read_manifest(str(tmp_path)).pending is None
+
+
+def test_pending_commit_after_rename_is_completed(tmp_path):
+    # Killed after the rename, before the manifest named the file: the commit is finished.
+    store = CheckpointStore(tmp_path)
+    commit(store, "a.keras", b"old")
+    (tmp_path / "a.keras").write_bytes(b"new")
+    data = _manifest_json(tmp_path)
+    new_record = dict(data["checkpoints"][0], sha256=hashlib.sha256(b"new").hexdigest(), size=3,
+                      epoch=9)
+    data["pending"] = {"temp": f"{TEMP_PREFIX}gone-a.keras", "record": new_record}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    [record] = CheckpointStore(tmp_path).records()
+    assert record.epoch == 9
+    verify(record)
+
+
+def test_release_deletes_only_when_no_keeper_is_left(tmp_path):
+    store = CheckpointStore(tmp_path)
+    commit(store, "shared.keras", keeper="A")
+    commit(store, "shared.keras", keeper="B")  # same file, now kept by A and B
+    commit(store, "only_a.keras", keeper="A")
+    deleted = store.release("A", ["shared.keras", "only_a.keras"])
+    assert deleted == ["only_a.keras"]
+    assert files(tmp_path) == [MANIFEST_NAME, "shared.keras"]
+    [record] = store.records()
+    assert record.kept_by == ("B",)
+
+
+def test_trash_left_by_a_crash_is_emptied(tmp_path):
+    store = CheckpointStore(tmp_path)
+    commit(store, "a.keras")
+    (tmp_path / "dropped.keras").write_bytes(b"x")
+    data = _manifest_json(tmp_path)
+    data["trash"] = ["dropped.keras", "a.keras"]  # a.keras is still a checkpoint: kept
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    CheckpointStore(tmp_path)
+    assert files(tmp_path) == ["a.keras", MANIFEST_NAME]
+
+
+def test_alias_is_a_hard_link_that_follows_the_target(tmp_path):
+    store = CheckpointStore(tmp_path)
+    commit(store, "e1.keras", b"one")
+    commit(store, "e2.keras", b"two")
+    alias = store.set_alias("best", "e1.keras")
+    assert os.path.samefile(alias, tmp_path / "e1.keras")
+    store.set_alias("best", "e2.keras")
+    assert os.path.samefile(alias, tmp_path / "e2.keras")
+    assert os.stat(alias).st_nlink == 2
+    assert read_manifest(str(tmp_path)).aliases == {"best": "e2.keras"}
+    # Releasing the alias's target removes the alias too.
+    store.release("A", ["e2.keras"])
+    assert not os.path.exists(alias)
+    assert read_manifest(str(tmp_path)).aliases == {}
+
+
+def test_alias_falls_back_to_a_copy_where_links_fail(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path)
+    commit(store, "e1.keras", b"one")
+
+    def no_links(*args):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    alias = store.set_alias("best", "e1.keras")
+    assert open(alias, "rb").read() == b"one"
+    assert not os.path.samefile(alias, tmp_path / "e1.keras")
+
+
+def test_alias_to_unknown_file_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not a committed checkpoint"):
+        CheckpointStore(tmp_path).set_alias("best", "nope.keras")
+
+
+def test_verify_detects_corruption(tmp_path):
+    record = commit(CheckpointStore(tmp_path), "a.keras", b"abcdef")
+    with open(record.path, "r+b") as file:
+        file.write(b"X")
+    with pytest.raises(CheckpointCorruptedError, match="SHA-256"):
+        verify(record)
+    os.truncate(record.path, 2)
+    with pytest.raises(CheckpointCorruptedError, match="has 2 bytes"):
+        verify(record)
+    os.remove(record.path)
+    with pytest.raises(CheckpointCorruptedError, match="missing"):
+        verify(record)
+
+
+def test_invalid_manifest_is_a_clear_error(tmp_path):
+    (tmp_path / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        CheckpointStore(tmp_path)
+
+
+def test_directory_that_is_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(ValueError, match="cannot be written"):
+        CheckpointStore(path)
+    with pytest.raises(ValueError, match=r"Argument `directory` must be a directory.*is a file"):
+        check_directory_usable(path / "sub", "directory")
+
+
+def test_plain_names_only(tmp_path):
+    with pytest.raises(ValueError, match="plain name"):
+        commit(CheckpointStore(tmp_path), "sub/a.keras")
