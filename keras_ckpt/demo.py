@@ -18,7 +18,9 @@ def make_data(seed: int, samples: int = 256) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def run_demo(directory: str, epochs: int = 8, top_k: int = 3, seed: int = 0) -> list[CheckpointRecord]:
+def run_demo(
+    directory: str, epochs: int = 8, top_k: int = 3, seed: int = 0
+) -> list[CheckpointRecord]:
     """Trains a tiny model with ``BestCheckpoint(top_k=top_k)`` into ``directory``.
 
     Returns this run's kept checkpoints, best first.
@@ -34,9 +36,10 @@ def run_demo(directory: str, epochs: int = 8, top_k: int = 3, seed: int = 0) -> 
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", metrics=["mae"])
     best = BestCheckpoint(directory, monitor="val_loss", top_k=top_k)
-    model.fit(x, y, validation_split=0.25, epochs=epochs, batch_size=32, verbose=0, callbacks=[best])
-    kept = [r for r in best._own_records(best._require_store())]
-    return sorted(kept, key=lambda r: r.metrics["val_loss"])
+    model.fit(
+        x, y, validation_split=0.25, epochs=epochs, batch_size=32, verbose=0, callbacks=[best]
+    )
+    return sorted(best.kept, key=lambda r: r.metrics["val_loss"])
 
 
 def main(directory: str, epochs: int, top_k: int, seed: int) -> int:
@@ -51,5 +54,6 @@ def main(directory: str, epochs: int, top_k: int, seed: int) -> int:
     best_link = os.path.join(directory, "best.keras")
     print(f"Best model: {records[0].path}")
     print(f"  also at {best_link} (a hard link, no extra bytes)")
-    print(f"Load it with: keras_ckpt.load_best({directory!r}) or keras.saving.load_model({best_link!r})")
+    print(f"Load it with keras_ckpt.load_best({directory!r})")
+    print(f"  or, without keras_ckpt, keras.saving.load_model({best_link!r})")
     return 0

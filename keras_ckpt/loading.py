@@ -46,7 +46,10 @@ def best_checkpoint(directory: str | os.PathLike[str]) -> CheckpointRecord:
 
 
 def load_best(
-    directory: str | os.PathLike[str], model: keras.Model | None = None, *, verify_checksum: bool = True
+    directory: str | os.PathLike[str],
+    model: keras.Model | None = None,
+    *,
+    verify_checksum: bool = True,
 ) -> keras.Model:
     """Loads the best checkpoint of ``directory``.
 

@@ -67,7 +67,11 @@ def ranked(values: Sequence[float], mode: str) -> list[int]:
     sign = 1.0 if mode == "min" else -1.0
     return sorted(
         range(len(values)),
-        key=lambda i: (math.isnan(values[i]), sign * values[i] if not math.isnan(values[i]) else 0.0, i),
+        key=lambda i: (
+            math.isnan(values[i]),
+            sign * values[i] if not math.isnan(values[i]) else 0.0,
+            i,
+        ),
     )
 
 

@@ -15,12 +15,19 @@ from typing import Any
 def positive_int(name: str, value: Any) -> int:
     """``value`` if it is an int >= 1 (``bool`` is refused: ``True`` is not a count)."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"Argument `{name}` must be a positive integer. Received: {name}={value!r}")
+        raise ValueError(
+            f"Argument `{name}` must be a positive integer. Received: {name}={value!r}"
+        )
     return int(value)
 
 
 def non_negative_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not value >= 0 or math.isinf(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Real)
+        or not value >= 0
+        or math.isinf(value)
+    ):
         raise ValueError(
             f"Argument `{name}` must be a finite number >= 0. Received: {name}={value!r}"
         )
@@ -44,5 +51,7 @@ def one_of(name: str, value: Any, allowed: Sequence[Any]) -> Any:
 
 def non_empty_str(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"Argument `{name}` must be a non-empty string. Received: {name}={value!r}")
+        raise ValueError(
+            f"Argument `{name}` must be a non-empty string. Received: {name}={value!r}"
+        )
     return value

@@ -74,5 +74,5 @@ def weights_by_epoch():
 
 def assert_weights_equal(actual, expected):
     assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         np.testing.assert_array_equal(a, e)

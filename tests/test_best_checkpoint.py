@@ -39,21 +39,27 @@ def test_top_k_set_for_a_scripted_sequence(tmp_path, make_model, data, scripted,
         MANIFEST_NAME,
     ]
     assert os.path.samefile(tmp_path / "best.keras", tmp_path / "epoch006-val_loss0.5000.keras")
-    assert best.best_value == 0.5 and best.best_path == str(tmp_path / "epoch006-val_loss0.5000.keras")
+    assert best.best_value == 0.5 and best.best_path == str(
+        tmp_path / "epoch006-val_loss0.5000.keras"
+    )
     loaded = keras_ckpt.load_best(tmp_path)
     assert_weights_equal(loaded.get_weights(), weights.weights[6])
     plain = keras.saving.load_model(tmp_path / "best.keras")  # plain Keras reads the alias
     assert_weights_equal(plain.get_weights(), weights.weights[6])
 
 
-def test_weights_only_best_loads_into_a_model_with_its_optimizer(tmp_path, make_model, data, scripted,
-                                                                weights_by_epoch):
+def test_weights_only_best_loads_into_a_model_with_its_optimizer(
+    tmp_path, make_model, data, scripted, weights_by_epoch
+):
     weights = weights_by_epoch()
     model = make_model()
     best = keras_ckpt.BestCheckpoint(tmp_path, save_weights_only=True, top_k=1)
     fit(model, data, [scripted([0.5, 0.3, 0.4]), best, weights], epochs=3)
     assert sorted(os.listdir(tmp_path)) == [
-        "best.weights.h5", "epoch002-val_loss0.3000.weights.h5", MANIFEST_NAME]
+        "best.weights.h5",
+        "epoch002-val_loss0.3000.weights.h5",
+        MANIFEST_NAME,
+    ]
     with pytest.raises(ValueError, match="holds weights only; pass the model"):
         keras_ckpt.load_best(tmp_path)
     fresh = make_model(seed=5)
@@ -70,8 +76,9 @@ def test_max_mode_inferred_from_metric(tmp_path, data):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
     best = keras_ckpt.BestCheckpoint(tmp_path, monitor="val_accuracy", top_k=2)
-    history = model.fit(x, labels, validation_data=(x[:32], labels[:32]), epochs=4, verbose=0,
-                        callbacks=[best])
+    history = model.fit(
+        x, labels, validation_data=(x[:32], labels[:32]), epochs=4, verbose=0, callbacks=[best]
+    )
     values = history.history["val_accuracy"]
     assert best.best_value == pytest.approx(max(values))
 
@@ -84,14 +91,19 @@ def test_epochs_without_validation_are_skipped(tmp_path, make_model, data):
 
 def test_no_validation_at_all_warns_at_the_end(tmp_path, make_model, data):
     best = keras_ckpt.BestCheckpoint(tmp_path)
-    with pytest.warns(UserWarning, match="saved nothing: 'val_loss' never appeared.*validation_data"):
+    with pytest.warns(
+        UserWarning, match="saved nothing: 'val_loss' never appeared.*validation_data"
+    ):
         fit(make_model(), data, [best], epochs=2, validation_data=None)
     assert kept_epochs(tmp_path) == []
 
 
 def test_misspelled_monitor_names_the_metrics_that_exist(tmp_path, make_model, data):
     best = keras_ckpt.BestCheckpoint(tmp_path, monitor="val_los")
-    with pytest.raises(ValueError, match=r"Received: monitor='val_los'. Metrics available: \['loss', 'mae', 'val_loss', 'val_mae'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"monitor='val_los'. Metrics available: \['loss', 'mae', 'val_loss', 'val_mae'\]",
+    ):
         fit(make_model(), data, [best])
 
 
@@ -128,7 +140,9 @@ def test_state_dict_continues_the_same_top_k(tmp_path, make_model, data, scripte
 
 def test_unknown_filename_field_is_reported_at_the_first_save(tmp_path, make_model, data):
     best = keras_ckpt.BestCheckpoint(tmp_path, filename="{epoch}-{val_acc}")
-    with pytest.raises(ValueError, match=r"uses field\(s\) \['val_acc'\].*Fields available: \['epoch', 'loss'"):
+    with pytest.raises(
+        ValueError, match=r"uses field\(s\) \['val_acc'\].*Fields available: \['epoch', 'loss'"
+    ):
         fit(make_model(), data, [best])
     assert kept_epochs(tmp_path) == []
 
@@ -167,7 +181,9 @@ def test_non_finite_values_are_never_saved(driven, tmp_path):
     with pytest.warns(UserWarning, match=r"is not finite; nothing saved") as caught:
         driven([math.nan, 0.4, math.inf], top_k=3)
     assert [str(w.message).split(" is")[0] for w in caught if w.category is UserWarning] == [
-        "BestCheckpoint: val_loss=nan at epoch 1", "BestCheckpoint: val_loss=inf at epoch 3"]
+        "BestCheckpoint: val_loss=nan at epoch 1",
+        "BestCheckpoint: val_loss=inf at epoch 3",
+    ]
     assert kept_epochs(tmp_path) == [2]
 
 
@@ -180,14 +196,23 @@ def test_non_finite_values_are_never_saved(driven, tmp_path):
         ({"top_k": 0}, r"Argument `top_k` must be a positive integer\. Received: top_k=0"),
         ({"top_k": True}, r"Received: top_k=True"),
         ({"top_k": 2.0}, r"Received: top_k=2\.0"),
-        ({"mode": "mx"}, r"Argument `mode` must be one of 'auto', 'min', 'max'\. Received: mode='mx'"),
-        ({"min_delta": -1}, r"Argument `min_delta` must be a finite number >= 0\. Received: min_delta=-1"),
+        (
+            {"mode": "mx"},
+            r"Argument `mode` must be one of 'auto', 'min', 'max'\. Received: mode='mx'",
+        ),
+        (
+            {"min_delta": -1},
+            r"Argument `min_delta` must be a finite number >= 0\. Received: min_delta=-1",
+        ),
         ({"monitor": ""}, r"Argument `monitor` must be a non-empty string"),
         ({"verbose": 3}, r"Argument `verbose` must be one of 0, 1\. Received: verbose=3"),
         ({"save_weights_only": "yes"}, r"Argument `save_weights_only` must be True or False"),
         ({"filename": "x.keras", "save_weights_only": True}, r"must end in `\.weights\.h5`"),
         ({"filename": "{epoch"}, r"Argument `filename` is not a valid format template"),
-        ({"filename": "sub/{epoch}"}, r"Argument `filename` must be a file name without directories"),
+        (
+            {"filename": "sub/{epoch}"},
+            r"Argument `filename` must be a file name without directories",
+        ),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, message):

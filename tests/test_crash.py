@@ -23,7 +23,9 @@ KILL_POINTS = [2, 3, 5, 6, 7, 11, 13, -1, -3]
 def run_child(directory, kill_point):
     process = subprocess.Popen(
         [sys.executable, CHILD, str(directory), str(kill_point)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     if kill_point == 0:
         # Kill from outside at a seeded random moment after the first checkpoint committed.
@@ -53,7 +55,7 @@ def test_sigkill_at_every_stage_of_saving(tmp_path):
     directories = [tmp_path / f"kill{point}" for point in points]
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(run_child, directories, points))
-    for point, directory, (returncode, stderr) in zip(points, directories, results):
+    for point, directory, (returncode, stderr) in zip(points, directories, results, strict=True):
         assert returncode == -signal.SIGKILL, f"kill point {point}: {stderr[-2000:]}"
         # Readers see only committed checkpoints, each intact, before any recovery ran.
         assert_every_entry_loads(directory, point)

@@ -63,7 +63,9 @@ def test_batch_hook_only_when_saving_by_batches():
 
 
 def test_extension_errors_match_keras():
-    with pytest.raises(ValueError, match=r"must end in `\.weights\.h5`.*Received: filepath=a\.keras"):
+    with pytest.raises(
+        ValueError, match=r"must end in `\.weights\.h5`.*Received: filepath=a\.keras"
+    ):
         keras_ckpt.ModelCheckpoint("a.keras", save_weights_only=True)
     with pytest.raises(ValueError, match=r"must end in `\.keras`.*Received: filepath=a\.weights"):
         keras_ckpt.ModelCheckpoint("a.weights")
@@ -71,14 +73,19 @@ def test_extension_errors_match_keras():
 
 @pytest.mark.parametrize("save_freq", ["invalid_save_freq", True, False, 0, -3, 2.5, None])
 def test_bad_save_freq(save_freq):
-    with pytest.raises(ValueError, match=rf"Unrecognized save_freq.*Received: save_freq={save_freq!r}"):
+    with pytest.raises(
+        ValueError, match=rf"Unrecognized save_freq.*Received: save_freq={save_freq!r}"
+    ):
         keras_ckpt.ModelCheckpoint("a.keras", save_freq=save_freq)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"save_top_k": 0}, "Argument `save_top_k` must be a positive integer. Received: save_top_k=0"),
+        (
+            {"save_top_k": 0},
+            "Argument `save_top_k` must be a positive integer. Received: save_top_k=0",
+        ),
         ({"save_top_k": True}, "Received: save_top_k=True"),
         ({"initial_value_threshold": "low"}, "Argument `initial_value_threshold` must be a number"),
         ({"save_top_k": 2}, r"must contain a field such as \{epoch\}"),
@@ -97,7 +104,9 @@ def test_unknown_mode_warns_like_keras():
 
 def test_missing_metric_first_epoch_saves_with_warning(tmp_path, make_model, data):
     filepath = tmp_path / "checkpoint.keras"
-    callback = keras_ckpt.ModelCheckpoint(filepath, monitor="unknown", save_best_only=True, mode="min")
+    callback = keras_ckpt.ModelCheckpoint(
+        filepath, monitor="unknown", save_best_only=True, mode="min"
+    )
     with pytest.warns(UserWarning, match="Can save best model only with unknown available"):
         fit(make_model(), data, [callback])
     assert filepath.exists()
@@ -105,7 +114,9 @@ def test_missing_metric_first_epoch_saves_with_warning(tmp_path, make_model, dat
 
 def test_unknown_template_key(tmp_path, make_model, data):
     callback = keras_ckpt.ModelCheckpoint(str(tmp_path / "{val_acc:.2f}.keras"))
-    with pytest.raises(KeyError, match=r"Failed to format this callback filepath.*'val_acc'.*val_loss"):
+    with pytest.raises(
+        KeyError, match=r"Failed to format this callback filepath.*'val_acc'.*val_loss"
+    ):
         fit(make_model(), data, [callback])
 
 
@@ -115,20 +126,29 @@ def test_unknown_template_key(tmp_path, make_model, data):
 def test_save_best_only_with_integer_save_freq(tmp_path, make_model, data):
     # Keras 3.15 raises TypeError here in the first epoch.
     filepath = tmp_path / "best.keras"
-    callback = keras_ckpt.ModelCheckpoint(filepath, monitor="loss", save_best_only=True, save_freq=2)
+    callback = keras_ckpt.ModelCheckpoint(
+        filepath, monitor="loss", save_best_only=True, save_freq=2
+    )
     fit(make_model(), data, [callback], epochs=2)
     [record] = keras_ckpt.list_checkpoints(tmp_path)
     assert record.metrics["loss"] == callback.best == callback.best_value
 
 
-def test_unvalidated_epoch_does_not_overwrite_best(tmp_path, make_model, data, scripted, weights_by_epoch):
+def test_unvalidated_epoch_does_not_overwrite_best(
+    tmp_path, make_model, data, scripted, weights_by_epoch
+):
     # validation_freq=2: epochs 1 and 3 have no val_loss. Keras saves epoch 3 over the best.
     filepath = tmp_path / "best.weights.h5"
     weights = weights_by_epoch()
     callback = keras_ckpt.ModelCheckpoint(filepath, save_best_only=True, save_weights_only=True)
     with pytest.warns(UserWarning, match="Can save best model only with val_loss available"):
-        fit(make_model(), data, [scripted([None, 0.5, None, 0.9]), callback, weights],
-            epochs=4, validation_freq=2)
+        fit(
+            make_model(),
+            data,
+            [scripted([None, 0.5, None, 0.9]), callback, weights],
+            epochs=4,
+            validation_freq=2,
+        )
     model = make_model(seed=1)
     model.load_weights(filepath)
     assert_weights_equal(model.get_weights(), weights.weights[2])
@@ -162,8 +182,9 @@ def test_nan_is_never_best(tmp_path, make_model, data, scripted):
 def test_save_top_k_keeps_the_k_best(tmp_path, make_model, data, scripted, weights_by_epoch):
     sequence = [0.9, 0.7, 0.8, 0.6, 0.95, 0.5, 0.65]
     weights = weights_by_epoch()
-    callback = keras_ckpt.ModelCheckpoint(str(tmp_path / "e{epoch}.weights.h5"),
-                                          save_weights_only=True, save_top_k=2)
+    callback = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "e{epoch}.weights.h5"), save_weights_only=True, save_top_k=2
+    )
     fit(make_model(), data, [scripted(sequence), callback, weights], epochs=len(sequence))
     assert checkpoint_files(tmp_path) == ["e4.weights.h5", "e6.weights.h5"]
     assert [r.epoch for r in keras_ckpt.list_checkpoints(tmp_path)] == [4, 6]
@@ -175,16 +196,21 @@ def test_save_top_k_keeps_the_k_best(tmp_path, make_model, data, scripted, weigh
 
 
 def test_top_k_respects_initial_value_threshold(tmp_path, make_model, data, scripted):
-    callback = keras_ckpt.ModelCheckpoint(str(tmp_path / "e{epoch}.keras"), save_top_k=3,
-                                          initial_value_threshold=0.6)
+    callback = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "e{epoch}.keras"), save_top_k=3, initial_value_threshold=0.6
+    )
     fit(make_model(), data, [scripted([0.9, 0.5, 0.7, 0.4]), callback], epochs=4)
     assert checkpoint_files(tmp_path) == ["e2.keras", "e4.keras"]
 
 
 def test_manifest_describes_each_file(tmp_path, make_model, data):
     model = make_model()
-    fit(model, data, [keras_ckpt.ModelCheckpoint(str(tmp_path / "e{epoch}.weights.h5"),
-                                                 save_weights_only=True)], epochs=2)
+    fit(
+        model,
+        data,
+        [keras_ckpt.ModelCheckpoint(str(tmp_path / "e{epoch}.weights.h5"), save_weights_only=True)],
+        epochs=2,
+    )
     records = keras_ckpt.list_checkpoints(tmp_path)
     assert [(r.epoch, r.step, r.kind) for r in records] == [(1, 3, "weights"), (2, 6, "weights")]
     for record in records:
@@ -220,7 +246,12 @@ def test_failed_save_leaves_earlier_checkpoint_intact(tmp_path, data):
     filepath = tmp_path / "model.keras"
     try:
         with pytest.raises(OSError, match="No space left"):
-            fit(model, data, [BreakAfterFirstEpoch(), keras_ckpt.ModelCheckpoint(filepath)], epochs=2)
+            fit(
+                model,
+                data,
+                [BreakAfterFirstEpoch(), keras_ckpt.ModelCheckpoint(filepath)],
+                epochs=2,
+            )
     finally:
         Unsaveable.broken = False
     assert sorted(os.listdir(tmp_path)) == [MANIFEST_NAME, "model.keras"]
@@ -233,11 +264,19 @@ def test_failed_save_leaves_earlier_checkpoint_intact(tmp_path, data):
 
 def test_saved_files_load_with_plain_keras(tmp_path, make_model, data):
     model = make_model()
-    fit(model, data, [keras_ckpt.ModelCheckpoint(tmp_path / "m.keras"),
-                      keras_ckpt.ModelCheckpoint(tmp_path / "w.weights.h5", save_weights_only=True)])
+    fit(
+        model,
+        data,
+        [
+            keras_ckpt.ModelCheckpoint(tmp_path / "m.keras"),
+            keras_ckpt.ModelCheckpoint(tmp_path / "w.weights.h5", save_weights_only=True),
+        ],
+    )
     x = data[0][:5]
-    np.testing.assert_allclose(keras.saving.load_model(tmp_path / "m.keras").predict(x, verbose=0),
-                               model.predict(x, verbose=0))
+    np.testing.assert_allclose(
+        keras.saving.load_model(tmp_path / "m.keras").predict(x, verbose=0),
+        model.predict(x, verbose=0),
+    )
     fresh = make_model(seed=7)
     fresh.load_weights(tmp_path / "w.weights.h5")
     assert_weights_equal(fresh.get_weights(), model.get_weights())

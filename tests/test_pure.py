@@ -33,7 +33,9 @@ def test_pure_modules_import_no_keras():
         + "heavy = [m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules]\n"
         + "print(','.join(heavy))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""
 
 
@@ -122,7 +124,7 @@ def test_keep_best_scripted_sequence():
     for epoch, value in enumerate(sequence, start=1):
         kept.append(fake(value, epoch))
         flags = policy.keep(kept)
-        kept = [record for record, flag in zip(kept, flags) if flag]
+        kept = [record for record, flag in zip(kept, flags, strict=True) if flag]
     assert [r.metrics["val_loss"] for r in kept] == [0.6, 0.5, 0.65]
 
 
@@ -151,7 +153,9 @@ def test_template_fields_and_format():
 
 
 def test_format_names_missing_key_and_available_keys():
-    with pytest.raises(KeyError, match=r"no value for 'val_acc'.*available keys: \['epoch', 'loss'\]"):
+    with pytest.raises(
+        KeyError, match=r"no value for 'val_acc'.*available keys: \['epoch', 'loss'\]"
+    ):
         naming.format_filename("{epoch}-{val_acc}.keras", {"epoch": 1, "loss": 0.1})
 
 
@@ -179,7 +183,9 @@ def test_next_free_name():
 
 def test_default_best_template():
     template = naming.default_best_template("val_loss")
-    assert naming.format_filename(template, {"epoch": 7, "val_loss": 0.5}) == "epoch007-val_loss0.5000"
+    assert (
+        naming.format_filename(template, {"epoch": 7, "val_loss": 0.5}) == "epoch007-val_loss0.5000"
+    )
 
 
 # Triggers -------------------------------------------------------------------------------
@@ -188,12 +194,7 @@ def test_default_best_template():
 def test_every_n_batches_counts_across_epochs():
     # 5 batches per epoch, save every 15 batches: fires at the end of epochs 3, 6, 9.
     trigger = EveryNBatches(15)
-    fired = [
-        (epoch, batch)
-        for epoch in range(10)
-        for batch in range(5)
-        if trigger.observe(batch)
-    ]
+    fired = [(epoch, batch) for epoch in range(10) for batch in range(5) if trigger.observe(batch)]
     assert fired == [(2, 4), (5, 4), (8, 4)]
 
 
@@ -201,7 +202,12 @@ def test_every_n_batches_with_steps_per_execution():
     # steps_per_execution=2 over 6 batches: Keras reports batches 1, 3, 5.
     trigger = EveryNBatches(4)
     assert [trigger.observe(batch) for batch in (1, 3, 5, 1, 3, 5)] == [
-        False, True, False, True, False, True
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,
     ]
 
 
@@ -217,9 +223,18 @@ def test_every_n_batches_reset():
 
 def test_record_round_trips_non_finite_metrics(tmp_path):
     record = CheckpointRecord(
-        path=str(tmp_path / "a.keras"), epoch=2, step=20, batch=None,
-        metrics={"loss": math.nan, "val_loss": math.inf, "mae": 0.5}, time=1.0, size=3,
-        sha256="ab", keras_version="3", kind="model", run="r", kept_by=("X",),
+        path=str(tmp_path / "a.keras"),
+        epoch=2,
+        step=20,
+        batch=None,
+        metrics={"loss": math.nan, "val_loss": math.inf, "mae": 0.5},
+        time=1.0,
+        size=3,
+        sha256="ab",
+        keras_version="3",
+        kind="model",
+        run="r",
+        kept_by=("X",),
     )
     text = json.dumps(Manifest(records=[record]).to_json(), allow_nan=False)
     back = Manifest.from_json(json.loads(text), str(tmp_path)).records[0]
@@ -237,7 +252,10 @@ def test_manifest_rejects_foreign_json(tmp_path):
 
 @pytest.mark.parametrize("value", [0, -1, True, 1.5, "3", None])
 def test_positive_int_rejects(value):
-    with pytest.raises(ValueError, match=rf"Argument `top_k` must be a positive integer\. Received: top_k={value!r}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Argument `top_k` must be a positive integer\. Received: top_k={value!r}",
+    ):
         validation.positive_int("top_k", value)
 
 
@@ -249,6 +267,7 @@ def test_non_negative_float_rejects(value):
 
 def test_one_of_message():
     with pytest.raises(
-        ValueError, match=r"Argument `mode` must be one of 'auto', 'min', 'max'\. Received: mode='mx'"
+        ValueError,
+        match=r"Argument `mode` must be one of 'auto', 'min', 'max'\. Received: mode='mx'",
     ):
         validation.one_of("mode", "mx", ranking.MODES)

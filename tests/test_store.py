@@ -27,8 +27,14 @@ def writer(content: bytes):
 
 def commit(store, name, content=b"weights", keeper="A", run="r1", epoch=1, metrics=None):
     return store.commit(
-        name, writer(content), epoch=epoch, step=epoch * 10, metrics=metrics or {"val_loss": 0.5},
-        kind="weights", run=run, keeper=keeper,
+        name,
+        writer(content),
+        epoch=epoch,
+        step=epoch * 10,
+        metrics=metrics or {"val_loss": 0.5},
+        kind="weights",
+        run=run,
+        keeper=keeper,
     )
 
 
@@ -60,8 +66,16 @@ def test_failed_write_changes_nothing(tmp_path):
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        store.commit("a.weights.h5", broken, epoch=2, step=20, metrics={}, kind="weights",
-                     run="r1", keeper="A")
+        store.commit(
+            "a.weights.h5",
+            broken,
+            epoch=2,
+            step=20,
+            metrics={},
+            kind="weights",
+            run="r1",
+            keeper="A",
+        )
     assert (tmp_path / "a.weights.h5").read_bytes() == b"good"
     assert (tmp_path / MANIFEST_NAME).read_bytes() == manifest_before
     assert files(tmp_path) == ["a.weights.h5", MANIFEST_NAME]
@@ -112,8 +126,9 @@ def test_pending_commit_after_rename_is_completed(tmp_path):
     commit(store, "a.keras", b"old")
     (tmp_path / "a.keras").write_bytes(b"new")
     data = _manifest_json(tmp_path)
-    new_record = dict(data["checkpoints"][0], sha256=hashlib.sha256(b"new").hexdigest(), size=3,
-                      epoch=9)
+    new_record = dict(
+        data["checkpoints"][0], sha256=hashlib.sha256(b"new").hexdigest(), size=3, epoch=9
+    )
     data["pending"] = {"temp": f"{TEMP_PREFIX}gone-a.keras", "record": new_record}
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
     [record] = CheckpointStore(tmp_path).records()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +10,7 @@ import keras
 import numpy as np
 
 from keras_ckpt import ranking
+from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
 from keras_ckpt.store import CheckpointStore
 
@@ -48,7 +48,9 @@ def _flat_metrics(metrics: list[Any]) -> list[Any]:
     return flat
 
 
-def resolve_mode_or_raise(callback_name: str, model: keras.Model | None, monitor: str, mode: str) -> str:
+def resolve_mode_or_raise(
+    callback_name: str, model: keras.Model | None, monitor: str, mode: str
+) -> str:
     resolved = ranking.resolve_mode(monitor, mode, metric_direction(model, monitor))
     if resolved is None:
         raise ValueError(
@@ -115,10 +117,16 @@ class StoreCallback(keras.callbacks.Callback):
             keeper=self.keeper,
         )
 
+    def _partition(
+        self, store: CheckpointStore, policy: RetentionPolicy
+    ) -> tuple[list[CheckpointRecord], list[str]]:
+        """This run's own checkpoints that ``policy`` keeps, and the file names it drops."""
+        own = self._own_records(store)
+        flags = policy.keep(own)
+        kept = [record for record, keep in zip(own, flags, strict=True) if keep]
+        dropped = [record.filename for record, keep in zip(own, flags, strict=True) if not keep]
+        return kept, dropped
+
     def _own_records(self, store: CheckpointStore) -> list[CheckpointRecord]:
         """This run's checkpoints that this callback keeps, oldest first."""
         return [r for r in store.records() if r.run == self._run and self.keeper in r.kept_by]
-
-    @staticmethod
-    def _finite(value: float) -> bool:
-        return math.isfinite(value)

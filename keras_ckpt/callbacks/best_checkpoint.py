@@ -127,17 +127,15 @@ class BestCheckpoint(StoreCallback):
             return
         filename = self._filename(store, epoch, metrics, own)
         record = self._commit(store, filename, epoch=epoch, batch=None, metrics=metrics)
-        own = self._own_records(store)
-        keep = KeepBest(self.top_k, self.monitor, mode).keep(own)
-        best = self._best_record(own)
-        if best is not None:
-            store.set_alias(BEST_ALIAS, best.filename)
-        store.release(self.keeper, [r.filename for r, kept in zip(own, keep) if not kept])
+        kept, dropped = self._partition(store, KeepBest(self.top_k, self.monitor, mode))
+        # The alias moves before anything is deleted, so it never names a missing file.
+        store.set_alias(BEST_ALIAS, self._best_record(kept).filename)
+        store.release(self.keeper, dropped)
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: {self.monitor}={value:.5f}, saved {record.path}")
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self._epochs_without_validation and not self._own_records(self._require_store()):
+        if self._epochs_without_validation and not self.kept:
             warnings.warn(
                 f"BestCheckpoint saved nothing: {self.monitor!r} never appeared in the logs of "
                 f"{self._epochs_without_validation} epoch(s) without validation. Pass "
@@ -148,15 +146,20 @@ class BestCheckpoint(StoreCallback):
     # Results -----------------------------------------------------------------------------
 
     @property
+    def kept(self) -> list[CheckpointRecord]:
+        """This run's kept checkpoints, oldest first (empty before training)."""
+        return [] if self._store is None else self._own_records(self._store)
+
+    @property
     def best_path(self) -> str | None:
         """Path of the best checkpoint this run kept, or ``None``."""
-        best = self._best_record(self._own_records(self._require_store())) if self._store else None
+        best = self._best_record(self.kept)
         return None if best is None else best.path
 
     @property
     def best_value(self) -> float | None:
         """The monitored value of ``best_path``, or ``None``."""
-        best = self._best_record(self._own_records(self._require_store())) if self._store else None
+        best = self._best_record(self.kept)
         return None if best is None else best.metrics[self.monitor]
 
     def state_dict(self) -> dict[str, Any]:
@@ -206,7 +209,11 @@ class BestCheckpoint(StoreCallback):
         metrics: dict[str, float],
         own: list[CheckpointRecord],
     ) -> str:
-        values = {**metrics, "epoch": epoch + 1, "step": self._iterations() - self._start_iterations}
+        values = {
+            **metrics,
+            "epoch": epoch + 1,
+            "step": self._iterations() - self._start_iterations,
+        }
         try:
             filename = naming.format_filename(self.filename, values)
         except KeyError:

@@ -1,4 +1,4 @@
-"""``keras_ckpt.ModelCheckpoint``: Keras's ModelCheckpoint, crash-safe, with a manifest and top-k."""
+"""``keras_ckpt.ModelCheckpoint``: Keras's ModelCheckpoint, crash-safe, with a manifest."""
 
 from __future__ import annotations
 
@@ -92,8 +92,8 @@ class ModelCheckpoint(StoreCallback):
         self.initial_value_threshold = validation.optional_float(
             "initial_value_threshold", initial_value_threshold
         )
-        self.save_top_k = None if save_top_k is None else validation.positive_int(
-            "save_top_k", save_top_k
+        self.save_top_k = (
+            None if save_top_k is None else validation.positive_int("save_top_k", save_top_k)
         )
         if save_freq != "epoch" and (
             isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
@@ -212,9 +212,10 @@ class ModelCheckpoint(StoreCallback):
         self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics)
         self._has_saved = True
         if self.save_top_k is not None:
-            own = self._own_records(store)
-            keep = KeepBest(self.save_top_k, self.monitor, self._mode()).keep(own)
-            store.release(self.keeper, [r.filename for r, kept in zip(own, keep) if not kept])
+            _, dropped = self._partition(
+                store, KeepBest(self.save_top_k, self.monitor, self._mode())
+            )
+            store.release(self.keeper, dropped)
         if self.verbose > 0:
             print(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 
