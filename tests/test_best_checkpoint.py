@@ -213,6 +213,10 @@ def test_non_finite_values_are_never_saved(driven, tmp_path):
             {"filename": "sub/{epoch}"},
             r"Argument `filename` must be a file name without directories",
         ),
+        (
+            {"filename": "fixed", "top_k": 2},
+            r"must contain a field such as \{epoch\} when `top_k` > 1",
+        ),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, message):

@@ -77,7 +77,12 @@ class BestCheckpoint(StoreCallback):
                 f"Received: filename={filename!r}"
             )
         self.filename = naming.with_extension(template, self.save_weights_only)
-        naming.template_fields(self.filename)
+        fields = naming.template_fields(self.filename)  # also checks the template's syntax
+        if self.top_k > 1 and not fields:
+            raise ValueError(
+                "Argument `filename` must contain a field such as {epoch} when `top_k` > 1, or "
+                f"every save would overwrite the last. Received: filename={filename!r}"
+            )
         self._store: CheckpointStore | None = None
         self._resolved_mode: str | None = None
         self._restored_run: str | None = None

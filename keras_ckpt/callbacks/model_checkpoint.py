@@ -117,7 +117,8 @@ class ModelCheckpoint(StoreCallback):
             self.on_train_batch_end = self._on_train_batch_end_saving
         self._current_epoch = 0
         self._resolved_mode: str | None = None
-        self._directories: set[str] = set()
+        # One store per directory the template resolves to, opened (and recovered) once a run.
+        self._stores: dict[str, CheckpointStore] = {}
         self._has_saved = False
         self._warned_replaced: set[str] = set()
 
@@ -145,7 +146,7 @@ class ModelCheckpoint(StoreCallback):
         self._resolved_mode = None
         self._has_saved = False
         self._warned_replaced = set()
-        self._directories = set()
+        self._stores = {}
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._current_epoch = epoch
@@ -179,8 +180,8 @@ class ModelCheckpoint(StoreCallback):
             return None
         candidates = [
             record
-            for directory in sorted(self._directories)
-            for record in self._own_records(CheckpointStore(directory))
+            for store in self._stores.values()
+            for record in self._own_records(store)
             if math.isfinite(record.metrics.get(self.monitor, math.nan))
         ]
         if not candidates:
@@ -199,8 +200,9 @@ class ModelCheckpoint(StoreCallback):
                 "Please specify a non-directory filepath for ModelCheckpoint. "
                 f"Filepath used is an existing directory: {filepath}"
             )
-        store = self._open_store(directory)
-        self._directories.add(store.directory)
+        store = self._stores.get(directory)
+        if store is None:
+            store = self._stores[directory] = self._open_store(directory)
         if not self._should_save(epoch, logs, metrics, filepath, store):
             return
         if os.path.isdir(store.path(filename)):
