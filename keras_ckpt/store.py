@@ -254,6 +254,8 @@ class CheckpointStore:
         Returns the names of the files deleted.
         """
         names = set(filenames)
+        if not names:
+            return []
         with self._lock:
             manifest = self.manifest()
             remaining, deleted = [], []
