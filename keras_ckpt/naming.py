@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import string
 from collections.abc import Mapping
 from typing import Any
@@ -108,3 +109,34 @@ def next_free_name(filename: str, taken: set[str]) -> str:
     while f"{stem}-v{version}{extension}" in taken:
         version += 1
     return f"{stem}-v{version}{extension}"
+
+
+def checked_template(filename: Any, save_weights_only: bool, varying_reason: str | None) -> str:
+    """Validates a native callback's ``filename`` argument and adds the Keras extension.
+
+    Args:
+        filename: The template the user passed.
+        save_weights_only: Which extension it must have.
+        varying_reason: If set, the template must contain a field, and this says why (e.g.
+            "`top_k` > 1"): a fixed name would make every save overwrite the last.
+
+    Example:
+        >>> checked_template("e{epoch}", save_weights_only=False, varying_reason=None)
+        'e{epoch}.keras'
+    """
+    if not isinstance(filename, str) or not filename:
+        raise ValueError(
+            f"Argument `filename` must be a non-empty string. Received: filename={filename!r}"
+        )
+    if os.sep in filename or (os.altsep and os.altsep in filename):
+        raise ValueError(
+            "Argument `filename` must be a file name without directories. "
+            f"Received: filename={filename!r}"
+        )
+    template = with_extension(filename, save_weights_only)
+    if not template_fields(template) and varying_reason:
+        raise ValueError(
+            f"Argument `filename` must contain a field such as {{epoch}} when {varying_reason}, "
+            f"or every save would overwrite the last. Received: filename={filename!r}"
+        )
+    return template

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from keras_ckpt.ranking import ranked
+from keras_ckpt.validation import one_of
 
 
 class Record(Protocol):
@@ -59,3 +60,62 @@ class KeepBest:
         values = [record.metrics.get(self.monitor, math.nan) for record in records]
         best = {i for i in ranked(values, self.mode)[: self.n] if not math.isnan(values[i])}
         return [i in best for i in range(len(records))]
+
+
+@dataclass(frozen=True)
+class KeepLatest:
+    """Keeps the ``n`` newest checkpoints (records are oldest first).
+
+    Example:
+        >>> KeepLatest(2).keep([object()] * 3)
+        [False, True, True]
+    """
+
+    n: int
+
+    def keep(self, records: Sequence[Record]) -> list[bool]:
+        first_kept = max(len(records) - self.n, 0)
+        return [i >= first_kept for i in range(len(records))]
+
+
+@dataclass(frozen=True)
+class KeepEvery:
+    """Keeps, permanently, each checkpoint whose ``epoch`` or ``step`` is a multiple of ``k``.
+
+    Example:
+        >>> from types import SimpleNamespace as R
+        >>> KeepEvery(2, by="epoch").keep([R(epoch=e) for e in (1, 2, 3, 4)])
+        [False, True, False, True]
+    """
+
+    k: int
+    by: str = "step"
+
+    def __post_init__(self) -> None:
+        one_of("by", self.by, ("epoch", "step"))
+
+    def keep(self, records: Sequence[Record]) -> list[bool]:
+        return [getattr(record, self.by) % self.k == 0 for record in records]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """Keeps a checkpoint that any of ``policies`` keeps.
+
+    Example:
+        >>> from types import SimpleNamespace as R
+        >>> records = [R(epoch=e) for e in (1, 2, 3, 4)]
+        >>> AnyOf(KeepLatest(1), KeepEvery(2, by="epoch")).keep(records)
+        [False, True, False, True]
+    """
+
+    policies: tuple[RetentionPolicy, ...]
+
+    def __init__(self, *policies: RetentionPolicy):
+        object.__setattr__(self, "policies", tuple(policies))
+
+    def keep(self, records: Sequence[Record]) -> list[bool]:
+        flags = [False] * len(records)
+        for policy in self.policies:
+            flags = [a or b for a, b in zip(flags, policy.keep(records), strict=True)]
+        return flags

@@ -55,3 +55,9 @@ def non_empty_str(name: str, value: Any) -> str:
             f"Argument `{name}` must be a non-empty string. Received: {name}={value!r}"
         )
     return value
+
+
+def boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"Argument `{name}` must be True or False. Received: {name}={value!r}")
+    return value

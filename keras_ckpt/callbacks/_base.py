@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_ckpt import ranking
+from keras_ckpt import naming, ranking
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
 from keras_ckpt.store import CheckpointStore
@@ -110,12 +111,42 @@ class StoreCallback(keras.callbacks.Callback):
             self._write,
             epoch=epoch + 1,
             batch=None if batch is None else batch + 1,
-            step=self._iterations() - self._start_iterations,
+            step=self._step(),
             metrics=metrics,
             kind=KIND_WEIGHTS if self.save_weights_only else KIND_MODEL,
             run=self._run,
             keeper=self.keeper,
         )
+
+    def _step(self) -> int:
+        """Training batches completed in this run."""
+        return self._iterations() - self._start_iterations
+
+    def _render_filename(
+        self,
+        store: CheckpointStore,
+        template: str,
+        epoch: int,
+        batch: int | None,
+        metrics: Mapping[str, float],
+    ) -> str:
+        """Fills ``template`` (0-based ``epoch``/``batch`` in); never names another run's file.
+
+        A clash with a file this callback did not write in this run gets ``-v1``, ``-v2``, ...
+        """
+        values: dict[str, Any] = {**metrics, "epoch": epoch + 1, "step": self._step()}
+        if batch is not None:
+            values["batch"] = batch + 1
+        try:
+            filename = naming.format_filename(template, values)
+        except KeyError:
+            unknown = [name for name in naming.template_fields(template) if name not in values]
+            raise ValueError(
+                f"Argument `filename` uses field(s) {unknown} that epoch {epoch + 1} does not "
+                f"provide. Received: filename={template!r}. Fields available: {sorted(values)}"
+            ) from None
+        own = {record.filename for record in self._own_records(store)}
+        return naming.next_free_name(filename, set(os.listdir(store.directory)) - own)
 
     def _partition(
         self, store: CheckpointStore, policy: RetentionPolicy

@@ -62,27 +62,20 @@ class BestCheckpoint(StoreCallback):
         filename: str | None = None,
         verbose: int = 0,
     ):
-        super().__init__(save_weights_only=_bool("save_weights_only", save_weights_only))
+        super().__init__(
+            save_weights_only=validation.boolean("save_weights_only", save_weights_only)
+        )
         self.directory = check_directory_usable(directory, "directory")
         self.monitor = validation.non_empty_str("monitor", monitor)
         self.mode = validation.one_of("mode", mode, ranking.MODES)
         self.top_k = validation.positive_int("top_k", top_k)
         self.min_delta = validation.non_negative_float("min_delta", min_delta)
         self.verbose = validation.one_of("verbose", verbose, (0, 1))
-        template = naming.default_best_template(monitor) if filename is None else filename
-        validation.non_empty_str("filename", template)
-        if os.sep in template or (os.altsep and os.altsep in template):
-            raise ValueError(
-                "Argument `filename` must be a file name without directories. "
-                f"Received: filename={filename!r}"
-            )
-        self.filename = naming.with_extension(template, self.save_weights_only)
-        fields = naming.template_fields(self.filename)  # also checks the template's syntax
-        if self.top_k > 1 and not fields:
-            raise ValueError(
-                "Argument `filename` must contain a field such as {epoch} when `top_k` > 1, or "
-                f"every save would overwrite the last. Received: filename={filename!r}"
-            )
+        self.filename = naming.checked_template(
+            naming.default_best_template(monitor) if filename is None else filename,
+            self.save_weights_only,
+            varying_reason="`top_k` > 1" if self.top_k > 1 else None,
+        )
         self._store: CheckpointStore | None = None
         self._resolved_mode: str | None = None
         self._restored_run: str | None = None
@@ -130,7 +123,7 @@ class BestCheckpoint(StoreCallback):
             if self.verbose:
                 print(f"\nEpoch {epoch + 1}: {self.monitor}={value:.5f} is not among the best.")
             return
-        filename = self._filename(store, epoch, metrics, own)
+        filename = self._render_filename(store, self.filename, epoch, None, metrics)
         record = self._commit(store, filename, epoch=epoch, batch=None, metrics=metrics)
         kept, dropped = self._partition(store, KeepBest(self.top_k, self.monitor, mode))
         # The alias moves before anything is deleted, so it never names a missing file.
@@ -206,34 +199,3 @@ class BestCheckpoint(StoreCallback):
             f"BestCheckpoint: argument `monitor` names a metric that epoch {epoch + 1} did not "
             f"produce. Received: monitor={self.monitor!r}. Metrics available: {sorted(metrics)}"
         )
-
-    def _filename(
-        self,
-        store: CheckpointStore,
-        epoch: int,
-        metrics: dict[str, float],
-        own: list[CheckpointRecord],
-    ) -> str:
-        values = {
-            **metrics,
-            "epoch": epoch + 1,
-            "step": self._iterations() - self._start_iterations,
-        }
-        try:
-            filename = naming.format_filename(self.filename, values)
-        except KeyError:
-            unknown = [f for f in naming.template_fields(self.filename) if f not in values]
-            raise ValueError(
-                f"Argument `filename` uses field(s) {unknown} that epoch {epoch + 1} does not "
-                f"provide. Received: filename={self.filename!r}. Fields available: "
-                f"{sorted(values)}"
-            ) from None
-        # Replacing this run's own file is fine; anything else in the directory is not ours.
-        taken = set(os.listdir(store.directory)) - {r.filename for r in own}
-        return naming.next_free_name(filename, taken)
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"Argument `{name}` must be True or False. Received: {name}={value!r}")
-    return value
