@@ -16,10 +16,14 @@ _EXPORTS = {
     "CheckpointCorruptedError": "keras_ckpt.store",
     "CheckpointRecord": "keras_ckpt.records",
     "CheckpointStore": "keras_ckpt.store",
+    "IntervalCheckpoint": "keras_ckpt.callbacks.interval_checkpoint",
     "ModelCheckpoint": "keras_ckpt.callbacks.model_checkpoint",
     "best_checkpoint": "keras_ckpt.loading",
+    "latest_checkpoint": "keras_ckpt.loading",
     "list_checkpoints": "keras_ckpt.loading",
     "load_best": "keras_ckpt.loading",
+    "load_checkpoint": "keras_ckpt.loading",
+    "load_latest": "keras_ckpt.loading",
 }
 
 __all__ = [
@@ -27,16 +31,28 @@ __all__ = [
     "CheckpointCorruptedError",
     "CheckpointRecord",
     "CheckpointStore",
+    "IntervalCheckpoint",
     "ModelCheckpoint",
     "best_checkpoint",
+    "latest_checkpoint",
     "list_checkpoints",
     "load_best",
+    "load_checkpoint",
+    "load_latest",
 ]
 
 if TYPE_CHECKING:
     from keras_ckpt.callbacks.best_checkpoint import BestCheckpoint
+    from keras_ckpt.callbacks.interval_checkpoint import IntervalCheckpoint
     from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
-    from keras_ckpt.loading import best_checkpoint, list_checkpoints, load_best
+    from keras_ckpt.loading import (
+        best_checkpoint,
+        latest_checkpoint,
+        list_checkpoints,
+        load_best,
+        load_checkpoint,
+        load_latest,
+    )
     from keras_ckpt.records import CheckpointRecord
     from keras_ckpt.store import CheckpointCorruptedError, CheckpointStore
 

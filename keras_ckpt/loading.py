@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, CheckpointRecord
+from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, LATEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import read_manifest, verify
 
 if TYPE_CHECKING:
@@ -28,21 +28,34 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointRecord
     return read_manifest(path).records
 
 
+def _aliased(directory: str | os.PathLike[str], alias: str, writer: str) -> CheckpointRecord:
+    path = os.path.abspath(os.fspath(directory))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"No checkpoint directory at {path}.")
+    manifest = read_manifest(path)
+    target = manifest.aliases.get(alias)
+    record = None if target is None else manifest.find(target)
+    if record is None:
+        raise FileNotFoundError(f"{path} has no {alias} checkpoint (no {writer} saved there).")
+    return record
+
+
 def best_checkpoint(directory: str | os.PathLike[str]) -> CheckpointRecord:
     """The record the directory's ``best`` alias points at.
 
     Raises:
         FileNotFoundError: If the directory has no best checkpoint.
     """
-    path = os.path.abspath(os.fspath(directory))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"No checkpoint directory at {path}.")
-    manifest = read_manifest(path)
-    target = manifest.aliases.get(BEST_ALIAS)
-    record = None if target is None else manifest.find(target)
-    if record is None:
-        raise FileNotFoundError(f"{path} has no best checkpoint (no BestCheckpoint saved there).")
-    return record
+    return _aliased(directory, BEST_ALIAS, "BestCheckpoint")
+
+
+def latest_checkpoint(directory: str | os.PathLike[str]) -> CheckpointRecord:
+    """The record the directory's ``latest`` alias points at.
+
+    Raises:
+        FileNotFoundError: If the directory has no latest checkpoint.
+    """
+    return _aliased(directory, LATEST_ALIAS, "IntervalCheckpoint")
 
 
 def load_best(
@@ -51,7 +64,7 @@ def load_best(
     *,
     verify_checksum: bool = True,
 ) -> keras.Model:
-    """Loads the best checkpoint of ``directory``.
+    """Loads the best checkpoint of ``directory`` (written by ``BestCheckpoint``).
 
     Args:
         directory: A directory written by ``BestCheckpoint``.
@@ -70,16 +83,35 @@ def load_best(
     Example:
         >>> model = keras_ckpt.load_best("runs/demo")  # doctest: +SKIP
     """
+    return load_checkpoint(best_checkpoint(directory), model, verify_checksum=verify_checksum)
+
+
+def load_latest(
+    directory: str | os.PathLike[str],
+    model: keras.Model | None = None,
+    *,
+    verify_checksum: bool = True,
+) -> keras.Model:
+    """Loads the newest checkpoint of ``directory`` (written by ``IntervalCheckpoint``).
+
+    Arguments, return value and errors as for ``load_best``.
+    """
+    return load_checkpoint(latest_checkpoint(directory), model, verify_checksum=verify_checksum)
+
+
+def load_checkpoint(
+    record: CheckpointRecord, model: keras.Model | None = None, *, verify_checksum: bool = True
+) -> keras.Model:
+    """Loads one checkpoint record: the whole model, or its weights into ``model``."""
     import keras
 
-    record = best_checkpoint(directory)
     if verify_checksum:
         verify(record)
     if model is None:
         if record.kind == KIND_WEIGHTS:
             raise ValueError(
-                f"The best checkpoint {record.path} holds weights only; pass the model to load "
-                "them into: load_best(directory, model=model)."
+                f"The checkpoint {record.path} holds weights only; pass the model to load "
+                "them into, e.g. load_best(directory, model=model)."
             )
         return keras.saving.load_model(record.path)
     optimizer = getattr(model, "optimizer", None)

@@ -17,6 +17,7 @@ MANIFEST_FORMAT = "keras_ckpt.manifest"
 MANIFEST_VERSION = 1
 
 BEST_ALIAS = "best"
+LATEST_ALIAS = "latest"
 
 KIND_MODEL = "model"
 KIND_WEIGHTS = "weights"

@@ -1,0 +1,188 @@
+"""``keras_ckpt.IntervalCheckpoint``: a checkpoint every N epochs, N steps or T seconds."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from numbers import Real
+from typing import Any
+
+from keras_ckpt import naming, validation
+from keras_ckpt.callbacks._base import StoreCallback, plain_metrics
+from keras_ckpt.policies import AnyOf, KeepAll, KeepEvery, KeepLatest, RetentionPolicy
+from keras_ckpt.records import LATEST_ALIAS
+from keras_ckpt.store import CheckpointStore, check_directory_usable
+from keras_ckpt.triggers import IntervalTrigger
+
+DEFAULT_FILENAME = "epoch{epoch:03d}-step{step:06d}"
+
+
+class IntervalCheckpoint(StoreCallback):
+    """Saves at regular intervals and keeps what the retention rules say.
+
+    Triggers combine: a save happens when any is due, once per step. With none given, every
+    epoch. Step and time triggers are checked at batch boundaries, at the start of the next
+    batch (``on_train_batch_begin``, which Keras always runs synchronously and which does not
+    turn off asynchronous dispatch); a step that ends an epoch is saved at the epoch end, with
+    that epoch's metrics. Without step or time triggers the callback has no batch hook at all.
+
+    ``latest.keras`` (or ``latest.weights.h5``) is a hard link to the newest checkpoint.
+    Checkpoints that the retention rules drop are deleted after the new one has committed, and
+    only if no other callback sharing the directory keeps them.
+
+    Args:
+        directory: Where the checkpoints go; created at the start of training.
+        every_epochs: Save every this many epochs.
+        every_steps: Save every this many training batches (counted over the run).
+        every_seconds: Save once this many seconds (monotonic clock) passed since the last save.
+        keep_last: Keep the newest this many checkpoints; ``None`` keeps all.
+        keep_every: With ``keep_last``, also keep for good each checkpoint whose epoch (with only
+            the epoch trigger) or step (otherwise) is a multiple of this.
+        save_weights_only: Save ``.weights.h5`` files instead of whole ``.keras`` models.
+        save_on_train_end: Save the final state when training ends (also after early
+            stopping), unless that step was just saved.
+        filename: Template with ``{epoch}`` (1-based), ``{step}``, ``{batch}`` (mid-epoch
+            saves) and, at epoch ends, the metrics. Default ``"epoch{epoch:03d}-step{step:06d}"``.
+        verbose: 0 is silent; 1 prints a line per save.
+        retention: A retention policy of your own (an object with ``keep(records)``) instead of
+            ``keep_last``/``keep_every``.
+        clock: The monotonic clock of ``every_seconds``; tests pass a fake one.
+
+    Raises:
+        ValueError: On any invalid argument, naming it.
+
+    Example:
+        >>> import keras_ckpt
+        >>> interval = keras_ckpt.IntervalCheckpoint(
+        ...     "runs/interval", every_steps=500, keep_last=3, keep_every=5000)
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        every_epochs: int | None = None,
+        every_steps: int | None = None,
+        every_seconds: float | None = None,
+        keep_last: int | None = None,
+        keep_every: int | None = None,
+        save_weights_only: bool = False,
+        save_on_train_end: bool = True,
+        filename: str = DEFAULT_FILENAME,
+        verbose: int = 0,
+        *,
+        retention: RetentionPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        super().__init__(validation.boolean("save_weights_only", save_weights_only))
+        self.directory = check_directory_usable(directory, "directory")
+        self.every_epochs = _optional(validation.positive_int, "every_epochs", every_epochs)
+        self.every_steps = _optional(validation.positive_int, "every_steps", every_steps)
+        self.every_seconds = _optional(_positive_seconds, "every_seconds", every_seconds)
+        self.keep_last = _optional(validation.positive_int, "keep_last", keep_last)
+        self.keep_every = _optional(validation.positive_int, "keep_every", keep_every)
+        self.save_on_train_end = validation.boolean("save_on_train_end", save_on_train_end)
+        self.verbose = validation.one_of("verbose", verbose, (0, 1))
+        if self.every_epochs is self.every_steps is self.every_seconds is None:
+            self.every_epochs = 1
+        if self.keep_every is not None and self.keep_last is None:
+            raise ValueError(
+                "Argument `keep_every` only matters together with `keep_last` (without it every "
+                f"checkpoint is kept). Received: keep_every={keep_every!r}, keep_last=None"
+            )
+        if retention is not None and (self.keep_last or self.keep_every):
+            raise ValueError(
+                "Pass either `retention` or `keep_last`/`keep_every`, not both. "
+                f"Received: retention={retention!r}, keep_last={keep_last!r}"
+            )
+        if retention is not None and not callable(getattr(retention, "keep", None)):
+            raise ValueError(
+                "Argument `retention` must have a `keep(records)` method returning one flag per "
+                f"record. Received: retention={retention!r}"
+            )
+        self.retention = retention if retention is not None else self._default_retention()
+        self.filename = naming.checked_template(filename, self.save_weights_only, None)
+        self._trigger = IntervalTrigger(self.every_epochs, self.every_steps, self.every_seconds)
+        self._clock = clock
+        if self.every_steps is not None or self.every_seconds is not None:
+            self.on_train_batch_begin = self._check_mid_epoch
+        self._store: CheckpointStore | None = None
+        self._epoch_start_step = 0
+        self._current_epoch = 0
+        self._last_saved_step: int | None = None
+        self._last_metrics: dict[str, float] = {}
+
+    def _default_retention(self) -> RetentionPolicy:
+        if self.keep_last is None:
+            return KeepAll()
+        if self.keep_every is None:
+            return KeepLatest(self.keep_last)
+        only_epochs = self.every_steps is None and self.every_seconds is None
+        by = "epoch" if only_epochs else "step"
+        return AnyOf(KeepLatest(self.keep_last), KeepEvery(self.keep_every, by=by))
+
+    # Hooks -------------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._store = self._open_store(self.directory)
+        self._begin_run()
+        self._trigger.start(now=self._clock())
+        self._last_saved_step = None
+        self._last_metrics = {}
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._current_epoch = epoch
+        if self.every_steps is not None or self.every_seconds is not None:
+            self._epoch_start_step = self._step()
+
+    def _check_mid_epoch(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        # `batch` batches of this epoch are done; batch 0's state was handled at the epoch end.
+        if batch and self._trigger.due_mid_epoch(self._epoch_start_step + batch, self._clock()):
+            self._save(self._current_epoch, batch - 1, {})
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._last_metrics = plain_metrics(logs)
+        if self._trigger.due_at_epoch_end(epoch + 1, self._step(), self._clock()):
+            self._save(epoch, None, self._last_metrics)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        step = self._step()
+        if self.save_on_train_end and step > 0 and step != self._last_saved_step:
+            self._save(self._current_epoch, None, self._last_metrics)
+
+    # Results -----------------------------------------------------------------------------
+
+    @property
+    def latest_path(self) -> str | None:
+        """The newest checkpoint this run saved, or ``None``."""
+        kept = [] if self._store is None else self._own_records(self._store)
+        return kept[-1].path if kept else None
+
+    # Internals ---------------------------------------------------------------------------
+
+    def _save(self, epoch: int, batch: int | None, metrics: dict[str, float]) -> None:
+        store = self._store
+        assert store is not None, "on_train_begin opens the store"
+        filename = self._render_filename(store, self.filename, epoch, batch, metrics)
+        record = self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics)
+        self._last_saved_step = record.step
+        self._trigger.saved(self._clock())
+        store.set_alias(LATEST_ALIAS, record.filename)
+        _, dropped = self._partition(store, self.retention)
+        # The newest checkpoint is never dropped: the latest alias must not name a lost file.
+        store.release(self.keeper, [name for name in dropped if name != record.filename])
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: step {record.step}, saved {record.path}")
+
+
+def _optional(check: Callable[[str, Any], Any], name: str, value: Any) -> Any:
+    return None if value is None else check(name, value)
+
+
+def _positive_seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not value > 0:
+        raise ValueError(f"Argument `{name}` must be a number > 0. Received: {name}={value!r}")
+    if math.isinf(value):
+        raise ValueError(f"Argument `{name}` must be finite. Received: {name}={value!r}")
+    return float(value)
