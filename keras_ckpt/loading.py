@@ -81,7 +81,7 @@ def load_best(
         ValueError: If the best checkpoint holds weights only and no ``model`` is given.
 
     Example:
-        >>> model = keras_ckpt.load_best("runs/demo")  # doctest: +SKIP
+        After ``keras-ckpt demo``: ``model = keras_ckpt.load_best("runs/demo")``.
     """
     return load_checkpoint(best_checkpoint(directory), model, verify_checksum=verify_checksum)
 
