@@ -9,6 +9,9 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# A script run in a subprocess by test_crash.py; importing it (as --doctest-modules would) trains.
+collect_ignore = ["crash_child.py"]
+
 
 @pytest.fixture
 def data():
