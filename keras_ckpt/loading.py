@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, LATEST_ALIAS, CheckpointRecord
-from keras_ckpt.store import read_manifest, verify
+from keras_ckpt.store import read_committed, verify
 
 if TYPE_CHECKING:
     import keras
@@ -25,14 +25,14 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointRecord
     path = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No checkpoint directory at {path}.")
-    return read_manifest(path).records
+    return read_committed(path).records
 
 
 def _aliased(directory: str | os.PathLike[str], alias: str, writer: str) -> CheckpointRecord:
     path = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No checkpoint directory at {path}.")
-    manifest = read_manifest(path)
+    manifest = read_committed(path)
     target = manifest.aliases.get(alias)
     record = None if target is None else manifest.find(target)
     if record is None:

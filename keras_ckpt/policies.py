@@ -80,12 +80,18 @@ class KeepLatest:
 
 @dataclass(frozen=True)
 class KeepEvery:
-    """Keeps, permanently, each checkpoint whose ``epoch`` or ``step`` is a multiple of ``k``.
+    """Keeps, permanently, the first checkpoint at or after each multiple of ``k``.
+
+    Counted by ``epoch`` or ``step``. A checkpoint exactly at a multiple is the one kept; when
+    saves skip over a multiple (``steps_per_execution``, time triggers), the first one past it
+    stands in, so every span of ``k`` still leaves one checkpoint.
 
     Example:
         >>> from types import SimpleNamespace as R
         >>> KeepEvery(2, by="epoch").keep([R(epoch=e) for e in (1, 2, 3, 4)])
         [False, True, False, True]
+        >>> KeepEvery(100).keep([R(step=s) for s in (96, 128, 160, 192, 224)])
+        [False, True, False, False, True]
     """
 
     k: int
@@ -95,7 +101,13 @@ class KeepEvery:
         one_of("by", self.by, ("epoch", "step"))
 
     def keep(self, records: Sequence[Record]) -> list[bool]:
-        return [getattr(record, self.by) % self.k == 0 for record in records]
+        flags = []
+        last_span = 0  # span 0 (before the first multiple) keeps nothing
+        for record in records:
+            span = getattr(record, self.by) // self.k
+            flags.append(span > last_span)
+            last_span = max(last_span, span)
+        return flags
 
 
 @dataclass(frozen=True)

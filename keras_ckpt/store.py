@@ -37,9 +37,16 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
-from keras_ckpt.records import MANIFEST_NAME, CheckpointRecord, Manifest
+from keras_ckpt.records import (
+    BEST_ALIAS,
+    LATEST_ALIAS,
+    MANIFEST_NAME,
+    CheckpointRecord,
+    Manifest,
+)
 
 TEMP_PREFIX = ".keras_ckpt-tmp-"
+ALIASES = (BEST_ALIAS, LATEST_ALIAS)
 _HASH_CHUNK = 1 << 20
 
 _locks_guard = threading.Lock()
@@ -143,6 +150,47 @@ def verify(record: CheckpointRecord) -> None:
         )
 
 
+def read_committed(directory: str) -> Manifest:
+    """What a reader may rely on: the manifest with an interrupted commit resolved in memory.
+
+    Writes nothing, so listing a directory that a killed process left is safe and read-only.
+    """
+    manifest = read_manifest(directory)
+    _resolve_pending(manifest, directory)
+    return manifest
+
+
+def _resolve_pending(manifest: Manifest, directory: str) -> None:
+    """Settles ``manifest.pending`` in memory: completed if its rename happened, else dropped.
+
+    The rename happened when the temporary file is gone and the final file matches the recorded
+    checksum; otherwise the previous file of that name (if any) is still the committed one.
+    """
+    pending, manifest.pending = manifest.pending, None
+    if pending is None or os.path.exists(os.path.join(directory, pending["temp"])):
+        return
+    record = CheckpointRecord.from_json(pending["record"], directory)
+    try:
+        verify(record)
+    except CheckpointCorruptedError:
+        return
+    _add_record(manifest, record)
+
+
+def _add_record(manifest: Manifest, record: CheckpointRecord) -> None:
+    previous = manifest.find(record.filename)
+    if previous is not None:
+        keepers = tuple(dict.fromkeys(previous.kept_by + record.kept_by))
+        record = replace(record, kept_by=keepers)
+        manifest.records.remove(previous)
+    manifest.records.append(record)
+
+
+def reserved_alias_filenames() -> list[str]:
+    """File names the aliases use; the native callbacks never name a checkpoint like this."""
+    return [alias + ext for alias in ALIASES for ext in (".keras", ".weights.h5", ".h5")]
+
+
 def alias_filename(alias: str, target_filename: str) -> str:
     """``best`` pointing at ``epoch003.weights.h5`` is the file ``best.weights.h5``."""
     for extension in (".weights.h5", ".keras", ".h5"):
@@ -239,13 +287,21 @@ class CheckpointStore:
         )
         with self._lock:
             manifest = self.manifest()
+            # A commit of this process that failed half way left its pending entry: settle it
+            # before this commit takes the slot.
+            _resolve_pending(manifest, self.directory)
             manifest.pending = {"temp": os.path.basename(temporary), "record": record.to_json()}
-            self._write_manifest(manifest)
-            os.replace(temporary, record.path)
-            _fsync_directory(self.directory)
-            manifest.pending = None
-            self._add_record(manifest, record)
-            self._write_manifest(manifest)
+            try:
+                self._write_manifest(manifest)
+                os.replace(temporary, record.path)
+                _fsync_directory(self.directory)
+                manifest.pending = None
+                _add_record(manifest, record)
+                self._write_manifest(manifest)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.recover()
+                raise
         return record
 
     def release(self, keeper: str, filenames: Iterable[str]) -> list[str]:
@@ -287,13 +343,13 @@ class CheckpointStore:
             manifest = self.manifest()
             if manifest.find(target_filename) is None:
                 raise ValueError(f"{target_filename!r} is not a committed checkpoint.")
-            alias_path = self._link_alias(alias, target_filename)
+            alias_path = self._link_alias(manifest, alias, target_filename)
             previous = manifest.aliases.get(alias)
-            if previous is not None and alias_filename(alias, previous) != os.path.basename(
-                alias_path
-            ):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.path(alias_filename(alias, previous)))
+            if previous is not None:
+                stale = alias_filename(alias, previous)
+                if stale != os.path.basename(alias_path) and manifest.find(stale) is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(self.path(stale))
             manifest.aliases[alias] = target_filename
             self._write_manifest(manifest)
         return alias_path
@@ -306,7 +362,7 @@ class CheckpointStore:
             manifest = self.manifest()
             changed = False
             if manifest.pending is not None:
-                self._finish_pending(manifest)
+                _resolve_pending(manifest, self.directory)
                 changed = True
             if manifest.trash:
                 self._empty_trash(manifest)
@@ -317,33 +373,11 @@ class CheckpointStore:
                         os.remove(self.path(name))
             for alias, target in manifest.aliases.items():
                 if manifest.find(target) is not None:
-                    self._link_alias(alias, target)
+                    self._link_alias(manifest, alias, target)
             if changed:
                 self._write_manifest(manifest)
 
     # Internals ---------------------------------------------------------------------------
-
-    def _finish_pending(self, manifest: Manifest) -> None:
-        pending, manifest.pending = manifest.pending, None
-        assert pending is not None
-        temporary = self.path(pending["temp"])
-        record = CheckpointRecord.from_json(pending["record"], self.directory)
-        if os.path.exists(temporary):
-            return  # The rename never happened: the old file (if any) is intact.
-        try:
-            verify(record)
-        except CheckpointCorruptedError:
-            return
-        self._add_record(manifest, record)
-
-    @staticmethod
-    def _add_record(manifest: Manifest, record: CheckpointRecord) -> None:
-        previous = manifest.find(record.filename)
-        if previous is not None:
-            keepers = tuple(dict.fromkeys(previous.kept_by + record.kept_by))
-            record = replace(record, kept_by=keepers)
-            manifest.records.remove(previous)
-        manifest.records.append(record)
 
     def _empty_trash(self, manifest: Manifest) -> None:
         listed = {record.filename for record in manifest.records}
@@ -355,9 +389,13 @@ class CheckpointStore:
         manifest.trash = []
         self._write_manifest(manifest)
 
-    def _link_alias(self, alias: str, target_filename: str) -> str:
+    def _link_alias(self, manifest: Manifest, alias: str, target_filename: str) -> str:
         target = self.path(target_filename)
         alias_path = self.path(alias_filename(alias, target_filename))
+        if manifest.find(os.path.basename(alias_path)) is not None:
+            # A checkpoint of its own has the alias's name (say ModelCheckpoint("d/best.keras")):
+            # it is never overwritten; the alias then lives in the manifest only.
+            return alias_path
         with contextlib.suppress(FileNotFoundError):
             if os.path.samefile(alias_path, target):
                 return alias_path

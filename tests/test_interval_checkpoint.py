@@ -219,3 +219,39 @@ def test_bad_arguments(tmp_path, kwargs, message):
 def test_load_latest_without_latest(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no latest checkpoint"):
         keras_ckpt.load_latest(tmp_path)
+
+
+def test_a_loop_of_one_epoch_fits_is_one_run(tmp_path, make_model, data):
+    model = make_model()
+    every = keras_ckpt.IntervalCheckpoint(tmp_path / "all", every_steps=4)
+    rolling = keras_ckpt.IntervalCheckpoint(tmp_path / "rolling", every_steps=4, keep_last=2)
+    for _ in range(4):
+        fit(model, data, [every, rolling], epochs=1)
+    # Steps continue over the fits (3 per fit): saves at steps 4 and 8 and at the end of every
+    # fit (3, 6, 9, 12).
+    assert [step for _, _, step in saved(tmp_path / "all")] == [3, 4, 6, 8, 9, 12]
+    assert len({r.run for r in keras_ckpt.list_checkpoints(tmp_path / "all")}) == 1
+    # keep_last spans the fits.
+    assert [step for _, _, step in saved(tmp_path / "rolling")] == [9, 12]
+
+
+def test_steps_count_batches_with_gradient_accumulation(tmp_path, data):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(gradient_accumulation_steps=2), loss="mse")
+    callback = keras_ckpt.IntervalCheckpoint(tmp_path, every_steps=2, save_on_train_end=False)
+    fit(model, data, [callback], epochs=2)
+    assert saved(tmp_path) == [(1, 2, 2), (2, 1, 4), (2, None, 6)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"filename": "fixed"}, r"must contain \{epoch\} or \{step\}"),
+        ({"filename": "ep{epoch}", "every_steps": 10}, r"must contain \{step\} when saving by"),
+        ({"filename": "e{epoch}b{batch}", "every_seconds": 60}, r"must contain \{step\} when"),
+    ],
+)
+def test_filename_must_tell_saves_apart(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_ckpt.IntervalCheckpoint(tmp_path, **kwargs)

@@ -286,3 +286,49 @@ def test_no_warning_when_a_run_overwrites_its_own_file(tmp_path, make_model, dat
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         fit(make_model(), data, [keras_ckpt.ModelCheckpoint(tmp_path / "m.keras")], epochs=2)
+
+
+def test_shares_a_directory_with_best_checkpoint_and_its_alias(
+    tmp_path, make_model, data, scripted
+):
+    # ModelCheckpoint's fixed name "best.keras" is also BestCheckpoint's alias name.
+    checkpoint = keras_ckpt.ModelCheckpoint(tmp_path / "best.keras")
+    best = keras_ckpt.BestCheckpoint(tmp_path)
+    model = make_model()
+    fit(model, data, [scripted([0.3, 0.5, 0.6]), best, checkpoint], epochs=3)
+    keras_ckpt.CheckpointStore(tmp_path)  # reopening must not relink the alias over it
+    for record in keras_ckpt.list_checkpoints(tmp_path):
+        keras_ckpt.store.verify(record)
+    own = keras.saving.load_model(tmp_path / "best.keras")
+    assert_weights_equal(own.get_weights(), model.get_weights())  # epoch 3, ModelCheckpoint's
+    assert keras_ckpt.best_checkpoint(tmp_path).epoch == 1
+
+
+def test_top_k_never_overwrites_a_better_file_of_the_same_name(tmp_path, make_model):
+    # "{epoch}" with save_freq=1: every batch of an epoch renders the same name.
+    callback = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "{epoch:02d}.keras"), monitor="loss", mode="min", save_top_k=2, save_freq=1
+    )
+    callback.set_model(make_model())
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    for batch, loss in enumerate([0.8, 0.9, 0.7]):
+        callback.on_train_batch_end(batch, {"loss": loss})
+    [record] = keras_ckpt.list_checkpoints(tmp_path)
+    assert record.metrics["loss"] == 0.7 and record.batch == 3
+    assert callback.best_value == 0.7
+
+
+def test_unknown_direction_in_auto_mode_raises_like_keras(tmp_path, make_model, data):
+    callback = keras_ckpt.ModelCheckpoint(tmp_path / "m.keras", monitor="val_custom")
+    with pytest.raises(ValueError, match="isn't able to automatically determine"):
+        fit(make_model(), data, [callback])
+
+
+def test_batch_count_carries_over_between_fits_like_keras(tmp_path, make_model, data):
+    model = make_model()
+    callback = keras_ckpt.ModelCheckpoint(str(tmp_path / "e{epoch}b{batch}.keras"), save_freq=4)
+    fit(model, data, [callback])  # 3 batches: nothing yet
+    assert checkpoint_files(tmp_path) == []
+    fit(model, data, [callback])  # the 4th batch overall is this fit's first
+    assert checkpoint_files(tmp_path) == ["e1b1.keras"]

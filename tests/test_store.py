@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+import keras_ckpt
 from keras_ckpt.records import MANIFEST_NAME
 from keras_ckpt.store import (
     TEMP_PREFIX,
@@ -225,3 +226,43 @@ def test_directory_that_is_a_file(tmp_path):
 def test_plain_names_only(tmp_path):
     with pytest.raises(ValueError, match="plain name"):
         commit(CheckpointStore(tmp_path), "sub/a.keras")
+
+
+def test_an_alias_never_overwrites_a_checkpoint_of_that_name(tmp_path):
+    store = CheckpointStore(tmp_path)
+    commit(store, "best.keras", b"model checkpoint's own file", keeper="ModelCheckpoint")
+    commit(store, "e1.keras", b"best model", keeper="BestCheckpoint")
+    store.set_alias("best", "e1.keras")
+    CheckpointStore(tmp_path)  # recovery does not relink it either
+    assert (tmp_path / "best.keras").read_bytes() == b"model checkpoint's own file"
+    for record in store.records():
+        verify(record)
+    assert read_manifest(str(tmp_path)).aliases == {"best": "e1.keras"}
+
+
+def test_a_failed_manifest_write_after_the_rename_is_settled(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path)
+    commit(store, "m.keras", b"old")
+    original = CheckpointStore._write_manifest
+    calls = []
+
+    def full_disk_after_first_write(self, manifest):
+        calls.append(manifest.pending)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        original(self, manifest)
+
+    monkeypatch.setattr(CheckpointStore, "_write_manifest", full_disk_after_first_write)
+    with pytest.raises(OSError, match="No space left"):
+        commit(store, "m.keras", b"new", epoch=2)
+    # The rename happened; the manifest on disk still says pending. Readers settle it.
+    assert (tmp_path / "m.keras").read_bytes() == b"new"
+    [record] = keras_ckpt.list_checkpoints(tmp_path)
+    assert record.epoch == 2
+    verify(record)
+    # The next commit in the same process settles it on disk before taking the pending slot.
+    monkeypatch.setattr(CheckpointStore, "_write_manifest", original)
+    commit(store, "other.keras", b"x", epoch=3)
+    assert [(r.filename, r.epoch) for r in store.records()] == [("m.keras", 2), ("other.keras", 3)]
+    for record in store.records():
+        verify(record)

@@ -13,7 +13,7 @@ import numpy as np
 from keras_ckpt import naming, ranking
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
-from keras_ckpt.store import CheckpointStore
+from keras_ckpt.store import CheckpointStore, reserved_alias_filenames
 
 
 def plain_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
@@ -69,23 +69,37 @@ class StoreCallback(keras.callbacks.Callback):
     def __init__(self, save_weights_only: bool):
         super().__init__()
         self.save_weights_only = save_weights_only
-        self._run = ""
-        self._start_iterations = 0
+        self._run: str | None = None
+        self._start_batches = 0
 
     @property
     def keeper(self) -> str:
         """The name under which this callback keeps files in a shared directory."""
         return type(self).__name__
 
-    def _begin_run(self) -> None:
-        self._run = uuid.uuid4().hex[:12]
-        self._start_iterations = self._iterations()
+    def _begin_run(self, continue_run: bool) -> None:
+        """Starts a run, or with ``continue_run`` goes on with this instance's current one.
 
-    def _iterations(self) -> int:
+        The native callbacks treat an instance as one run, so a loop of ``fit(epochs=1)`` calls
+        keeps one top-k and one retention window; the drop-in ModelCheckpoint starts a run per
+        ``fit``, as Keras resets per ``fit``.
+        """
+        if continue_run and self._run is not None:
+            return
+        self._run = uuid.uuid4().hex[:12]
+        self._start_batches = self._batches_trained()
+
+    def _batches_trained(self) -> int:
+        """Training batches the model's optimizer has seen.
+
+        ``optimizer.iterations`` counts updates, which with ``gradient_accumulation_steps=G`` is
+        one per G batches; the raw counter behind it counts batches.
+        """
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
             return 0
-        return int(optimizer.iterations.numpy())
+        counter = getattr(optimizer, "_iterations", None)
+        return int((optimizer.iterations if counter is None else counter).numpy())
 
     def _open_store(self, directory: str) -> CheckpointStore:
         return CheckpointStore(directory, keras_version=keras.__version__)
@@ -114,13 +128,13 @@ class StoreCallback(keras.callbacks.Callback):
             step=self._step(),
             metrics=metrics,
             kind=KIND_WEIGHTS if self.save_weights_only else KIND_MODEL,
-            run=self._run,
+            run=self._run or "",
             keeper=self.keeper,
         )
 
     def _step(self) -> int:
         """Training batches completed in this run."""
-        return self._iterations() - self._start_iterations
+        return self._batches_trained() - self._start_batches
 
     def _render_filename(
         self,
@@ -146,7 +160,18 @@ class StoreCallback(keras.callbacks.Callback):
                 f"provide. Received: filename={template!r}. Fields available: {sorted(values)}"
             ) from None
         own = {record.filename for record in self._own_records(store)}
-        return naming.next_free_name(filename, set(os.listdir(store.directory)) - own)
+        taken = (set(os.listdir(store.directory)) - own) | set(reserved_alias_filenames())
+        return naming.next_free_name(filename, taken)
+
+    def _replaces_a_better_own_file(
+        self, store: CheckpointStore, filename: str, monitor: str, value: float, mode: str
+    ) -> bool:
+        """Whether saving ``value`` as ``filename`` would overwrite one of this run's files that
+        holds an equal or better value (a template like ``{epoch}`` with ``save_freq=N``)."""
+        for record in self._own_records(store):
+            if record.filename == filename:
+                return not ranking.is_improvement(value, record.metrics.get(monitor), mode)
+        return False
 
     def _partition(
         self, store: CheckpointStore, policy: RetentionPolicy

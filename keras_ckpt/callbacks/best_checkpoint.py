@@ -78,7 +78,6 @@ class BestCheckpoint(StoreCallback):
         )
         self._store: CheckpointStore | None = None
         self._resolved_mode: str | None = None
-        self._restored_run: str | None = None
         self._epochs_without_validation = 0
 
     @property
@@ -89,9 +88,7 @@ class BestCheckpoint(StoreCallback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._store = self._open_store(self.directory)
-        self._begin_run()
-        if self._restored_run is not None:
-            self._run, self._restored_run = self._restored_run, None
+        self._begin_run(continue_run=True)
         self._resolved_mode = None
         self._epochs_without_validation = 0
         earlier = [r for r in self._store.records() if r.run != self._run]
@@ -124,6 +121,8 @@ class BestCheckpoint(StoreCallback):
                 print(f"\nEpoch {epoch + 1}: {self.monitor}={value:.5f} is not among the best.")
             return
         filename = self._render_filename(store, self.filename, epoch, None, metrics)
+        if self._replaces_a_better_own_file(store, filename, self.monitor, value, mode):
+            return  # e.g. filename="{val_loss:.1f}": an equal name already holds a better model
         record = self._commit(store, filename, epoch=epoch, batch=None, metrics=metrics)
         kept, dropped = self._partition(store, KeepBest(self.top_k, self.monitor, mode))
         # The alias moves before anything is deleted, so it never names a missing file.
@@ -161,12 +160,13 @@ class BestCheckpoint(StoreCallback):
         return None if best is None else best.metrics[self.monitor]
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs to continue this run's top-k (kept in the manifest)."""
-        return {"run": self._run}
+        """What a resumed run needs to continue this run's top-k (the rest is in the manifest)."""
+        return {"run": self._run, "start_batches": self._start_batches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continues the run ``state`` describes from the next ``on_train_begin``."""
-        self._restored_run = state.get("run") or None
+        self._run = state.get("run") or None
+        self._start_batches = int(state.get("start_batches", 0))
 
     # Internals ---------------------------------------------------------------------------
 

@@ -103,6 +103,7 @@ class IntervalCheckpoint(StoreCallback):
             )
         self.retention = retention if retention is not None else self._default_retention()
         self.filename = naming.checked_template(filename, self.save_weights_only, None)
+        self._check_filename_varies()
         self._trigger = IntervalTrigger(self.every_epochs, self.every_steps, self.every_seconds)
         self._clock = clock
         if self.every_steps is not None or self.every_seconds is not None:
@@ -112,6 +113,22 @@ class IntervalCheckpoint(StoreCallback):
         self._current_epoch = 0
         self._last_saved_step: int | None = None
         self._last_metrics: dict[str, float] = {}
+        self._epochs_ended = 0
+
+    def _check_filename_varies(self) -> None:
+        fields = set(naming.template_fields(self.filename))
+        if self.every_steps is None and self.every_seconds is None:
+            if not fields & {"epoch", "step"}:
+                raise ValueError(
+                    "Argument `filename` must contain {epoch} or {step}, or every save would "
+                    f"overwrite the last. Received: filename={self.filename!r}"
+                )
+        elif "step" not in fields:
+            raise ValueError(
+                "Argument `filename` must contain {step} when saving by steps or seconds, or "
+                "saves within an epoch would overwrite each other. "
+                f"Received: filename={self.filename!r}"
+            )
 
     def _default_retention(self) -> RetentionPolicy:
         if self.keep_last is None:
@@ -126,10 +143,11 @@ class IntervalCheckpoint(StoreCallback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._store = self._open_store(self.directory)
-        self._begin_run()
-        self._trigger.start(now=self._clock())
+        self._begin_run(continue_run=True)
+        self._trigger.start(now=self._clock(), step=self._step())
         self._last_saved_step = None
         self._last_metrics = {}
+        self._epochs_ended = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._current_epoch = epoch
@@ -142,13 +160,15 @@ class IntervalCheckpoint(StoreCallback):
             self._save(self._current_epoch, batch - 1, {})
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epochs_ended += 1
         self._last_metrics = plain_metrics(logs)
         if self._trigger.due_at_epoch_end(epoch + 1, self._step(), self._clock()):
             self._save(epoch, None, self._last_metrics)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        step = self._step()
-        if self.save_on_train_end and step > 0 and step != self._last_saved_step:
+        if not self.save_on_train_end or self._epochs_ended == 0:
+            return
+        if self._last_saved_step is None or self._step() != self._last_saved_step:
             self._save(self._current_epoch, None, self._last_metrics)
 
     # Results -----------------------------------------------------------------------------

@@ -139,10 +139,8 @@ class ModelCheckpoint(StoreCallback):
     # Hooks -------------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._begin_run()
+        self._begin_run(continue_run=False)
         self.best = self.initial_value_threshold
-        if self._batch_trigger is not None:
-            self._batch_trigger.reset()
         self._resolved_mode = None
         self._has_saved = False
         self._warned_replaced = set()
@@ -152,6 +150,9 @@ class ModelCheckpoint(StoreCallback):
         self._current_epoch = epoch
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        # Keras settles the direction of `monitor` here, raising for an unknown metric in
+        # "auto" mode whether or not it is needed; a drop-in raises the same.
+        self._mode()
         if self.save_freq == "epoch":
             self._save_model(epoch, None, logs or {})
 
@@ -258,9 +259,13 @@ class ModelCheckpoint(StoreCallback):
         if self.save_top_k is None:
             improved = new_best
         else:
-            kept = [r.metrics.get(self.monitor, math.nan) for r in self._own_records(store)]
-            improved = ranking.enters_top_k(kept, value, self.save_top_k, mode) and (
-                ranking.is_improvement(value, self.initial_value_threshold, mode)
+            filename = os.path.basename(filepath)
+            others = [r for r in self._own_records(store) if r.filename != filename]
+            kept = [r.metrics.get(self.monitor, math.nan) for r in others]
+            improved = (
+                ranking.enters_top_k(kept, value, self.save_top_k, mode)
+                and ranking.is_improvement(value, self.initial_value_threshold, mode)
+                and not self._replaces_a_better_own_file(store, filename, self.monitor, value, mode)
             )
         if self.verbose > 0:
             best_text = "None" if self.best is None else f"{self.best:.5f}"
