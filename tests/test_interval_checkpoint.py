@@ -255,3 +255,16 @@ def test_steps_count_batches_with_gradient_accumulation(tmp_path, data):
 def test_filename_must_tell_saves_apart(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         keras_ckpt.IntervalCheckpoint(tmp_path, **kwargs)
+
+
+def test_the_checkpoint_a_new_run_started_from_is_never_deleted(tmp_path, make_model, data):
+    fit(make_model(), data, [keras_ckpt.IntervalCheckpoint(tmp_path, keep_last=1)], epochs=2)
+    started_from = keras_ckpt.latest_checkpoint(tmp_path)
+    model = keras_ckpt.load_latest(tmp_path)
+    fit(model, data, [keras_ckpt.IntervalCheckpoint(tmp_path, keep_last=1)], epochs=3)
+    records = keras_ckpt.list_checkpoints(tmp_path)
+    assert started_from in records
+    keras_ckpt.store.verify(started_from)
+    # The new run rotated its own checkpoints only, and `latest` moved to its newest.
+    assert [r.step for r in records if r.run != started_from.run] == [9]
+    assert keras_ckpt.latest_checkpoint(tmp_path).run != started_from.run
