@@ -24,6 +24,7 @@ _EXPORTS = {
     "load_best": "keras_ckpt.loading",
     "load_checkpoint": "keras_ckpt.loading",
     "load_latest": "keras_ckpt.loading",
+    "plot_schedule": "keras_ckpt.schedules",
 }
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "load_best",
     "load_checkpoint",
     "load_latest",
+    "plot_schedule",
 ]
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
         load_latest,
     )
     from keras_ckpt.records import CheckpointRecord
+    from keras_ckpt.schedules import plot_schedule
     from keras_ckpt.store import CheckpointCorruptedError, CheckpointStore
 
 
