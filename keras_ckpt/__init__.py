@@ -16,8 +16,11 @@ _EXPORTS = {
     "CheckpointCorruptedError": "keras_ckpt.store",
     "CheckpointRecord": "keras_ckpt.records",
     "CheckpointStore": "keras_ckpt.store",
+    "EarlyStopping": "keras_ckpt.callbacks.early_stopping",
     "IntervalCheckpoint": "keras_ckpt.callbacks.interval_checkpoint",
+    "LearningRateScheduler": "keras_ckpt.callbacks.learning_rate",
     "ModelCheckpoint": "keras_ckpt.callbacks.model_checkpoint",
+    "ReduceLROnPlateau": "keras_ckpt.callbacks.learning_rate",
     "best_checkpoint": "keras_ckpt.loading",
     "latest_checkpoint": "keras_ckpt.loading",
     "list_checkpoints": "keras_ckpt.loading",
@@ -32,8 +35,11 @@ __all__ = [
     "CheckpointCorruptedError",
     "CheckpointRecord",
     "CheckpointStore",
+    "EarlyStopping",
     "IntervalCheckpoint",
+    "LearningRateScheduler",
     "ModelCheckpoint",
+    "ReduceLROnPlateau",
     "best_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
@@ -45,7 +51,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from keras_ckpt.callbacks.best_checkpoint import BestCheckpoint
+    from keras_ckpt.callbacks.early_stopping import EarlyStopping
     from keras_ckpt.callbacks.interval_checkpoint import IntervalCheckpoint
+    from keras_ckpt.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
     from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
     from keras_ckpt.loading import (
         best_checkpoint,

@@ -28,6 +28,7 @@ __all__ = [
     "CyclicalLR",
     "ExponentialDecay",
     "OneCycle",
+    "Scaled",
     "StepDecay",
     "WarmupCosine",
     "plot_schedule",
@@ -486,3 +487,30 @@ def plot_schedule(schedule: Any, steps: int, ax: Any = None) -> Any:
     ax.set_ylabel("learning rate")
     ax.set_title(type(schedule).__name__)
     return figure
+
+
+@_register
+class Scaled(_Schedule):
+    """``schedule`` multiplied by ``scale``: how ReduceLROnPlateau lowers a scheduled rate.
+
+    Example:
+        >>> float(Scaled(StepDecay(1.0, milestones=[10]), scale=0.5)(0))
+        0.5
+    """
+
+    def __init__(self, schedule: Any, scale: float):
+        self.schedule = (
+            keras.optimizers.schedules.deserialize(schedule)
+            if isinstance(schedule, dict)
+            else schedule
+        )
+        self.scale = _positive("scale", scale)
+
+    def __call__(self, step: Any) -> Any:
+        return self.schedule(step) * self.scale
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "schedule": keras.optimizers.schedules.serialize(self.schedule),
+            "scale": self.scale,
+        }

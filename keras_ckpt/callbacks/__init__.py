@@ -1,7 +1,16 @@
 """The Keras callbacks. Importing this package imports Keras."""
 
 from keras_ckpt.callbacks.best_checkpoint import BestCheckpoint
+from keras_ckpt.callbacks.early_stopping import EarlyStopping
 from keras_ckpt.callbacks.interval_checkpoint import IntervalCheckpoint
+from keras_ckpt.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
 from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
 
-__all__ = ["BestCheckpoint", "IntervalCheckpoint", "ModelCheckpoint"]
+__all__ = [
+    "BestCheckpoint",
+    "EarlyStopping",
+    "IntervalCheckpoint",
+    "LearningRateScheduler",
+    "ModelCheckpoint",
+    "ReduceLROnPlateau",
+]

@@ -8,59 +8,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
-import numpy as np
 
 from keras_ckpt import naming, ranking
+from keras_ckpt.callbacks._monitor import batches_trained
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
 from keras_ckpt.store import CheckpointStore, reserved_alias_filenames
-
-
-def plain_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
-    """The scalar entries of ``logs`` as Python floats (tensors and arrays converted)."""
-    metrics = {}
-    for name, value in (logs or {}).items():
-        try:
-            array = np.asarray(keras.ops.convert_to_numpy(value))
-        except Exception:  # A non-numeric log entry is not a metric.
-            continue
-        if array.size == 1 and np.issubdtype(array.dtype, np.number):
-            metrics[name] = float(array.reshape(()))
-    return metrics
-
-
-def metric_direction(model: keras.Model | None, monitor: str) -> str | None:
-    """``"up"`` or ``"down"`` if one of the model's compiled metrics named like ``monitor`` says."""
-    name = monitor.removeprefix("val_")
-    for metric in _flat_metrics(getattr(model, "metrics", None) or []):
-        if metric.name == name and getattr(metric, "_direction", None) in ("up", "down"):
-            return metric._direction
-    return None
-
-
-def _flat_metrics(metrics: list[Any]) -> list[Any]:
-    flat = []
-    for metric in metrics:
-        inner = getattr(metric, "metrics", None)
-        if isinstance(inner, list) and inner and inner is not metrics:
-            flat.extend(_flat_metrics(inner))
-        else:
-            flat.append(metric)
-    return flat
-
-
-def resolve_mode_or_raise(
-    callback_name: str, model: keras.Model | None, monitor: str, mode: str
-) -> str:
-    resolved = ranking.resolve_mode(monitor, mode, metric_direction(model, monitor))
-    if resolved is None:
-        raise ValueError(
-            f"{callback_name} callback received monitor={monitor}, but Keras isn't able to "
-            "automatically determine whether that metric should be maximized or minimized. "
-            "Pass `mode='max'` in order to monitor based on the highest metric value, or pass "
-            "`mode='min'` in order to use the lowest value."
-        )
-    return resolved
 
 
 class StoreCallback(keras.callbacks.Callback):
@@ -87,19 +40,7 @@ class StoreCallback(keras.callbacks.Callback):
         if continue_run and self._run is not None:
             return
         self._run = uuid.uuid4().hex[:12]
-        self._start_batches = self._batches_trained()
-
-    def _batches_trained(self) -> int:
-        """Training batches the model's optimizer has seen.
-
-        ``optimizer.iterations`` counts updates, which with ``gradient_accumulation_steps=G`` is
-        one per G batches; the raw counter behind it counts batches.
-        """
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None:
-            return 0
-        counter = getattr(optimizer, "_iterations", None)
-        return int((optimizer.iterations if counter is None else counter).numpy())
+        self._start_batches = batches_trained(self.model)
 
     def _open_store(self, directory: str) -> CheckpointStore:
         return CheckpointStore(directory, keras_version=keras.__version__)
@@ -134,7 +75,7 @@ class StoreCallback(keras.callbacks.Callback):
 
     def _step(self) -> int:
         """Training batches completed in this run."""
-        return self._batches_trained() - self._start_batches
+        return batches_trained(self.model) - self._start_batches
 
     def _render_filename(
         self,

@@ -8,7 +8,8 @@ import warnings
 from typing import Any
 
 from keras_ckpt import naming, ranking, validation
-from keras_ckpt.callbacks._base import StoreCallback, plain_metrics, resolve_mode_or_raise
+from keras_ckpt.callbacks._base import StoreCallback
+from keras_ckpt.callbacks._monitor import plain_metrics, resolve_mode_or_raise
 from keras_ckpt.policies import KeepBest
 from keras_ckpt.records import BEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import CheckpointStore, check_directory_usable

@@ -10,7 +10,8 @@ from numbers import Real
 from typing import Any
 
 from keras_ckpt import naming, validation
-from keras_ckpt.callbacks._base import StoreCallback, plain_metrics
+from keras_ckpt.callbacks._base import StoreCallback
+from keras_ckpt.callbacks._monitor import plain_metrics
 from keras_ckpt.policies import AnyOf, KeepAll, KeepEvery, KeepLatest, RetentionPolicy
 from keras_ckpt.records import LATEST_ALIAS
 from keras_ckpt.store import CheckpointStore, check_directory_usable

@@ -11,7 +11,8 @@ import keras
 import numpy as np
 
 from keras_ckpt import naming, ranking, validation
-from keras_ckpt.callbacks._base import StoreCallback, plain_metrics, resolve_mode_or_raise
+from keras_ckpt.callbacks._base import StoreCallback
+from keras_ckpt.callbacks._monitor import plain_metrics, resolve_mode_or_raise
 from keras_ckpt.policies import KeepBest
 from keras_ckpt.records import CheckpointRecord
 from keras_ckpt.store import CheckpointStore

@@ -1,0 +1,236 @@
+"""``keras_ckpt.EarlyStopping``: Keras's EarlyStopping with thresholds, reasons, resumable state."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any
+
+import keras
+
+from keras_ckpt import ranking, validation
+from keras_ckpt.callbacks._monitor import plain_metrics, resolve_mode_or_raise
+
+PATIENCE = "patience"
+STOPPING_THRESHOLD = "stopping_threshold"
+DIVERGENCE_THRESHOLD = "divergence_threshold"
+NON_FINITE = "non_finite"
+
+
+class EarlyStopping(keras.callbacks.Callback):
+    """Stops training when a monitored metric stops improving; a drop-in for Keras's class.
+
+    Takes every argument of ``keras.callbacks.EarlyStopping`` with the same defaults and
+    behaviour, and adds:
+
+    - ``stopping_threshold``: stop as soon as the metric is better than this.
+    - ``divergence_threshold``: stop as soon as the metric is worse than this.
+    - ``check_finite`` (default ``True``): stop as soon as the metric is NaN or infinite. Keras
+      has no such check (a NaN simply never improves); pass ``False`` for Keras's behaviour.
+    - ``stopping_reason``: ``None`` while training goes on, else ``"patience"``,
+      ``"stopping_threshold"``, ``"divergence_threshold"`` or ``"non_finite"``.
+    - ``restore_best_weights`` may name a ``BestCheckpoint`` directory (or be the callback):
+      the best weights are then loaded from its best checkpoint at the end instead of being held
+      in memory. They are that callback's best, by its own ``monitor``.
+    - ``state_dict()`` / ``load_state_dict()``: a resumed run continues ``wait`` and ``best``.
+
+    Args:
+        monitor: The metric to watch.
+        min_delta: Minimum change that counts as an improvement.
+        patience: Epochs without improvement after which training stops.
+        verbose: 0 is silent; 1 prints when the callback acts.
+        mode: ``"auto"``, ``"min"`` or ``"max"`` (unknown values warn and use auto, as in Keras).
+        baseline: Training stops unless the metric beats this within ``patience`` epochs.
+        restore_best_weights: ``False``, ``True`` (hold the best weights in memory, as Keras),
+            or a ``BestCheckpoint`` or its directory.
+        start_from_epoch: Epochs to wait before monitoring starts.
+        stopping_threshold: Stop once the metric is better than this.
+        divergence_threshold: Stop once the metric is worse than this.
+        check_finite: Stop once the metric is NaN or infinite.
+
+    Raises:
+        ValueError: On an invalid added argument.
+
+    Example:
+        >>> import keras_ckpt
+        >>> stop = keras_ckpt.EarlyStopping(patience=3, stopping_threshold=0.01)
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        min_delta: float = 0,
+        patience: int = 0,
+        verbose: int = 0,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: Any = False,
+        start_from_epoch: int = 0,
+        *,
+        stopping_threshold: float | None = None,
+        divergence_threshold: float | None = None,
+        check_finite: bool = True,
+    ):
+        super().__init__()
+        if mode not in ranking.MODES:
+            warnings.warn(
+                f"{type(self).__name__} mode '{mode}' is unknown, fallback to auto mode.",
+                stacklevel=2,
+            )
+            mode = "auto"
+        self.monitor = monitor
+        self.mode = mode
+        self.min_delta = abs(min_delta)
+        self.patience = patience
+        self.verbose = verbose
+        self.baseline = baseline
+        self.start_from_epoch = start_from_epoch
+        self.stopping_threshold = validation.optional_float(
+            "stopping_threshold", stopping_threshold
+        )
+        self.divergence_threshold = validation.optional_float(
+            "divergence_threshold", divergence_threshold
+        )
+        self.check_finite = validation.boolean("check_finite", check_finite)
+        self.restore_best_weights = restore_best_weights
+        self._best_directory = _best_directory(restore_best_weights)
+        self._resolved_mode: str | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best: float | None = None
+        self.best_weights: list[Any] | None = None
+        self.best_epoch = 0
+        self.stopping_reason: str | None = None
+
+    # Hooks -------------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._reset()
+        if self._pending_state is not None:
+            self._apply_state(self._pending_state)
+            self._pending_state = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        mode = self._mode()
+        current = self._monitor_value(logs)
+        if current is None or epoch < self.start_from_epoch:
+            return
+        reason = self._threshold_reason(current, mode)
+        if reason is not None:
+            self._stop(epoch, reason)
+            return
+        if self.restore_best_weights is True and self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch
+        self.wait += 1
+        if ranking.is_improvement(current, self.best, mode, self.min_delta):
+            self.best = current
+            self.best_epoch = epoch
+            if self.restore_best_weights is True:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or ranking.is_improvement(
+                current, self.baseline, mode, self.min_delta
+            ):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self._stop(epoch, PATIENCE)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping ({self.stopping_reason})")
+        if self._best_directory is not None:
+            from keras_ckpt.loading import load_best
+
+            if self.verbose > 0:
+                print(
+                    f"Restoring model weights from the best checkpoint in {self._best_directory}."
+                )
+            load_best(self._best_directory, model=self.model)
+        elif self.restore_best_weights is True and self.best_weights is not None:
+            if self.verbose > 0:
+                print(
+                    "Restoring model weights from the end of the best epoch: "
+                    f"{self.best_epoch + 1}."
+                )
+            self.model.set_weights(self.best_weights)
+
+    # State -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters a resumed run needs (not the in-memory best weights)."""
+        return {
+            "wait": self.wait,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "stopped_epoch": self.stopped_epoch,
+            "stopping_reason": self.stopping_reason,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Applied at the next ``on_train_begin``, after its reset."""
+        self._pending_state = dict(state)
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        self.wait = int(state.get("wait", 0))
+        best = state.get("best")
+        self.best = None if best is None else float(best)
+        self.best_epoch = int(state.get("best_epoch", 0))
+        self.stopped_epoch = int(state.get("stopped_epoch", 0))
+        self.stopping_reason = state.get("stopping_reason")
+
+    # Internals ---------------------------------------------------------------------------
+
+    def _mode(self) -> str:
+        if self._resolved_mode is None:
+            self._resolved_mode = resolve_mode_or_raise(
+                type(self).__name__, self.model, self.monitor, self.mode
+            )
+        return self._resolved_mode
+
+    def _monitor_value(self, logs: dict[str, Any] | None) -> float | None:
+        metrics = plain_metrics(logs)
+        if self.monitor not in metrics:
+            warnings.warn(
+                f"Early stopping conditioned on metric `{self.monitor}` which is not available. "
+                f"Available metrics are: {','.join(list((logs or {}).keys()))}",
+                stacklevel=3,
+            )
+            return None
+        return metrics[self.monitor]
+
+    def _threshold_reason(self, current: float, mode: str) -> str | None:
+        if self.check_finite and not math.isfinite(current):
+            return NON_FINITE
+        if self.stopping_threshold is not None and ranking.is_improvement(
+            current, self.stopping_threshold, mode
+        ):
+            return STOPPING_THRESHOLD
+        opposite = "max" if mode == "min" else "min"
+        if self.divergence_threshold is not None and ranking.is_improvement(
+            current, self.divergence_threshold, opposite
+        ):
+            return DIVERGENCE_THRESHOLD
+        return None
+
+    def _stop(self, epoch: int, reason: str) -> None:
+        self.stopped_epoch = epoch
+        self.stopping_reason = reason
+        self.model.stop_training = True
+
+
+def _best_directory(restore_best_weights: Any) -> str | None:
+    if isinstance(restore_best_weights, bool):
+        return None
+    directory = getattr(restore_best_weights, "directory", restore_best_weights)
+    if isinstance(directory, (str, os.PathLike)):
+        return os.fspath(directory)
+    raise ValueError(
+        "Argument `restore_best_weights` must be True, False, a BestCheckpoint or its "
+        f"directory. Received: restore_best_weights={restore_best_weights!r}"
+    )

@@ -1,0 +1,281 @@
+"""``keras_ckpt.ReduceLROnPlateau`` and ``keras_ckpt.LearningRateScheduler``: Keras's classes,
+working with schedule-driven optimizers and keeping their state across a resume."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_ckpt import ranking, validation
+from keras_ckpt.callbacks._monitor import batches_trained, plain_metrics, resolve_mode_or_raise
+from keras_ckpt.schedules import Scaled
+
+Schedule = keras.optimizers.schedules.LearningRateSchedule
+
+
+def _optimizers(model: keras.Model) -> list[Any]:
+    """The optimizers a model trains with (several for a multi-optimizer)."""
+    optimizer = model.optimizer
+    return list(getattr(optimizer, "optimizers", None) or [optimizer])
+
+
+def current_learning_rate(optimizer: Any) -> float:
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def _log_learning_rates(model: keras.Model, logs: dict[str, Any] | None) -> None:
+    if logs is None:
+        return
+    optimizers = _optimizers(model)
+    if len(optimizers) == 1:
+        logs["learning_rate"] = current_learning_rate(optimizers[0])
+    else:
+        for optimizer in optimizers:
+            logs[f"learning_rate_{optimizer.name}"] = current_learning_rate(optimizer)
+
+
+class ReduceLROnPlateau(keras.callbacks.Callback):
+    """Lowers the learning rate when a metric has stopped improving; a drop-in for Keras's class.
+
+    Takes every argument of ``keras.callbacks.ReduceLROnPlateau`` with the same defaults and
+    behaviour, and adds:
+
+    - It works when the optimizer's learning rate is a ``LearningRateSchedule`` (Keras raises
+      ``TypeError``): the schedule is multiplied by ``factor`` (wrapped in
+      ``keras_ckpt.schedules.Scaled``, which saves with the model) and the train step is rebuilt
+      so every backend sees the new scale. ``min_lr`` bounds the rate at the moment of reduction.
+    - ``state_dict()`` / ``load_state_dict()``: ``wait``, ``cooldown_counter`` and ``best``
+      continue across a resume (Keras resets them in every ``fit``).
+
+    Args:
+        monitor, factor, patience, verbose, mode, min_delta, cooldown, min_lr: As in Keras.
+
+    Raises:
+        ValueError: If ``factor >= 1.0`` (Keras's check and message).
+
+    Example:
+        >>> import keras_ckpt
+        >>> reduce = keras_ckpt.ReduceLROnPlateau(patience=2, factor=0.5)
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        verbose: int = 0,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        if factor >= 1.0:
+            raise ValueError(
+                f"ReduceLROnPlateau does not support a factor >= 1.0. Received factor={factor}"
+            )
+        if mode not in ranking.MODES:
+            warnings.warn(
+                f"{type(self).__name__} mode '{mode}' is unknown, fallback to auto mode.",
+                stacklevel=2,
+            )
+            mode = "auto"
+        self.monitor = monitor
+        self.factor = factor
+        self.patience = patience
+        self.verbose = verbose
+        self.mode = mode
+        self.min_delta = abs(min_delta)
+        self.cooldown = cooldown
+        self.min_lr = min_lr
+        self._resolved_mode: str | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best: float | None = None
+        self.cooldown_counter = 0
+        self.wait = 0
+
+    def in_cooldown(self) -> bool:
+        return self.cooldown_counter > 0
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._reset()
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self.wait = int(state.get("wait", 0))
+            self.cooldown_counter = int(state.get("cooldown_counter", 0))
+            best = state.get("best")
+            self.best = None if best is None else float(best)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._resolved_mode is None:
+            self._resolved_mode = resolve_mode_or_raise(
+                type(self).__name__, self.model, self.monitor, self.mode
+            )
+        _log_learning_rates(self.model, logs)
+        current = plain_metrics(logs).get(self.monitor)
+        if current is None:
+            warnings.warn(
+                f"Learning rate reduction is conditioned on metric `{self.monitor}` which is not "
+                f"available. Available metrics are: {','.join(list((logs or {}).keys()))}.",
+                stacklevel=2,
+            )
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if ranking.is_improvement(current, self.best, self._resolved_mode, self.min_delta):
+            self.best = current
+            self.wait = 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                reduced = [self._reduce(optimizer, epoch) for optimizer in _optimizers(self.model)]
+                if any(reduced):
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+    def _reduce(self, optimizer: Any, epoch: int) -> bool:
+        old = current_learning_rate(optimizer)
+        if not old > np.float32(self.min_lr):
+            return False
+        new = max(old * self.factor, self.min_lr)
+        schedule = optimizer._learning_rate  # Keras keeps the schedule object here.
+        if isinstance(schedule, Schedule):
+            if isinstance(schedule, Scaled):
+                schedule = Scaled(schedule.schedule, schedule.scale * new / old)
+            else:
+                schedule = Scaled(schedule, new / old)
+            optimizer._learning_rate = schedule
+            # The compiled train step captured the old schedule; rebuild it on every backend.
+            self.model.make_train_function(force=True)
+        else:
+            optimizer.learning_rate = new
+        if self.verbose > 0:
+            name = "" if len(_optimizers(self.model)) == 1 else f" {optimizer.name}"
+            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing{name} learning rate to {new}.")
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters a resumed run needs; the rate itself is in the optimizer's saved state."""
+        return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Applied at the next ``on_train_begin``, after its reset."""
+        self._pending_state = dict(state)
+
+
+class LearningRateScheduler(keras.callbacks.Callback):
+    """Sets the learning rate from a schedule; a drop-in for Keras's class.
+
+    Takes Keras's arguments (``schedule(epoch)`` or ``schedule(epoch, lr)`` called at each
+    epoch start, ``verbose``) with the same behaviour, and adds:
+
+    - ``per="step"``: call ``schedule(step)`` before every training batch instead, ``step``
+      counting batches from the start of training (``on_train_batch_begin``, which does not turn
+      off asynchronous dispatch).
+    - ``schedule`` may be a ``keras.optimizers.schedules.LearningRateSchedule``.
+    - A schedule may return a 0-d array or tensor (Keras insists on a Python or NumPy float).
+    - The learning rate is written into the epoch's ``logs`` (``learning_rate``), so History,
+      CSVLogger and TensorBoard show it.
+    - An optimizer whose learning rate is itself a schedule is a clear error at the start of
+      training, instead of Keras's ``TypeError`` mid-way.
+
+    Args:
+        schedule: ``epoch -> rate``, ``(epoch, rate) -> rate``, or with ``per="step"``
+            ``step -> rate``; or a ``LearningRateSchedule``.
+        verbose: 0 is silent; 1 prints the rate at each epoch start.
+        per: ``"epoch"`` (Keras's behaviour) or ``"step"``.
+
+    Raises:
+        ValueError: If ``schedule`` is not callable or ``per`` is unknown.
+
+    Example:
+        >>> import keras_ckpt
+        >>> from keras_ckpt.schedules import WarmupCosine
+        >>> scheduler = keras_ckpt.LearningRateScheduler(WarmupCosine(1e-3, 10_000), per="step")
+    """
+
+    def __init__(self, schedule: Callable[..., Any], verbose: int = 0, *, per: str = "epoch"):
+        super().__init__()
+        if not callable(schedule):
+            raise ValueError(
+                f"Argument `schedule` must be callable. Received: schedule={schedule!r}"
+            )
+        self.schedule = schedule
+        self.verbose = verbose
+        self.per = validation.one_of("per", per, ("epoch", "step"))
+        if self.per == "step":
+            self.on_train_batch_begin = self._set_for_step
+        self._start_batches = 0
+        self._epoch_start_step = 0
+        self.last_learning_rate: float | None = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        for optimizer in _optimizers(self.model):
+            if not hasattr(optimizer, "learning_rate"):
+                raise ValueError('Optimizer must have a "learning_rate" attribute.')
+            if isinstance(getattr(optimizer, "_learning_rate", None), Schedule):
+                raise ValueError(
+                    "LearningRateScheduler cannot set the learning rate of an optimizer created "
+                    "with a LearningRateSchedule; pass the schedule to LearningRateScheduler and "
+                    "a float learning rate to the optimizer. "
+                    f"Received: learning_rate={optimizer._learning_rate!r}"
+                )
+        self._start_batches = batches_trained(self.model)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.per == "step":
+            self._epoch_start_step = batches_trained(self.model) - self._start_batches
+            return
+        for optimizer in _optimizers(self.model):
+            rate = self._rate_for_epoch(optimizer, epoch)
+            if self.verbose > 0:
+                name = "" if len(_optimizers(self.model)) == 1 else f" {optimizer.name}"
+                print(
+                    f"\nEpoch {epoch + 1}: LearningRateScheduler setting{name} learning rate "
+                    f"to {rate}."
+                )
+
+    def _set_for_step(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        rate = _as_float(self.schedule(self._epoch_start_step + batch))
+        for optimizer in _optimizers(self.model):
+            optimizer.learning_rate = rate
+        self.last_learning_rate = rate
+
+    def _rate_for_epoch(self, optimizer: Any, epoch: int) -> float:
+        if isinstance(self.schedule, Schedule):
+            rate = self.schedule(epoch)
+        else:
+            try:
+                rate = self.schedule(epoch, current_learning_rate(optimizer))
+            except TypeError:  # A schedule of the epoch alone, as Keras allows.
+                rate = self.schedule(epoch)
+        rate = _as_float(rate)
+        optimizer.learning_rate = rate
+        self.last_learning_rate = rate
+        return rate
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        _log_learning_rates(self.model, logs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule is a function of the epoch or step, so only the last rate is kept."""
+        return {"last_learning_rate": self.last_learning_rate, "start_batches": self._start_batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_learning_rate = state.get("last_learning_rate")
+
+
+def _as_float(rate: Any) -> float:
+    array = np.asarray(keras.ops.convert_to_numpy(rate))
+    if array.size != 1 or array.dtype.kind not in "fiu":
+        raise ValueError(f"The output of the `schedule` function should be a float. Got: {rate}")
+    return float(array.reshape(()))
