@@ -239,7 +239,10 @@ def test_scheduler_per_step(make_model, data):
 
     recorder = RatePerBatch()
     model = make_model()
-    fit(model, data, [keras_ckpt.LearningRateScheduler(schedule, per="step"), recorder], epochs=3)
+    scheduler = keras_ckpt.LearningRateScheduler(schedule, per="step")
+    fit(model, data, [scheduler, recorder], epochs=2)
+    # A second fit (or a resumed model) continues from the optimizer's step count.
+    fit(model, data, [keras_ckpt.LearningRateScheduler(schedule, per="step"), recorder], epochs=1)
     assert recorder.rates == pytest.approx([float(schedule(step)) for step in range(9)])
 
 

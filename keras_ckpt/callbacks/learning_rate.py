@@ -179,8 +179,8 @@ class LearningRateScheduler(keras.callbacks.Callback):
     epoch start, ``verbose``) with the same behaviour, and adds:
 
     - ``per="step"``: call ``schedule(step)`` before every training batch instead, ``step``
-      counting batches from the start of training (``on_train_batch_begin``, which does not turn
-      off asynchronous dispatch).
+      being the batches the optimizer has trained (so a resumed model continues the curve), from
+      ``on_train_batch_begin``, which does not turn off asynchronous dispatch.
     - ``schedule`` may be a ``keras.optimizers.schedules.LearningRateSchedule``.
     - A schedule may return a 0-d array or tensor (Keras insists on a Python or NumPy float).
     - The learning rate is written into the epoch's ``logs`` (``learning_rate``), so History,
@@ -214,7 +214,6 @@ class LearningRateScheduler(keras.callbacks.Callback):
         self.per = validation.one_of("per", per, ("epoch", "step"))
         if self.per == "step":
             self.on_train_batch_begin = self._set_for_step
-        self._start_batches = 0
         self._epoch_start_step = 0
         self.last_learning_rate: float | None = None
 
@@ -229,11 +228,11 @@ class LearningRateScheduler(keras.callbacks.Callback):
                     "a float learning rate to the optimizer. "
                     f"Received: learning_rate={optimizer._learning_rate!r}"
                 )
-        self._start_batches = batches_trained(self.model)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.per == "step":
-            self._epoch_start_step = batches_trained(self.model) - self._start_batches
+            # The optimizer's own batch count: a resumed model continues the curve.
+            self._epoch_start_step = batches_trained(self.model)
             return
         for optimizer in _optimizers(self.model):
             rate = self._rate_for_epoch(optimizer, epoch)
@@ -268,7 +267,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The schedule is a function of the epoch or step, so only the last rate is kept."""
-        return {"last_learning_rate": self.last_learning_rate, "start_batches": self._start_batches}
+        return {"last_learning_rate": self.last_learning_rate}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_learning_rate = state.get("last_learning_rate")
