@@ -21,6 +21,7 @@ _EXPORTS = {
     "LearningRateScheduler": "keras_ckpt.callbacks.learning_rate",
     "ModelCheckpoint": "keras_ckpt.callbacks.model_checkpoint",
     "ReduceLROnPlateau": "keras_ckpt.callbacks.learning_rate",
+    "ResumeFromLatest": "keras_ckpt.callbacks.resume",
     "best_checkpoint": "keras_ckpt.loading",
     "latest_checkpoint": "keras_ckpt.loading",
     "list_checkpoints": "keras_ckpt.loading",
@@ -40,6 +41,7 @@ __all__ = [
     "LearningRateScheduler",
     "ModelCheckpoint",
     "ReduceLROnPlateau",
+    "ResumeFromLatest",
     "best_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from keras_ckpt.callbacks.interval_checkpoint import IntervalCheckpoint
     from keras_ckpt.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
     from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
+    from keras_ckpt.callbacks.resume import ResumeFromLatest
     from keras_ckpt.loading import (
         best_checkpoint,
         latest_checkpoint,

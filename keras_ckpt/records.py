@@ -42,6 +42,8 @@ class CheckpointRecord:
         kept_by: Names of the callbacks whose retention keeps this file. A file is deleted only
             when no callback keeps it.
         batch: 1-based batch within the epoch for checkpoints taken mid-epoch, else ``None``.
+        state: What a resume needs beyond the file (epoch position, callback and random
+            states), for checkpoints written by ResumeFromLatest; else ``None``.
     """
 
     path: str
@@ -56,6 +58,7 @@ class CheckpointRecord:
     run: str
     kept_by: tuple[str, ...] = ()
     batch: int | None = None
+    state: dict[str, Any] | None = None
 
     @property
     def filename(self) -> str:
@@ -78,6 +81,7 @@ class CheckpointRecord:
             "kind": self.kind,
             "run": self.run,
             "kept_by": list(self.kept_by),
+            "state": self.state,
         }
 
     @classmethod
@@ -95,6 +99,7 @@ class CheckpointRecord:
             kind=data.get("kind", KIND_MODEL),
             run=data.get("run", ""),
             kept_by=tuple(data.get("kept_by", ())),
+            state=data.get("state"),
         )
 
 

@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from keras_ckpt.records import (
     BEST_ALIAS,
@@ -255,6 +256,7 @@ class CheckpointStore:
         run: str,
         keeper: str,
         batch: int | None = None,
+        state: Mapping[str, Any] | None = None,
     ) -> CheckpointRecord:
         """Writes a checkpoint through ``write(temporary_path)`` and commits it as ``filename``.
 
@@ -284,6 +286,7 @@ class CheckpointStore:
             kind=kind,
             run=run,
             kept_by=(keeper,),
+            state=None if state is None else dict(state),
         )
         with self._lock:
             manifest = self.manifest()

@@ -5,6 +5,7 @@ from keras_ckpt.callbacks.early_stopping import EarlyStopping
 from keras_ckpt.callbacks.interval_checkpoint import IntervalCheckpoint
 from keras_ckpt.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
 from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
+from keras_ckpt.callbacks.resume import ResumeFromLatest
 
 __all__ = [
     "BestCheckpoint",
@@ -13,4 +14,5 @@ __all__ = [
     "LearningRateScheduler",
     "ModelCheckpoint",
     "ReduceLROnPlateau",
+    "ResumeFromLatest",
 ]

@@ -59,6 +59,7 @@ class StoreCallback(keras.callbacks.Callback):
         epoch: int,
         batch: int | None,
         metrics: Mapping[str, float],
+        state: Mapping[str, Any] | None = None,
     ) -> CheckpointRecord:
         """Saves the model now; ``epoch`` and ``batch`` are 0-based as ``fit`` passes them."""
         return store.commit(
@@ -71,6 +72,7 @@ class StoreCallback(keras.callbacks.Callback):
             kind=KIND_WEIGHTS if self.save_weights_only else KIND_MODEL,
             run=self._run or "",
             keeper=self.keeper,
+            state=state,
         )
 
     def _step(self) -> int:
@@ -113,6 +115,15 @@ class StoreCallback(keras.callbacks.Callback):
             if record.filename == filename:
                 return not ranking.is_improvement(value, record.metrics.get(monitor), mode)
         return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run this callback continues after a resume (its checkpoints are in the manifest)."""
+        return {"run": self._run, "start_batches": self._start_batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues the run ``state`` names; the next ``on_train_begin`` keeps it."""
+        self._run = state.get("run") or None
+        self._start_batches = int(state.get("start_batches", 0))
 
     def _partition(
         self, store: CheckpointStore, policy: RetentionPolicy

@@ -160,15 +160,6 @@ class BestCheckpoint(StoreCallback):
         best = self._best_record(self.kept)
         return None if best is None else best.metrics[self.monitor]
 
-    def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs to continue this run's top-k (the rest is in the manifest)."""
-        return {"run": self._run, "start_batches": self._start_batches}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continues the run ``state`` describes from the next ``on_train_begin``."""
-        self._run = state.get("run") or None
-        self._start_batches = int(state.get("start_batches", 0))
-
     # Internals ---------------------------------------------------------------------------
 
     def _require_store(self) -> CheckpointStore:

@@ -11,6 +11,7 @@ import keras
 
 from keras_ckpt import ranking, validation
 from keras_ckpt.callbacks._monitor import plain_metrics, resolve_mode_or_raise
+from keras_ckpt.callbacks._state import Resumable
 
 PATIENCE = "patience"
 STOPPING_THRESHOLD = "stopping_threshold"
@@ -18,7 +19,7 @@ DIVERGENCE_THRESHOLD = "divergence_threshold"
 NON_FINITE = "non_finite"
 
 
-class EarlyStopping(keras.callbacks.Callback):
+class EarlyStopping(Resumable, keras.callbacks.Callback):
     """Stops training when a monitored metric stops improving; a drop-in for Keras's class.
 
     Takes every argument of ``keras.callbacks.EarlyStopping`` with the same defaults and
@@ -96,7 +97,6 @@ class EarlyStopping(keras.callbacks.Callback):
         self.restore_best_weights = restore_best_weights
         self._best_directory = _best_directory(restore_best_weights)
         self._resolved_mode: str | None = None
-        self._pending_state: dict[str, Any] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -111,9 +111,7 @@ class EarlyStopping(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._reset()
-        if self._pending_state is not None:
-            self._apply_state(self._pending_state)
-            self._pending_state = None
+        self._begin_training()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         mode = self._mode()
@@ -142,6 +140,7 @@ class EarlyStopping(keras.callbacks.Callback):
             self._stop(epoch, PATIENCE)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._end_training()
         if self.stopped_epoch > 0 and self.verbose > 0:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping ({self.stopping_reason})")
         if self._best_directory is not None:
@@ -171,10 +170,6 @@ class EarlyStopping(keras.callbacks.Callback):
             "stopped_epoch": self.stopped_epoch,
             "stopping_reason": self.stopping_reason,
         }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Applied at the next ``on_train_begin``, after its reset."""
-        self._pending_state = dict(state)
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         self.wait = int(state.get("wait", 0))

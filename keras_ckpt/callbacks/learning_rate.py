@@ -12,6 +12,7 @@ import numpy as np
 
 from keras_ckpt import ranking, validation
 from keras_ckpt.callbacks._monitor import batches_trained, plain_metrics, resolve_mode_or_raise
+from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.schedules import Scaled
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
@@ -38,7 +39,7 @@ def _log_learning_rates(model: keras.Model, logs: dict[str, Any] | None) -> None
             logs[f"learning_rate_{optimizer.name}"] = current_learning_rate(optimizer)
 
 
-class ReduceLROnPlateau(keras.callbacks.Callback):
+class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
     """Lowers the learning rate when a metric has stopped improving; a drop-in for Keras's class.
 
     Takes every argument of ``keras.callbacks.ReduceLROnPlateau`` with the same defaults and
@@ -94,7 +95,6 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
         self.cooldown = cooldown
         self.min_lr = min_lr
         self._resolved_mode: str | None = None
-        self._pending_state: dict[str, Any] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -107,12 +107,16 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._reset()
-        if self._pending_state is not None:
-            state, self._pending_state = self._pending_state, None
-            self.wait = int(state.get("wait", 0))
-            self.cooldown_counter = int(state.get("cooldown_counter", 0))
-            best = state.get("best")
-            self.best = None if best is None else float(best)
+        self._begin_training()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._end_training()
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        self.wait = int(state.get("wait", 0))
+        self.cooldown_counter = int(state.get("cooldown_counter", 0))
+        best = state.get("best")
+        self.best = None if best is None else float(best)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._resolved_mode is None:
@@ -166,10 +170,6 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
     def state_dict(self) -> dict[str, Any]:
         """Counters a resumed run needs; the rate itself is in the optimizer's saved state."""
         return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": self.best}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Applied at the next ``on_train_begin``, after its reset."""
-        self._pending_state = dict(state)
 
 
 class LearningRateScheduler(keras.callbacks.Callback):

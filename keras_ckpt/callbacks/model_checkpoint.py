@@ -13,13 +13,14 @@ import numpy as np
 from keras_ckpt import naming, ranking, validation
 from keras_ckpt.callbacks._base import StoreCallback
 from keras_ckpt.callbacks._monitor import plain_metrics, resolve_mode_or_raise
+from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.policies import KeepBest
 from keras_ckpt.records import CheckpointRecord
 from keras_ckpt.store import CheckpointStore
 from keras_ckpt.triggers import EveryNBatches
 
 
-class ModelCheckpoint(StoreCallback):
+class ModelCheckpoint(Resumable, StoreCallback):
     """Saves the model or its weights during ``fit``; a drop-in for Keras's ModelCheckpoint.
 
     Takes every argument of ``keras.callbacks.ModelCheckpoint`` with the same defaults and
@@ -146,6 +147,18 @@ class ModelCheckpoint(StoreCallback):
         self._has_saved = False
         self._warned_replaced = set()
         self._stores = {}
+        self._begin_training()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._end_training()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run and Keras's ``best``, so a resumed run continues ``save_best_only``."""
+        return {**StoreCallback.state_dict(self), "best": self.best}
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        StoreCallback.load_state_dict(self, state)
+        self.best = state.get("best", self.best)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._current_epoch = epoch

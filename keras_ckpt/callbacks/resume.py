@@ -1,0 +1,421 @@
+"""``keras_ckpt.ResumeFromLatest``: rerun the same script and training goes on where it stopped."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_ckpt import validation
+from keras_ckpt.callbacks._base import StoreCallback
+from keras_ckpt.callbacks._monitor import plain_metrics
+from keras_ckpt.policies import KeepLatest
+from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
+from keras_ckpt.store import CheckpointCorruptedError, check_directory_usable, verify
+from keras_ckpt.triggers import IntervalTrigger
+
+FILENAME = "resume-epoch{epoch:04d}-step{step:08d}.weights.h5"
+STATE_VERSION = 1
+
+
+class ResumeFromLatest(StoreCallback):
+    """Saves everything a run needs to continue, and continues from it when the script reruns.
+
+    The first run trains and saves; a rerun of the same script, with the same ``model.fit``
+    call, finds the newest valid checkpoint in ``directory`` and continues from it: model and
+    optimizer variables (so ``optimizer.iterations`` and schedules continue), the epoch and the
+    batch within it (the batches already trained are read from the data and not trained again),
+    Keras seed-generator states (Dropout and other random layers), Python's and NumPy's random
+    states, and the state of every callback in the same ``fit`` that has ``state_dict()`` /
+    ``load_state_dict()`` (all of keras_ckpt's, and your own if they implement them).
+
+    With deterministic ops and a data order that depends only on the epoch (unshuffled NumPy
+    inputs, a ``PyDataset`` whose order is a function of the epoch), the final weights are
+    bit-identical to those of an uninterrupted run, after a kill at an epoch boundary or
+    mid-epoch.
+
+    A newest checkpoint that fails its checksum or cannot be read is skipped with a warning, and
+    the next valid one is used. A checkpoint of another architecture is an error naming the first
+    variable that differs. When training completes, the run is marked finished: rerunning the
+    finished script restores the final weights and does not train again (it says so), unless
+    ``fit`` is asked for more epochs.
+
+    With ``handle_signals=True``, SIGTERM and SIGINT make the callback save at the next batch
+    boundary and stop training cleanly, so ``fit`` returns; a second signal goes to the handler
+    that was installed before (by default: exit at once).
+
+    Args:
+        directory: Where the resume checkpoints go (a checkpoint store like any other:
+            ``list_checkpoints`` describes it).
+        save_freq: ``"epoch"``, or also every this many batches (mid-epoch).
+        every_seconds: Also save once this many seconds passed since the last save.
+        keep_last: How many resume checkpoints to keep (at least 1; the default 2 leaves one to
+            fall back on if the newest is damaged).
+        handle_signals: Save and stop cleanly on SIGTERM/SIGINT.
+        verbose: 0 is silent; 1 prints what is restored and saved.
+
+    Raises:
+        ValueError: On any invalid argument, naming it.
+
+    Example:
+        >>> import keras_ckpt
+        >>> resume = keras_ckpt.ResumeFromLatest("runs/resume", save_freq=500)
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        save_freq: str | int = "epoch",
+        every_seconds: float | None = None,
+        keep_last: int = 2,
+        handle_signals: bool = True,
+        verbose: int = 0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        super().__init__(save_weights_only=True)
+        self.directory = check_directory_usable(directory, "directory")
+        if save_freq != "epoch":
+            validation.positive_int("save_freq", save_freq)
+        self.save_freq = save_freq
+        if every_seconds is not None and (
+            isinstance(every_seconds, bool)
+            or not isinstance(every_seconds, (int, float))
+            or not 0 < every_seconds < float("inf")
+        ):
+            raise ValueError(
+                "Argument `every_seconds` must be a finite number > 0 or None. "
+                f"Received: every_seconds={every_seconds!r}"
+            )
+        self.every_seconds = every_seconds
+        self.keep_last = validation.positive_int("keep_last", keep_last)
+        self.handle_signals = validation.boolean("handle_signals", handle_signals)
+        self.verbose = validation.one_of("verbose", verbose, (0, 1))
+        self._trigger = IntervalTrigger(
+            every_epochs=1,
+            every_steps=None if save_freq == "epoch" else int(save_freq),
+            every_seconds=None if every_seconds is None else float(every_seconds),
+        )
+        self._clock = clock
+        if save_freq != "epoch" or every_seconds is not None or handle_signals:
+            self.on_train_batch_begin = self._on_batch_begin
+        self._store = None
+        self._epoch = 0
+        self._epoch_start_step = 0
+        self._signal_received = threading.Event()
+        self._previous_handlers: dict[int, Any] = {}
+        self._stopped_by_signal = False
+        self._epochs_done = 0
+        self._trained = False
+        self.resumed_from: CheckpointRecord | None = None
+
+    # Hooks -------------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._store = self._open_store(self.directory)
+        self._stopped_by_signal = False
+        self._signal_received.clear()
+        self._epochs_done = 0
+        self._trained = False
+        self.resumed_from = self._newest_valid()
+        if self.resumed_from is None:
+            self._begin_run(continue_run=False)
+        else:
+            self._restore(self.resumed_from)
+        self._trigger.start(now=self._clock(), step=self._step())
+        if self.handle_signals:
+            self._install_signal_handlers()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+        self._epoch_start_step = self._step()
+
+    def _on_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._signal_received.is_set() and not self._stopped_by_signal:
+            self._stopped_by_signal = True
+            self._save(self._epoch, batch)
+            self.model.stop_training = True
+            if self.verbose:
+                print("\nResumeFromLatest: signal received; saved, stopping.")
+            return
+        if batch and self._trigger.due_mid_epoch(self._epoch_start_step + batch, self._clock()):
+            self._save(self._epoch, batch)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epochs_done = epoch + 1
+        self._trained = True
+        if self._stopped_by_signal:
+            return  # the epoch was cut short; the mid-epoch save is the one to resume from
+        if self._trigger.due_at_epoch_end(epoch + 1, self._step(), self._clock()):
+            self._save(epoch + 1, 0, metrics=plain_metrics(logs))
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._restore_signal_handlers()
+        # Keras's BackupAndRestore leaves this set, so a later plain fit starts midway.
+        self.model._initial_epoch = None
+        if self._trained and not self._stopped_by_signal:
+            self._save(self._epochs_done, 0, finished=True)
+
+    # Saving ------------------------------------------------------------------------------
+
+    def _save(
+        self,
+        epoch: int,
+        batch: int,
+        metrics: dict[str, float] | None = None,
+        finished: bool = False,
+    ) -> None:
+        """Saves the state after ``batch`` batches of 0-based ``epoch`` (batch 0: its start)."""
+        store = self._store
+        assert store is not None
+        state = {
+            "version": STATE_VERSION,
+            "epoch": epoch,
+            "batch": batch,
+            # A finished run remembers how many epochs fit asked for: asking for more trains on.
+            "finished": self.params.get("epochs", epoch) if finished else None,
+            "start_batches": self._start_batches,
+            "variables": _variable_signature(self.model),
+            "random": _random_state(self.model),
+            "callbacks": _callback_states(_sibling_callbacks(self)),
+        }
+        # Records name the epoch a checkpoint was taken in: an epoch-boundary save belongs to
+        # the epoch that just ended.
+        record_epoch = epoch - 1 if batch == 0 else epoch
+        filename = self._render_filename(store, FILENAME, max(record_epoch, 0), None, metrics or {})
+        record = self._commit(
+            store,
+            filename,
+            epoch=max(record_epoch, 0),
+            batch=None if batch == 0 else batch - 1,
+            metrics=metrics or {},
+            state=state,
+        )
+        self._trigger.saved(self._clock())
+        store.set_alias(LATEST_ALIAS, record.filename)
+        _, dropped = self._partition(store, KeepLatest(self.keep_last))
+        protected = {record.filename}
+        if self.resumed_from is not None:
+            protected.add(self.resumed_from.filename)
+        store.release(self.keeper, [name for name in dropped if name not in protected])
+        if self.verbose:
+            print(f"\nResumeFromLatest: saved {record.path}")
+
+    # Restoring ---------------------------------------------------------------------------
+
+    def _newest_valid(self) -> CheckpointRecord | None:
+        store = self._store
+        assert store is not None
+        candidates = [
+            r for r in store.records() if r.state is not None and self.keeper in r.kept_by
+        ]
+        for record in reversed(candidates):
+            try:
+                verify(record)
+            except CheckpointCorruptedError as error:
+                warnings.warn(f"ResumeFromLatest: skipping {record.path}: {error}", stacklevel=3)
+                continue
+            return record
+        return None
+
+    def _restore(self, record: CheckpointRecord) -> None:
+        state = record.state or {}
+        _check_architecture(self.model, state.get("variables", []), record.path)
+        try:
+            _load_weights(self.model, record.path)
+        except Exception as error:  # an unreadable file that still matched its checksum
+            raise ValueError(f"ResumeFromLatest could not load {record.path}: {error}") from error
+        self._run = record.run
+        self._start_batches = int(state.get("start_batches", 0))
+        _set_random_state(self.model, state.get("random", {}))
+        epochs = self.params.get("epochs")
+        epoch = int(state["epoch"])
+        finished = state.get("finished")
+        if finished is not None and epochs is not None and epochs <= finished:
+            print(
+                f"ResumeFromLatest: training in {self.directory} already finished "
+                f"({epoch} epochs); restored the final weights and not training again."
+            )
+            self.model._initial_epoch = epochs
+            self._epochs_done = epoch
+            return
+        self.model._initial_epoch = epoch
+        batch = int(state.get("batch", 0))
+        if batch:
+            _skip_trained_batches(self.model, batch)
+        _load_callback_states(_sibling_callbacks(self), state.get("callbacks", {}))
+        if self.verbose:
+            where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch else "")
+            print(f"ResumeFromLatest: resuming at {where} from {record.path}")
+
+    # Signals -----------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self._signal_received.is_set():
+            self._signal_received.set()
+            return
+        # A second signal: hand it to whoever handled it before us.
+        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
+        self._restore_signal_handlers()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+
+# Helpers -------------------------------------------------------------------------------
+
+
+def _load_weights(model: keras.Model, path: str) -> None:
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    model.load_weights(path)
+
+
+def _variable_signature(model: keras.Model) -> list[list[Any]]:
+    return [[variable.path, list(variable.shape)] for variable in model.weights]
+
+
+def _check_architecture(model: keras.Model, saved: list[list[Any]], path: str) -> None:
+    current = _variable_signature(model)
+    if not saved or [shape for _, shape in current] == [shape for _, shape in saved]:
+        return
+    for index, (mine, theirs) in enumerate(zip(current, saved, strict=False)):
+        if list(mine[1]) != list(theirs[1]):
+            detail = f"variable {index} is {mine[0]} {mine[1]} here but {theirs[0]} {theirs[1]}"
+            break
+    else:
+        detail = f"the model has {len(current)} variables, the checkpoint {len(saved)}"
+    raise ValueError(
+        f"ResumeFromLatest: {path} was saved from a different architecture ({detail}). "
+        "Nothing was loaded or overwritten; use a new directory for a new model."
+    )
+
+
+def _seed_generators(model: keras.Model) -> list[Any]:
+    generators = []
+    for layer in model._flatten_layers(include_self=True):
+        generators.extend(getattr(layer, "_seed_generators", []))
+    return generators
+
+
+def _random_state(model: keras.Model) -> dict[str, Any]:
+    version, python_state, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(python_state), gauss],
+        "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached)],
+        "seed_generators": [
+            keras.ops.convert_to_numpy(g.state.value).tolist() for g in _seed_generators(model)
+        ],
+    }
+
+
+def _set_random_state(model: keras.Model, state: dict[str, Any]) -> None:
+    if "python" in state:
+        version, python_state, gauss = state["python"]
+        random.setstate((version, tuple(python_state), gauss))
+    if "numpy" in state:
+        name, keys, position, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    generators = _seed_generators(model)
+    saved = state.get("seed_generators", [])
+    if len(saved) == len(generators):
+        for generator, value in zip(generators, saved, strict=True):
+            generator.state.assign(np.array(value, dtype=generator.state.dtype))
+
+
+def _sibling_callbacks(callback: keras.callbacks.Callback) -> list[Any]:
+    """The other callbacks of the running ``fit``, found on the call stack.
+
+    Every Keras trainer holds them in a local ``callbacks`` (a ``CallbackList``) while it calls
+    the hooks.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get("callbacks")
+            if isinstance(candidate, keras.callbacks.CallbackList) and any(
+                c is callback for c in candidate.callbacks
+            ):
+                return [c for c in candidate.callbacks if c is not callback]
+            frame = frame.f_back
+    finally:
+        del frame
+    return []
+
+
+def _callback_keys(callbacks: list[Any]) -> list[tuple[str, Any]]:
+    """Stable names for callbacks with state: class name and occurrence (``EarlyStopping#0``)."""
+    seen: dict[str, int] = {}
+    keyed = []
+    for callback in callbacks:
+        if not (hasattr(callback, "state_dict") and hasattr(callback, "load_state_dict")):
+            continue
+        name = type(callback).__name__
+        index = seen.get(name, 0)
+        seen[name] = index + 1
+        keyed.append((f"{name}#{index}", callback))
+    return keyed
+
+
+def _callback_states(callbacks: list[Any]) -> dict[str, Any]:
+    return {key: callback.state_dict() for key, callback in _callback_keys(callbacks)}
+
+
+def _load_callback_states(callbacks: list[Any], states: dict[str, Any]) -> None:
+    for key, callback in _callback_keys(callbacks):
+        if key in states:
+            callback.load_state_dict(states[key])
+
+
+def _skip_trained_batches(model: keras.Model, batches: int) -> None:
+    """Makes the next calls of ``model.train_function`` read their batches without training.
+
+    ``fit`` calls the train function once per execution of ``steps_per_execution`` batches,
+    with the backend's own arguments; the wrapper consumes the same data and returns no logs,
+    then puts the real function back.
+    """
+    original = model.train_function
+    per_execution = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
+    remaining = [-(-batches // per_execution)]  # executions to skip
+    backend = keras.backend.backend()
+
+    def skip(*args: Any) -> Any:
+        remaining[0] -= 1
+        if remaining[0] <= 0:
+            model.train_function = original
+        if backend == "jax":
+            state, iterator = args
+            for _ in range(per_execution):
+                next(iterator, None)
+            return {}, state
+        if backend == "tensorflow":
+            (iterator,) = args
+            for _ in range(per_execution):
+                next(iterator, None)
+        return {}
+
+    model.train_function = skip
