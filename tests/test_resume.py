@@ -1,0 +1,234 @@
+"""ResumeFromLatest: exact continuation after interruptions, crash safety, callback states."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import assert_weights_equal
+
+import keras_ckpt
+
+CHILD = os.path.join(os.path.dirname(__file__), "resume_child.py")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def deterministic_ops():
+    tf.config.experimental.enable_op_determinism()
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 4)).astype("float32")
+    return x, x.sum(axis=1, keepdims=True)  # 5 batches of 16 per epoch
+
+
+def make_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+class Crash(keras.callbacks.Callback):
+    """Raises before the given global batch, as a crash in the middle of training would."""
+
+    def __init__(self, at_step):
+        super().__init__()
+        self.at_step, self.step = at_step, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.step == self.at_step:
+            raise RuntimeError("simulated crash")
+        self.step += 1
+
+
+def fit(model, data, callbacks, epochs=5, **kwargs):
+    x, y = data
+    return model.fit(
+        x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks, **kwargs
+    )
+
+
+def reference_weights(data, epochs=5):
+    model = make_model()
+    fit(model, data, [], epochs=epochs)
+    return model.get_weights()
+
+
+@pytest.mark.parametrize(
+    ("crash_step", "resume_epoch", "resume_batch"),
+    # Saves come every 3 batches and at epoch ends (5 batches each). Crash before batch 10:
+    # resume at the start of epoch index 2; before 13: after batch 12 (epoch 2, batch 2);
+    # before 19: after batch 18 (epoch 3, batch 3).
+    [(10, 2, 0), (13, 2, 2), (19, 3, 3)],
+)
+def test_resume_is_bit_identical(tmp_path, data, crash_step, resume_epoch, resume_batch):
+    expected = reference_weights(data)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(
+            make_model(),
+            data,
+            [keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3), Crash(crash_step)],
+        )
+    model = make_model(seed=1)  # the rerun builds its model afresh
+    resume = keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3)
+    history = fit(model, data, [resume])
+    state = resume.resumed_from.state
+    assert (state["epoch"], state["batch"]) == (resume_epoch, resume_batch)
+    assert history.epoch[0] == resume_epoch
+    assert_weights_equal(model.get_weights(), expected)
+    assert model._initial_epoch is None  # a later plain fit starts at epoch 0
+
+
+def test_finished_run_does_not_train_again(tmp_path, data, capsys):
+    expected = reference_weights(data)
+    fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path)])
+    model = make_model(seed=1)
+    history = fit(model, data, [keras_ckpt.ResumeFromLatest(tmp_path)])
+    assert history.epoch == []
+    assert "already finished (5 epochs)" in capsys.readouterr().out
+    assert_weights_equal(model.get_weights(), expected)
+    # Asking for more epochs trains on, exactly as one longer run would.
+    history = fit(model, data, [keras_ckpt.ResumeFromLatest(tmp_path)], epochs=7)
+    assert history.epoch == [5, 6]
+    assert_weights_equal(model.get_weights(), reference_weights(data, epochs=7))
+
+
+def test_callback_states_continue(tmp_path, data, scripted):
+    sequence = [0.9, 0.8, 0.85, 0.7, 0.75, 0.76, 0.8, 0.9, 0.95, 0.99]
+    whole = keras_ckpt.EarlyStopping(monitor="loss", patience=3)
+    expected_epochs = fit(make_model(), data, [scripted(sequence, "loss"), whole], epochs=10).epoch
+
+    def callbacks(crash):
+        # EarlyStopping comes before ResumeFromLatest: its state is restored all the same.
+        stop = keras_ckpt.EarlyStopping(monitor="loss", patience=3)
+        best = keras_ckpt.BestCheckpoint(tmp_path / "best", monitor="loss", top_k=2)
+        extra = [Crash(crash)] if crash else []
+        resume = keras_ckpt.ResumeFromLatest(tmp_path / "resume")
+        return [scripted(sequence, "loss"), stop, best, resume, *extra], stop, best
+
+    crashing, _, _ = callbacks(crash=22)  # during epoch 5 (index 4)
+    with pytest.raises(RuntimeError):
+        fit(make_model(), data, crashing, epochs=10)
+    rerun, stop, best = callbacks(crash=None)
+    history = fit(make_model(seed=1), data, rerun, epochs=10)
+    assert history.epoch[-1] == expected_epochs[-1]
+    assert (stop.stopped_epoch, stop.best) == (whole.stopped_epoch, whole.best)
+    # One top-2 over both processes: one run id, the two best epochs (0.7 and 0.75).
+    kept = keras_ckpt.list_checkpoints(tmp_path / "best")
+    assert [r.epoch for r in kept] == [4, 5] and len({r.run for r in kept}) == 1
+
+
+def test_corrupted_newest_checkpoint_falls_back(tmp_path, data):
+    expected = reference_weights(data)
+    with pytest.raises(RuntimeError):
+        fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3), Crash(16)])
+    newest = keras_ckpt.list_checkpoints(tmp_path)[-1]
+    with open(newest.path, "r+b") as file:
+        file.seek(newest.size // 2)
+        file.write(b"\xffcorrupt" * 8)
+    resume = keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3)
+    model = make_model(seed=1)
+    with pytest.warns(UserWarning, match=f"skipping {newest.path}: .*SHA-256"):
+        fit(model, data, [resume])
+    assert resume.resumed_from.step < newest.step
+    assert_weights_equal(model.get_weights(), expected)
+
+
+def test_another_architecture_is_a_clear_error(tmp_path, data):
+    fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path)], epochs=1)
+    before = {r.filename: r.sha256 for r in keras_ckpt.list_checkpoints(tmp_path)}
+    wider = keras.Sequential([keras.Input((4,)), keras.layers.Dense(32), keras.layers.Dense(1)])
+    wider.compile(optimizer="adam", loss="mse")
+    with pytest.raises(
+        ValueError, match=r"different architecture \(variable 0 is .*\[4, 32\] here"
+    ):
+        fit(wider, data, [keras_ckpt.ResumeFromLatest(tmp_path)])
+    assert {r.filename: r.sha256 for r in keras_ckpt.list_checkpoints(tmp_path)} == before
+
+
+def test_directory_is_a_checkpoint_store(tmp_path, data):
+    fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path, keep_last=2)], epochs=3)
+    records = keras_ckpt.list_checkpoints(tmp_path)
+    # The end-of-training save replaces the last epoch's (same step, now marked finished).
+    assert [(r.epoch, r.step, r.state["epoch"]) for r in records] == [(2, 10, 2), (3, 15, 3)]
+    assert records[-1].state["finished"] == 3 and records[0].state["finished"] is None
+    fresh = make_model(seed=3)
+    keras_ckpt.load_latest(tmp_path, model=fresh)  # plain .weights.h5 files
+    assert int(fresh.optimizer.iterations.numpy()) == 15
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"save_freq": 0},
+            r"Argument `save_freq` must be a positive integer\. Received: save_freq=0",
+        ),
+        ({"save_freq": True}, r"Received: save_freq=True"),
+        ({"save_freq": "batch"}, r"Received: save_freq='batch'"),
+        ({"every_seconds": 0}, r"Argument `every_seconds` must be a finite number > 0 or None"),
+        ({"keep_last": 0}, r"Argument `keep_last` must be a positive integer"),
+        ({"handle_signals": "yes"}, r"Argument `handle_signals` must be True or False"),
+        ({"verbose": 2}, r"Argument `verbose` must be one of 0, 1"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_ckpt.ResumeFromLatest(tmp_path, **kwargs)
+
+
+# Real processes ------------------------------------------------------------------------
+
+
+def run_child(directory, output, mode, point=0):
+    return subprocess.run(
+        [sys.executable, CHILD, str(directory), str(output), mode, str(point)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def load_npz(path):
+    with np.load(path) as arrays:
+        return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+
+
+@pytest.mark.slow
+def test_sigkill_and_sigterm_then_rerun_match_an_uninterrupted_run(tmp_path):
+    reference = run_child(tmp_path / "reference", tmp_path / "reference.npz", "plain")
+    assert reference.returncode == 0, reference.stderr
+    expected = load_npz(tmp_path / "reference.npz")
+    seeded = random.Random(2026)
+    cases = [
+        ("kill", seeded.randrange(1, 30)),
+        ("kill", seeded.randrange(1, 30)),
+        ("save-kill", 5),
+        ("save-kill", 9),
+        ("term", seeded.randrange(1, 30)),
+    ]
+    for index, (mode, point) in enumerate(cases):
+        directory, output = tmp_path / f"run{index}", tmp_path / f"run{index}.npz"
+        first = run_child(directory, output, mode, point)
+        if mode == "term":
+            assert first.returncode == 0 and "fit returned" in first.stdout, first.stderr
+        else:
+            assert first.returncode == -signal.SIGKILL, (mode, point, first.stderr[-2000:])
+        rerun = run_child(directory, output, "plain")
+        assert rerun.returncode == 0, (mode, point, rerun.stderr[-2000:])
+        assert_weights_equal(load_npz(output), expected)
