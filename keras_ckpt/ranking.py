@@ -96,3 +96,24 @@ def enters_top_k(
     order = ranked(kept, mode)
     worst_kept = kept[order[k - 1]]
     return is_improvement(candidate, worst_kept, mode, min_delta)
+
+
+def keras_is_improvement(
+    current: float, reference: float | None, mode: str, min_delta: float = 0.0
+) -> bool:
+    """Keras's own test (``MonitorCallback._is_improvement``), NaN quirks included.
+
+    Anything beats no reference, even NaN, which then becomes a reference nothing beats. The
+    drop-in callbacks use this where they promise Keras's behaviour.
+
+    Example:
+        >>> keras_is_improvement(float("nan"), None, "min")
+        True
+        >>> keras_is_improvement(0.1, float("nan"), "min")
+        False
+    """
+    if reference is None:
+        return True
+    if mode == "min":
+        return current + abs(min_delta) < reference
+    return current - abs(min_delta) > reference

@@ -504,7 +504,7 @@ class Scaled(_Schedule):
             if isinstance(schedule, dict)
             else schedule
         )
-        self.scale = _positive("scale", scale)
+        self.scale = _rate("scale", scale)
 
     def __call__(self, step: Any) -> Any:
         return self.schedule(step) * self.scale

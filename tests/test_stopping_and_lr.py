@@ -123,7 +123,7 @@ def test_early_stopping_stops_at_the_same_epoch_after_an_interruption(make_model
         ({"divergence_threshold": math.nan}, r"Argument `divergence_threshold` must be a number"),
         ({"check_finite": 1}, r"Argument `check_finite` must be True or False"),
         (
-            {"restore_best_weights": 3},
+            {"restore_best_weights": [3]},
             r"Argument `restore_best_weights` must be True, False, a BestCheckpoint",
         ),
     ],
@@ -274,3 +274,55 @@ def test_scheduler_non_float_output_is_an_error(make_model, data):
     scheduler = keras_ckpt.LearningRateScheduler(lambda epoch: "fast")
     with pytest.raises(ValueError, match="should be a float. Got: fast"):
         fit(make_model(), data, [scheduler], epochs=1)
+
+
+NAN_FIRST = [math.nan, 1.0, 0.9, 0.8, 0.7, 0.6]
+
+
+def test_nan_quirks_match_keras_when_check_finite_is_off(make_model, data, scripted):
+    # Keras lets a first NaN become `best`, which nothing beats afterwards.
+    outcomes = []
+    for stop, reduce in [
+        (keras.callbacks.EarlyStopping(patience=2), keras.callbacks.ReduceLROnPlateau(patience=1)),
+        (
+            keras_ckpt.EarlyStopping(patience=2, check_finite=False),
+            keras_ckpt.ReduceLROnPlateau(patience=1),
+        ),
+    ]:
+        history = fit(make_model(), data, [scripted(NAN_FIRST), stop, reduce], epochs=6)
+        outcomes.append((history.epoch, history.history["learning_rate"]))
+    assert outcomes[1][0] == outcomes[0][0]
+    assert outcomes[1][1] == pytest.approx(outcomes[0][1])
+
+
+def test_restore_best_weights_takes_truthy_values_like_keras():
+    assert keras_ckpt.EarlyStopping(restore_best_weights=1).restore_best_weights is True
+    assert keras_ckpt.EarlyStopping(restore_best_weights=np.True_).restore_best_weights is True
+
+
+def test_resumed_restore_best_weights_warns_instead_of_restoring_wrong_weights(
+    make_model, data, scripted
+):
+    model = make_model()
+    first = keras_ckpt.EarlyStopping(patience=5, restore_best_weights=True)
+    fit(model, data, [scripted([0.5, 0.6]), first], epochs=2)
+    resumed = keras_ckpt.EarlyStopping(patience=5, restore_best_weights=True)
+    resumed.load_state_dict(first.state_dict())
+    with pytest.warns(UserWarning, match=r"best weights \(epoch 1\) were seen before the resume"):
+        fit(model, data, [scripted([0.5, 0.6, 0.7]), resumed], epochs=3, initial_epoch=2)
+    assert (resumed.best, resumed.best_epoch) == (0.5, 0)
+
+
+def test_mixed_precision_per_step_schedule(data):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        steps = []
+        scheduler = keras_ckpt.LearningRateScheduler(lambda s: steps.append(s) or 0.1, per="step")
+        fit(model, data, [scheduler], epochs=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    # The step is the inner optimizer's count (the LossScaleOptimizer wrapper counts nothing):
+    # epoch 2 starts past 0, behind 3 when loss scaling skipped overflowing first steps.
+    assert steps[:3] == [0, 1, 2] and 1 <= steps[3] <= 3

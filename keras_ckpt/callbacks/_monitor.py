@@ -67,5 +67,7 @@ def batches_trained(model: keras.Model | None) -> int:
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         return 0
+    # A mixed-precision LossScaleOptimizer counts nothing itself; its inner optimizer does.
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     counter = getattr(optimizer, "_iterations", None)
     return int((optimizer.iterations if counter is None else counter).numpy())

@@ -8,6 +8,7 @@ import warnings
 from typing import Any
 
 import keras
+import numpy as np
 
 from keras_ckpt import ranking, validation
 from keras_ckpt.callbacks._monitor import plain_metrics, resolve_mode_or_raise
@@ -94,8 +95,10 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
             "divergence_threshold", divergence_threshold
         )
         self.check_finite = validation.boolean("check_finite", check_finite)
-        self.restore_best_weights = restore_best_weights
         self._best_directory = _best_directory(restore_best_weights)
+        self.restore_best_weights = (
+            restore_best_weights if self._best_directory else bool(restore_best_weights)
+        )
         self._resolved_mode: str | None = None
         self._reset()
 
@@ -122,16 +125,16 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
         if reason is not None:
             self._stop(epoch, reason)
             return
-        if self.restore_best_weights is True and self.best_weights is None:
+        if self.restore_best_weights is True and self.best_weights is None and self.best is None:
             self.best_weights = self.model.get_weights()
             self.best_epoch = epoch
         self.wait += 1
-        if ranking.is_improvement(current, self.best, mode, self.min_delta):
+        if ranking.keras_is_improvement(current, self.best, mode, self.min_delta):
             self.best = current
             self.best_epoch = epoch
             if self.restore_best_weights is True:
                 self.best_weights = self.model.get_weights()
-            if self.baseline is None or ranking.is_improvement(
+            if self.baseline is None or ranking.keras_is_improvement(
                 current, self.baseline, mode, self.min_delta
             ):
                 self.wait = 0
@@ -151,6 +154,18 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
                     f"Restoring model weights from the best checkpoint in {self._best_directory}."
                 )
             load_best(self._best_directory, model=self.model)
+        elif (
+            self.restore_best_weights is True
+            and self.best_weights is None
+            and self.best is not None
+        ):
+            warnings.warn(
+                "EarlyStopping: the best weights (epoch "
+                f"{self.best_epoch + 1}) were seen before the resume and are not in memory; the "
+                "model keeps its last weights. Pass restore_best_weights=<BestCheckpoint> to "
+                "restore them from disk across resumes.",
+                stacklevel=2,
+            )
         elif self.restore_best_weights is True and self.best_weights is not None:
             if self.verbose > 0:
                 print(
@@ -220,7 +235,7 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
 
 
 def _best_directory(restore_best_weights: Any) -> str | None:
-    if isinstance(restore_best_weights, bool):
+    if isinstance(restore_best_weights, (bool, np.bool_, int)):
         return None
     directory = getattr(restore_best_weights, "directory", restore_best_weights)
     if isinstance(directory, (str, os.PathLike)):

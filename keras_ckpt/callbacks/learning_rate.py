@@ -19,9 +19,11 @@ Schedule = keras.optimizers.schedules.LearningRateSchedule
 
 
 def _optimizers(model: keras.Model) -> list[Any]:
-    """The optimizers a model trains with (several for a multi-optimizer)."""
+    """The optimizers a model trains with (several for a multi-optimizer), unwrapped from a
+    mixed-precision ``LossScaleOptimizer``, which keeps the schedule on its inner optimizer."""
     optimizer = model.optimizer
-    return list(getattr(optimizer, "optimizers", None) or [optimizer])
+    optimizers = getattr(optimizer, "optimizers", None) or [optimizer]
+    return [getattr(o, "inner_optimizer", o) for o in optimizers]
 
 
 def current_learning_rate(optimizer: Any) -> float:
@@ -135,7 +137,7 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
         if self.in_cooldown():
             self.cooldown_counter -= 1
             self.wait = 0
-        if ranking.is_improvement(current, self.best, self._resolved_mode, self.min_delta):
+        if ranking.keras_is_improvement(current, self.best, self._resolved_mode, self.min_delta):
             self.best = current
             self.wait = 0
         elif not self.in_cooldown():
@@ -178,7 +180,8 @@ class LearningRateScheduler(keras.callbacks.Callback):
     Takes Keras's arguments (``schedule(epoch)`` or ``schedule(epoch, lr)`` called at each
     epoch start, ``verbose``) with the same behaviour, and adds:
 
-    - ``per="step"``: call ``schedule(step)`` before every training batch instead, ``step``
+    - ``per="step"``: call ``schedule(step)`` before every training batch (every execution,
+      with ``steps_per_execution > 1``) instead, ``step``
       being the batches the optimizer has trained (so a resumed model continues the curve), from
       ``on_train_batch_begin``, which does not turn off asynchronous dispatch.
     - ``schedule`` may be a ``keras.optimizers.schedules.LearningRateSchedule``.
