@@ -357,6 +357,15 @@ class CheckpointStore:
             self._write_manifest(manifest)
         return alias_path
 
+    def remove_if_empty(self) -> bool:
+        """Removes the directory when it holds no checkpoint and nothing but the manifest."""
+        with self._lock:
+            if self.records() or set(os.listdir(self.directory)) - {MANIFEST_NAME}:
+                return False
+            os.remove(self.path(MANIFEST_NAME))
+            os.rmdir(self.directory)
+            return True
+
     # Recovery ----------------------------------------------------------------------------
 
     def recover(self) -> None:

@@ -232,3 +232,63 @@ def test_sigkill_and_sigterm_then_rerun_match_an_uninterrupted_run(tmp_path):
         rerun = run_child(directory, output, "plain")
         assert rerun.returncode == 0, (mode, point, rerun.stderr[-2000:])
         assert_weights_equal(load_npz(output), expected)
+
+
+# BackupAndRestore -----------------------------------------------------------------------
+
+
+def test_backup_and_restore_resumes_exactly_and_deletes_its_files(tmp_path, data):
+    expected = reference_weights(data)
+    backup = tmp_path / "backup"
+    with pytest.raises(RuntimeError):
+        fit(make_model(), data, [keras_ckpt.BackupAndRestore(backup, save_freq=3), Crash(17)])
+    assert [r.state["batch"] for r in keras_ckpt.list_checkpoints(backup)] == [0]  # keeps 1
+    model = make_model(seed=1)
+    history = fit(model, data, [keras_ckpt.BackupAndRestore(backup, save_freq=3)])
+    assert history.epoch == [3, 4]  # resumed in epoch index 3, after its first batch
+    assert_weights_equal(model.get_weights(), expected)
+    assert not backup.exists()  # delete_checkpoint=True, nothing else was in it
+    assert model._initial_epoch is None
+
+
+def test_backup_and_restore_second_interruption_keeps_the_epoch(tmp_path, data):
+    # Keras restarts from epoch 0 after a second interruption in a new process.
+    expected = reference_weights(data)
+    # The first process dies in epoch index 1; the second resumes there (epoch-end saves only)
+    # and dies 9 batches later, in epoch index 2.
+    for crash in (7, 9):
+        with pytest.raises(RuntimeError):
+            fit(make_model(), data, [keras_ckpt.BackupAndRestore(tmp_path), Crash(crash)])
+    model = make_model(seed=1)
+    history = fit(model, data, [keras_ckpt.BackupAndRestore(tmp_path, delete_checkpoint=False)])
+    assert history.epoch == [2, 3, 4]
+    assert_weights_equal(model.get_weights(), expected)
+
+
+def test_backup_and_restore_leaves_other_files_alone(tmp_path, data):
+    (tmp_path / "notes.txt").write_text("mine")
+    fit(make_model(), data, [keras_ckpt.BackupAndRestore(tmp_path)], epochs=2)
+    assert sorted(os.listdir(tmp_path)) == ["keras_ckpt.json", "notes.txt"]
+
+
+def test_backup_and_restore_double_checkpoint_keeps_two(tmp_path, data):
+    callback = keras_ckpt.BackupAndRestore(
+        tmp_path, double_checkpoint=True, delete_checkpoint=False
+    )
+    fit(make_model(), data, [callback], epochs=3)
+    assert len(keras_ckpt.list_checkpoints(tmp_path)) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backup_dir": ""}, "Empty `backup_dir` argument passed"),
+        ({"backup_dir": None}, "Empty `backup_dir` argument passed"),
+        ({"backup_dir": "b", "save_freq": "invalid"}, "Invalid value for argument `save_freq`"),
+        ({"backup_dir": "b", "save_freq": 0}, "Invalid value for argument `save_freq`"),
+        ({"backup_dir": "b", "save_freq": True}, "Invalid value for argument `save_freq`"),
+    ],
+)
+def test_backup_and_restore_errors_match_keras(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_ckpt.BackupAndRestore(**kwargs)

@@ -5,9 +5,10 @@ from keras_ckpt.callbacks.early_stopping import EarlyStopping
 from keras_ckpt.callbacks.interval_checkpoint import IntervalCheckpoint
 from keras_ckpt.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
 from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
-from keras_ckpt.callbacks.resume import ResumeFromLatest
+from keras_ckpt.callbacks.resume import BackupAndRestore, ResumeFromLatest
 
 __all__ = [
+    "BackupAndRestore",
     "BestCheckpoint",
     "EarlyStopping",
     "IntervalCheckpoint",

@@ -28,6 +28,9 @@ STATE_VERSION = 1
 
 
 class ResumeFromLatest(StoreCallback):
+    filename_template = FILENAME
+    _saves_at_epoch_end = True
+
     """Saves everything a run needs to continue, and continues from it when the script reruns.
 
     The first run trains and saves; a rerun of the same script, with the same ``model.fit``
@@ -101,7 +104,7 @@ class ResumeFromLatest(StoreCallback):
         self.handle_signals = validation.boolean("handle_signals", handle_signals)
         self.verbose = validation.one_of("verbose", verbose, (0, 1))
         self._trigger = IntervalTrigger(
-            every_epochs=1,
+            every_epochs=1 if self._saves_at_epoch_end else None,
             every_steps=None if save_freq == "epoch" else int(save_freq),
             every_seconds=None if every_seconds is None else float(every_seconds),
         )
@@ -164,6 +167,10 @@ class ResumeFromLatest(StoreCallback):
         self.model._initial_epoch = None
         if self._trained and not self._stopped_by_signal:
             self._save(self._epochs_done, 0, finished=True)
+            self._after_finish()
+
+    def _after_finish(self) -> None:
+        """What happens to the checkpoints once training completed (BackupAndRestore deletes)."""
 
     # Saving ------------------------------------------------------------------------------
 
@@ -191,7 +198,9 @@ class ResumeFromLatest(StoreCallback):
         # Records name the epoch a checkpoint was taken in: an epoch-boundary save belongs to
         # the epoch that just ended.
         record_epoch = epoch - 1 if batch == 0 else epoch
-        filename = self._render_filename(store, FILENAME, max(record_epoch, 0), None, metrics or {})
+        filename = self._render_filename(
+            store, self.filename_template, max(record_epoch, 0), None, metrics or {}
+        )
         record = self._commit(
             store,
             filename,
@@ -419,3 +428,72 @@ def _skip_trained_batches(model: keras.Model, batches: int) -> None:
         return {}
 
     model.train_function = skip
+
+
+class BackupAndRestore(ResumeFromLatest):
+    """A drop-in for ``keras.callbacks.BackupAndRestore``, built on ResumeFromLatest.
+
+    Same arguments and defaults as Keras's class. Underneath it is a ResumeFromLatest, so it
+    resumes mid-epoch at the saved batch, restores random and callback states, writes atomically
+    with a manifest, and falls back to the previous checkpoint when the newest is damaged.
+    Differences from Keras 3.15, each a Keras bug:
+
+    - The epoch counter is restored from the checkpoint, so a second interruption in a new
+      process does not restart from epoch 0; the interrupted epoch continues at the saved batch
+      instead of restarting from batch 0; batch counts are right with ``steps_per_execution``.
+    - ``save_freq=False`` saves no periodic checkpoints, only on SIGTERM/SIGINT (Keras saves
+      every batch); with ``"epoch"`` or an integer, signals are left alone as in Keras.
+    - The model's initial epoch is cleared at the end of ``fit``, so a later plain ``fit``
+      starts at epoch 0; the model need not be built before ``fit``.
+    - ``delete_checkpoint=True`` deletes this callback's checkpoints when training completes
+      (and the directory if nothing else is left in it), not the whole directory.
+    - ``double_checkpoint`` keeps the two newest checkpoints (the previous one is the fallback).
+
+    Args:
+        backup_dir: Where the checkpoints go.
+        save_freq: ``"epoch"``, an integer number of batches, or ``False``.
+        double_checkpoint: Keep the previous checkpoint too.
+        delete_checkpoint: Delete the checkpoints once training completes.
+
+    Raises:
+        ValueError: On an empty ``backup_dir`` or an invalid ``save_freq`` (Keras's messages).
+    """
+
+    filename_template = "backup-epoch{epoch:04d}-step{step:08d}.weights.h5"
+
+    def __init__(
+        self,
+        backup_dir: str | os.PathLike[str],
+        save_freq: str | int | bool = "epoch",
+        double_checkpoint: bool = False,
+        delete_checkpoint: bool = True,
+    ):
+        if not backup_dir:
+            raise ValueError("Empty `backup_dir` argument passed")
+        if save_freq is not False and (
+            save_freq != "epoch"
+            and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1)
+        ):
+            raise ValueError(
+                "Invalid value for argument `save_freq`. "
+                f"Received: save_freq={save_freq}. "
+                "Expected either 'epoch', a positive integer or False."
+            )
+        self._saves_at_epoch_end = save_freq == "epoch"
+        super().__init__(
+            backup_dir,
+            save_freq=save_freq if save_freq not in (False, "epoch") else "epoch",
+            keep_last=2 if double_checkpoint else 1,
+            handle_signals=save_freq is False,
+        )
+        self.backup_dir = backup_dir
+        self.save_freq = save_freq
+        self.double_checkpoint = double_checkpoint
+        self.delete_checkpoint = delete_checkpoint
+
+    def _after_finish(self) -> None:
+        if not self.delete_checkpoint or self._store is None:
+            return
+        store = self._store
+        store.release(self.keeper, [r.filename for r in self._own_records(store)])
+        store.remove_if_empty()
