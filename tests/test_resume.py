@@ -292,3 +292,36 @@ def test_backup_and_restore_double_checkpoint_keeps_two(tmp_path, data):
 def test_backup_and_restore_errors_match_keras(kwargs, message):
     with pytest.raises(ValueError, match=message):
         keras_ckpt.BackupAndRestore(**kwargs)
+
+
+def test_shuffled_numpy_inputs_resume_exactly_with_a_global_seed(tmp_path, data):
+    # TensorFlow replays the seeded permutation every epoch, so the skipped batches are the
+    # ones trained before the crash.
+    def run(callbacks):
+        model = make_model()
+        x, y = data
+        model.fit(x, y, batch_size=16, epochs=5, shuffle=True, verbose=0, callbacks=callbacks)
+        return model
+
+    expected = run([]).get_weights()
+    with pytest.raises(RuntimeError):
+        run([keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3), Crash(13)])
+    assert_weights_equal(
+        run([keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3)]).get_weights(), expected
+    )
+
+
+def test_tf_data_resume_warns_that_order_is_not_replayed(tmp_path, data):
+    dataset = tf.data.Dataset.from_tensor_slices(data).batch(16)
+    with pytest.raises(RuntimeError):
+        make_model().fit(
+            dataset,
+            epochs=3,
+            verbose=0,
+            callbacks=[keras_ckpt.ResumeFromLatest(tmp_path), Crash(7)],
+        )
+    with pytest.warns(UserWarning, match="tf.data.Dataset. The epoch and step are resumed"):
+        history = make_model().fit(
+            dataset, epochs=3, verbose=0, callbacks=[keras_ckpt.ResumeFromLatest(tmp_path)]
+        )
+    assert history.epoch == [1, 2]

@@ -119,6 +119,7 @@ class ResumeFromLatest(StoreCallback):
         self._stopped_by_signal = False
         self._epochs_done = 0
         self._trained = False
+        self._epoch_begin_generators: dict[str, Any] = {}
         self.resumed_from: CheckpointRecord | None = None
 
     # Hooks -------------------------------------------------------------------------------
@@ -141,6 +142,11 @@ class ResumeFromLatest(StoreCallback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
         self._epoch_start_step = self._step()
+        # Python's and NumPy's generators as the epoch starts, before the data pipeline draws
+        # from them (JAX and PyTorch shuffle NumPy inputs with np.random; a PyDataset may augment
+        # with either). A mid-epoch resume restores these, and the pipeline then replays the
+        # epoch's draws while its first batches are read and skipped.
+        self._epoch_begin_generators = _host_generators()
 
     def _on_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self._signal_received.is_set() and not self._stopped_by_signal:
@@ -192,7 +198,9 @@ class ResumeFromLatest(StoreCallback):
             "finished": self.params.get("epochs", epoch) if finished else None,
             "start_batches": self._start_batches,
             "variables": _variable_signature(self.model),
-            "random": _random_state(self.model),
+            "random": _random_state(
+                self.model, self._epoch_begin_generators if batch else _host_generators()
+            ),
             "callbacks": _callback_states(_sibling_callbacks(self)),
         }
         # Records name the epoch a checkpoint was taken in: an epoch-boundary save belongs to
@@ -258,6 +266,7 @@ class ResumeFromLatest(StoreCallback):
             self._epochs_done = epoch
             return
         self.model._initial_epoch = epoch
+        _warn_if_order_is_not_replayed()
         batch = int(state.get("batch", 0))
         if batch:
             _skip_trained_batches(self.model, batch)
@@ -330,12 +339,18 @@ def _seed_generators(model: keras.Model) -> list[Any]:
     return generators
 
 
-def _random_state(model: keras.Model) -> dict[str, Any]:
+def _host_generators() -> dict[str, Any]:
     version, python_state, gauss = random.getstate()
     name, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "python": [version, list(python_state), gauss],
         "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached)],
+    }
+
+
+def _random_state(model: keras.Model, host_generators: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **host_generators,
         "seed_generators": [
             keras.ops.convert_to_numpy(g.state.value).tolist() for g in _seed_generators(model)
         ],
@@ -374,6 +389,29 @@ def _sibling_callbacks(callback: keras.callbacks.Callback) -> list[Any]:
     finally:
         del frame
     return []
+
+
+def _warn_if_order_is_not_replayed() -> None:
+    """A ``tf.data`` pipeline's shuffle order depends on how often this process iterated it,
+    so a resumed process sees another order; say so once."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            iterator = frame.f_locals.get("epoch_iterator")
+            adapter = getattr(iterator, "data_adapter", None)
+            if adapter is not None:
+                if type(adapter).__name__ == "TFDatasetAdapter":
+                    warnings.warn(
+                        "ResumeFromLatest: training reads a tf.data.Dataset. The epoch and step "
+                        "are resumed exactly, but a shuffled Dataset is not replayed in the "
+                        "same order after a restart, so results differ from an uninterrupted "
+                        "run. See the README on exact resume.",
+                        stacklevel=2,
+                    )
+                return
+            frame = frame.f_back
+    finally:
+        del frame
 
 
 def _callback_keys(callbacks: list[Any]) -> list[tuple[str, Any]]:
