@@ -9,8 +9,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-# A script run in a subprocess by test_crash.py; importing it (as --doctest-modules would) trains.
-collect_ignore = ["crash_child.py"]
+# Scripts run in subprocesses by the tests; importing them (as --doctest-modules would) trains.
+collect_ignore = ["crash_child.py", "resume_child.py"]
 
 
 @pytest.fixture
