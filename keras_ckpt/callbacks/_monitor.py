@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,14 @@ def plain_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
         if array.size == 1 and np.issubdtype(array.dtype, np.number):
             metrics[name] = float(array.reshape(()))
     return metrics
+
+
+def keras_mode(callback_name: str, mode: str) -> str:
+    """``mode``, or ``"auto"`` with Keras's warning for an unknown one (drop-ins keep it)."""
+    if mode in ranking.MODES:
+        return mode
+    warnings.warn(f"{callback_name} mode '{mode}' is unknown, fallback to auto mode.", stacklevel=3)
+    return "auto"
 
 
 def metric_direction(model: keras.Model | None, monitor: str) -> str | None:

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from keras_ckpt import ranking, validation
-from keras_ckpt.callbacks._monitor import plain_metrics, resolve_mode_or_raise
+from keras_ckpt.callbacks._monitor import keras_mode, plain_metrics, resolve_mode_or_raise
 from keras_ckpt.callbacks._state import Resumable
 
 PATIENCE = "patience"
@@ -75,12 +75,7 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
         check_finite: bool = True,
     ):
         super().__init__()
-        if mode not in ranking.MODES:
-            warnings.warn(
-                f"{type(self).__name__} mode '{mode}' is unknown, fallback to auto mode.",
-                stacklevel=2,
-            )
-            mode = "auto"
+        mode = keras_mode(type(self).__name__, mode)  # Keras warns, falls back
         self.monitor = monitor
         self.mode = mode
         self.min_delta = abs(min_delta)

@@ -11,7 +11,12 @@ import keras
 import numpy as np
 
 from keras_ckpt import ranking, validation
-from keras_ckpt.callbacks._monitor import batches_trained, plain_metrics, resolve_mode_or_raise
+from keras_ckpt.callbacks._monitor import (
+    batches_trained,
+    keras_mode,
+    plain_metrics,
+    resolve_mode_or_raise,
+)
 from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.schedules import Scaled
 
@@ -82,12 +87,7 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
             raise ValueError(
                 f"ReduceLROnPlateau does not support a factor >= 1.0. Received factor={factor}"
             )
-        if mode not in ranking.MODES:
-            warnings.warn(
-                f"{type(self).__name__} mode '{mode}' is unknown, fallback to auto mode.",
-                stacklevel=2,
-            )
-            mode = "auto"
+        mode = keras_mode(type(self).__name__, mode)  # Keras warns, falls back
         self.monitor = monitor
         self.factor = factor
         self.patience = patience

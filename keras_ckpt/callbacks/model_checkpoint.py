@@ -12,7 +12,7 @@ import numpy as np
 
 from keras_ckpt import naming, ranking, validation
 from keras_ckpt.callbacks._base import StoreCallback
-from keras_ckpt.callbacks._monitor import plain_metrics, resolve_mode_or_raise
+from keras_ckpt.callbacks._monitor import keras_mode, plain_metrics, resolve_mode_or_raise
 from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.policies import KeepBest
 from keras_ckpt.records import CheckpointRecord
@@ -78,13 +78,7 @@ class ModelCheckpoint(Resumable, StoreCallback):
         save_top_k: int | None = None,
     ):
         super().__init__(save_weights_only=save_weights_only)
-        if mode not in ranking.MODES:
-            # Keras warns and falls back here; a drop-in keeps that reaction.
-            warnings.warn(
-                f"{type(self).__name__} mode '{mode}' is unknown, fallback to auto mode.",
-                stacklevel=2,
-            )
-            mode = "auto"
+        mode = keras_mode(type(self).__name__, mode)  # Keras warns, falls back
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
         self.mode = mode

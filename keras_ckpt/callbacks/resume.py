@@ -371,47 +371,47 @@ def _set_random_state(model: keras.Model, state: dict[str, Any]) -> None:
             generator.state.assign(np.array(value, dtype=generator.state.dtype))
 
 
-def _sibling_callbacks(callback: keras.callbacks.Callback) -> list[Any]:
-    """The other callbacks of the running ``fit``, found on the call stack.
+def _fit_local(name: str, accept: Callable[[Any], bool]) -> Any:
+    """The nearest local ``name`` up the call stack that ``accept`` takes, or ``None``.
 
-    Every Keras trainer holds them in a local ``callbacks`` (a ``CallbackList``) while it calls
-    the hooks.
+    Every Keras trainer's ``fit`` holds ``callbacks`` (a CallbackList) and ``epoch_iterator``
+    as locals while it calls the hooks.
     """
     frame = inspect.currentframe()
     try:
         while frame is not None:
-            candidate = frame.f_locals.get("callbacks")
-            if isinstance(candidate, keras.callbacks.CallbackList) and any(
-                c is callback for c in candidate.callbacks
-            ):
-                return [c for c in candidate.callbacks if c is not callback]
+            value = frame.f_locals.get(name)
+            if value is not None and accept(value):
+                return value
             frame = frame.f_back
     finally:
         del frame
-    return []
+    return None
+
+
+def _sibling_callbacks(callback: keras.callbacks.Callback) -> list[Any]:
+    """The other callbacks of the running ``fit``."""
+    found = _fit_local(
+        "callbacks",
+        lambda value: (
+            isinstance(value, keras.callbacks.CallbackList)
+            and any(c is callback for c in value.callbacks)
+        ),
+    )
+    return [] if found is None else [c for c in found.callbacks if c is not callback]
 
 
 def _warn_if_order_is_not_replayed() -> None:
     """A ``tf.data`` pipeline's shuffle order depends on how often this process iterated it,
     so a resumed process sees another order; say so once."""
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            iterator = frame.f_locals.get("epoch_iterator")
-            adapter = getattr(iterator, "data_adapter", None)
-            if adapter is not None:
-                if type(adapter).__name__ == "TFDatasetAdapter":
-                    warnings.warn(
-                        "ResumeFromLatest: training reads a tf.data.Dataset. The epoch and step "
-                        "are resumed exactly, but a shuffled Dataset is not replayed in the "
-                        "same order after a restart, so results differ from an uninterrupted "
-                        "run. See the README on exact resume.",
-                        stacklevel=2,
-                    )
-                return
-            frame = frame.f_back
-    finally:
-        del frame
+    iterator = _fit_local("epoch_iterator", lambda value: hasattr(value, "data_adapter"))
+    if iterator is not None and type(iterator.data_adapter).__name__ == "TFDatasetAdapter":
+        warnings.warn(
+            "ResumeFromLatest: training reads a tf.data.Dataset. The epoch and step are resumed "
+            "exactly, but a shuffled Dataset is not replayed in the same order after a restart, "
+            "so results differ from an uninterrupted run. See the README on exact resume.",
+            stacklevel=3,
+        )
 
 
 def _callback_keys(callbacks: list[Any]) -> list[tuple[str, Any]]:
