@@ -78,18 +78,19 @@ def reference_weights(data, epochs=5):
 )
 def test_resume_is_bit_identical(tmp_path, data, crash_step, resume_epoch, resume_batch):
     expected = reference_weights(data)
+    crashed = make_model()
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(
-            make_model(),
-            data,
-            [keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3), Crash(crash_step)],
-        )
+        fit(crashed, data, [keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3), Crash(crash_step)])
     model = make_model(seed=1)  # the rerun builds its model afresh
     resume = keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3)
     history = fit(model, data, [resume])
     state = resume.resumed_from.state
     assert (state["epoch"], state["batch"]) == (resume_epoch, resume_batch)
-    assert history.epoch[0] == resume_epoch
+    # History continues: it lists every epoch, those before the crash included.
+    assert history.epoch == [0, 1, 2, 3, 4]
+    before_crash = crashed.history.history["loss"][:resume_epoch]
+    assert len(before_crash) == resume_epoch
+    assert history.history["loss"][:resume_epoch] == pytest.approx(before_crash)
     assert_weights_equal(model.get_weights(), expected)
     assert model._initial_epoch is None  # a later plain fit starts at epoch 0
 
@@ -104,7 +105,7 @@ def test_finished_run_does_not_train_again(tmp_path, data, capsys):
     assert_weights_equal(model.get_weights(), expected)
     # Asking for more epochs trains on, exactly as one longer run would.
     history = fit(model, data, [keras_ckpt.ResumeFromLatest(tmp_path)], epochs=7)
-    assert history.epoch == [5, 6]
+    assert history.epoch == list(range(7))  # History continues too
     assert_weights_equal(model.get_weights(), reference_weights(data, epochs=7))
 
 
@@ -245,7 +246,7 @@ def test_backup_and_restore_resumes_exactly_and_deletes_its_files(tmp_path, data
     assert [r.state["batch"] for r in keras_ckpt.list_checkpoints(backup)] == [0]  # keeps 1
     model = make_model(seed=1)
     history = fit(model, data, [keras_ckpt.BackupAndRestore(backup, save_freq=3)])
-    assert history.epoch == [3, 4]  # resumed in epoch index 3, after its first batch
+    assert history.epoch == [0, 1, 2, 3, 4]  # resumed in epoch index 3, after its first batch
     assert_weights_equal(model.get_weights(), expected)
     assert not backup.exists()  # delete_checkpoint=True, nothing else was in it
     assert model._initial_epoch is None
@@ -261,7 +262,7 @@ def test_backup_and_restore_second_interruption_keeps_the_epoch(tmp_path, data):
             fit(make_model(), data, [keras_ckpt.BackupAndRestore(tmp_path), Crash(crash)])
     model = make_model(seed=1)
     history = fit(model, data, [keras_ckpt.BackupAndRestore(tmp_path, delete_checkpoint=False)])
-    assert history.epoch == [2, 3, 4]
+    assert history.epoch == [0, 1, 2, 3, 4]
     assert_weights_equal(model.get_weights(), expected)
 
 
@@ -324,4 +325,30 @@ def test_tf_data_resume_warns_that_order_is_not_replayed(tmp_path, data):
         history = make_model().fit(
             dataset, epochs=3, verbose=0, callbacks=[keras_ckpt.ResumeFromLatest(tmp_path)]
         )
-    assert history.epoch == [1, 2]
+    assert history.epoch == [0, 1, 2]
+
+
+def test_a_second_signal_goes_to_the_previous_handler(tmp_path, data):
+    received = []
+
+    def previous(signum, frame):
+        received.append(signum)
+
+    class TwoSignals(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 2 and not received:
+                signal.raise_signal(signal.SIGTERM)  # first: save at the next boundary, stop
+                signal.raise_signal(signal.SIGTERM)  # second: straight to `previous`
+
+    old = signal.signal(signal.SIGTERM, previous)
+    try:
+        resume = keras_ckpt.ResumeFromLatest(tmp_path)
+        history = fit(make_model(), data, [TwoSignals(), resume])
+        assert signal.getsignal(signal.SIGTERM) is previous  # put back after fit
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert received == [signal.SIGTERM]
+    assert history.epoch == [0]  # stopped in the first epoch
+    [record] = keras_ckpt.list_checkpoints(tmp_path)
+    # Saved at the same batch boundary, before batch index 2 trained; not marked finished.
+    assert (record.state["epoch"], record.state["batch"], record.state["finished"]) == (0, 2, None)

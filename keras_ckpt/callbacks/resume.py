@@ -120,6 +120,7 @@ class ResumeFromLatest(StoreCallback):
         self._epochs_done = 0
         self._trained = False
         self._epoch_begin_generators: dict[str, Any] = {}
+        self._history_to_restore: dict[str, Any] | None = None
         self.resumed_from: CheckpointRecord | None = None
 
     # Hooks -------------------------------------------------------------------------------
@@ -140,6 +141,9 @@ class ResumeFromLatest(StoreCallback):
             self._install_signal_handlers()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._history_to_restore:
+            _restore_history(_sibling_callbacks(self), self._history_to_restore)
+        self._history_to_restore = None
         self._epoch = epoch
         self._epoch_start_step = self._step()
         # Python's and NumPy's generators as the epoch starts, before the data pipeline draws
@@ -202,6 +206,10 @@ class ResumeFromLatest(StoreCallback):
                 self.model, self._epoch_begin_generators if batch else _host_generators()
             ),
             "callbacks": _callback_states(_sibling_callbacks(self)),
+            # History records an epoch after this callback's on_epoch_end: add the one ending.
+            "history": _history_state(
+                _sibling_callbacks(self), (epoch - 1, metrics) if batch == 0 and metrics else None
+            ),
         }
         # Records name the epoch a checkpoint was taken in: an epoch-boundary save belongs to
         # the epoch that just ended.
@@ -271,6 +279,9 @@ class ResumeFromLatest(StoreCallback):
         if batch:
             _skip_trained_batches(self.model, batch)
         _load_callback_states(_sibling_callbacks(self), state.get("callbacks", {}))
+        # History resets in its own on_train_begin, which runs after this one: refill it when
+        # the first epoch begins.
+        self._history_to_restore = state.get("history")
         if self.verbose:
             where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch else "")
             print(f"ResumeFromLatest: resuming at {where} from {record.path}")
@@ -412,6 +423,30 @@ def _warn_if_order_is_not_replayed() -> None:
             "so results differ from an uninterrupted run. See the README on exact resume.",
             stacklevel=3,
         )
+
+
+def _history_state(
+    callbacks: list[Any], ending: tuple[int, dict[str, float]] | None
+) -> dict[str, Any] | None:
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.History):
+            epochs = list(callback.epoch)
+            history = {
+                name: [float(v) for v in values] for name, values in callback.history.items()
+            }
+            if ending is not None and ending[0] not in epochs:
+                epochs.append(ending[0])
+                for name, value in ending[1].items():
+                    history.setdefault(name, []).append(value)
+            return {"epoch": epochs, "history": history}
+    return None
+
+
+def _restore_history(callbacks: list[Any], state: dict[str, Any]) -> None:
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.History) and not callback.epoch:
+            callback.epoch = list(state.get("epoch", []))
+            callback.history = {k: list(v) for k, v in state.get("history", {}).items()}
 
 
 def _callback_keys(callbacks: list[Any]) -> list[tuple[str, Any]]:
