@@ -352,3 +352,26 @@ def test_a_second_signal_goes_to_the_previous_handler(tmp_path, data):
     [record] = keras_ckpt.list_checkpoints(tmp_path)
     # Saved at the same batch boundary, before batch index 2 trained; not marked finished.
     assert (record.state["epoch"], record.state["batch"], record.state["finished"]) == (0, 2, None)
+
+
+@pytest.mark.slow
+def test_exact_resume_on_jax(tmp_path):
+    # JAX shuffles NumPy inputs with np.random: the mid-epoch checkpoint's generator state as
+    # of the epoch start lets the resumed epoch draw the same permutation.
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(os.path.dirname(__file__), "backend_child.py"),
+            "jax",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("shuffle=")]
+    assert lines == [
+        "shuffle=False epochs=[0, 1, 2, 3, 4] max_diff=0.0",
+        "shuffle=True epochs=[0, 1, 2, 3, 4] max_diff=0.0",
+    ]
