@@ -375,3 +375,31 @@ def test_exact_resume_on_jax(tmp_path):
         "shuffle=False epochs=[0, 1, 2, 3, 4] max_diff=0.0",
         "shuffle=True epochs=[0, 1, 2, 3, 4] max_diff=0.0",
     ]
+
+
+def test_unseeded_shuffled_mid_epoch_resume_warns(tmp_path, data):
+    from keras.src.backend.common import global_state
+
+    x, y = data
+    with pytest.raises(RuntimeError):
+        make_model().fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=3,
+            shuffle=True,
+            verbose=0,
+            callbacks=[keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3), Crash(7)],
+        )
+    model = make_model()
+    global_state.set_global_attribute("global_random_seed", None)  # as if never seeded
+    with pytest.warns(UserWarning, match="shuffle=True and no global seed"):
+        model.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=3,
+            shuffle=True,
+            verbose=0,
+            callbacks=[keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3)],
+        )

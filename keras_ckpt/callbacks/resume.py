@@ -274,8 +274,8 @@ class ResumeFromLatest(StoreCallback):
             self._epochs_done = epoch
             return
         self.model._initial_epoch = epoch
-        _warn_if_order_is_not_replayed()
         batch = int(state.get("batch", 0))
+        _warn_if_order_is_not_replayed(batch)
         if batch:
             _skip_trained_batches(self.model, batch)
         _load_callback_states(_sibling_callbacks(self), state.get("callbacks", {}))
@@ -412,17 +412,37 @@ def _sibling_callbacks(callback: keras.callbacks.Callback) -> list[Any]:
     return [] if found is None else [c for c in found.callbacks if c is not callback]
 
 
-def _warn_if_order_is_not_replayed() -> None:
-    """A ``tf.data`` pipeline's shuffle order depends on how often this process iterated it,
-    so a resumed process sees another order; say so once."""
+def _warn_if_order_is_not_replayed(batch: int) -> None:
+    """Says once when the resumed run cannot see the data in the original order."""
     iterator = _fit_local("epoch_iterator", lambda value: hasattr(value, "data_adapter"))
     if iterator is not None and type(iterator.data_adapter).__name__ == "TFDatasetAdapter":
+        # A tf.data shuffle order depends on how often this process iterated the pipeline.
         warnings.warn(
             "ResumeFromLatest: training reads a tf.data.Dataset. The epoch and step are resumed "
             "exactly, but a shuffled Dataset is not replayed in the same order after a restart, "
             "so results differ from an uninterrupted run. See the README on exact resume.",
             stacklevel=3,
         )
+        return
+    shuffle = _fit_local("shuffle", lambda value: isinstance(value, (bool, str)))
+    if batch and shuffle and keras.backend.backend() == "tensorflow" and _global_seed() is None:
+        # TensorFlow shuffles NumPy inputs with its own seeded op: replayable only when seeded.
+        warnings.warn(
+            "ResumeFromLatest: resuming mid-epoch with shuffle=True and no global seed; the "
+            "rest of this epoch sees the data in another order (some samples twice, some not "
+            "at all). Call keras.utils.set_random_seed(...) at the top of the script for an "
+            "exact resume.",
+            stacklevel=3,
+        )
+
+
+def _global_seed() -> int | None:
+    try:
+        from keras.src.utils import rng_utils
+
+        return rng_utils.get_random_seed()
+    except (ImportError, AttributeError):
+        return None
 
 
 def _history_state(
