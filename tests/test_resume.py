@@ -109,18 +109,21 @@ def test_finished_run_does_not_train_again(tmp_path, data, capsys):
     assert_weights_equal(model.get_weights(), reference_weights(data, epochs=7))
 
 
-def test_callback_states_continue(tmp_path, data, scripted):
+@pytest.mark.parametrize("stop_first", [True, False], ids=["stop-before", "stop-after"])
+def test_callback_states_continue(tmp_path, data, scripted, stop_first):
     sequence = [0.9, 0.8, 0.85, 0.7, 0.75, 0.76, 0.8, 0.9, 0.95, 0.99]
     whole = keras_ckpt.EarlyStopping(monitor="loss", patience=3)
     expected_epochs = fit(make_model(), data, [scripted(sequence, "loss"), whole], epochs=10).epoch
 
     def callbacks(crash):
-        # EarlyStopping comes before ResumeFromLatest: its state is restored all the same.
+        # Whether EarlyStopping comes before or after ResumeFromLatest, its state is saved
+        # after its own on_epoch_end and restored all the same.
         stop = keras_ckpt.EarlyStopping(monitor="loss", patience=3)
         best = keras_ckpt.BestCheckpoint(tmp_path / "best", monitor="loss", top_k=2)
         extra = [Crash(crash)] if crash else []
         resume = keras_ckpt.ResumeFromLatest(tmp_path / "resume")
-        return [scripted(sequence, "loss"), stop, best, resume, *extra], stop, best
+        ordered = [stop, best, resume] if stop_first else [best, resume, stop]
+        return [scripted(sequence, "loss"), *ordered, *extra], stop, best
 
     crashing, _, _ = callbacks(crash=22)  # during epoch 5 (index 4)
     with pytest.raises(RuntimeError):

@@ -121,6 +121,7 @@ class ResumeFromLatest(StoreCallback):
         self._trained = False
         self._epoch_begin_generators: dict[str, Any] = {}
         self._history_to_restore: dict[str, Any] | None = None
+        self._epoch_end_metrics: dict[str, float] | None = None
         self.resumed_from: CheckpointRecord | None = None
 
     # Hooks -------------------------------------------------------------------------------
@@ -131,6 +132,7 @@ class ResumeFromLatest(StoreCallback):
         self._signal_received.clear()
         self._epochs_done = 0
         self._trained = False
+        self._epoch_end_metrics = None
         self.resumed_from = self._newest_valid()
         if self.resumed_from is None:
             self._begin_run(continue_run=False)
@@ -141,6 +143,11 @@ class ResumeFromLatest(StoreCallback):
             self._install_signal_handlers()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._epoch_end_metrics is not None:
+            # The epoch-boundary save waits until now, so that every callback after this one in
+            # the list (and History) has finished its on_epoch_end and its state is current.
+            self._save(epoch, 0, metrics=self._epoch_end_metrics)
+            self._epoch_end_metrics = None
         if self._history_to_restore:
             _restore_history(_sibling_callbacks(self), self._history_to_restore)
         self._history_to_restore = None
@@ -169,14 +176,15 @@ class ResumeFromLatest(StoreCallback):
         if self._stopped_by_signal:
             return  # the epoch was cut short; the mid-epoch save is the one to resume from
         if self._trigger.due_at_epoch_end(epoch + 1, self._step(), self._clock()):
-            self._save(epoch + 1, 0, metrics=plain_metrics(logs))
+            self._epoch_end_metrics = plain_metrics(logs)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._restore_signal_handlers()
         # Keras's BackupAndRestore leaves this set, so a later plain fit starts midway.
         self.model._initial_epoch = None
         if self._trained and not self._stopped_by_signal:
-            self._save(self._epochs_done, 0, finished=True)
+            self._save(self._epochs_done, 0, metrics=self._epoch_end_metrics, finished=True)
+            self._epoch_end_metrics = None
             self._after_finish()
 
     def _after_finish(self) -> None:
@@ -206,10 +214,7 @@ class ResumeFromLatest(StoreCallback):
                 self.model, self._epoch_begin_generators if batch else _host_generators()
             ),
             "callbacks": _callback_states(_sibling_callbacks(self)),
-            # History records an epoch after this callback's on_epoch_end: add the one ending.
-            "history": _history_state(
-                _sibling_callbacks(self), (epoch - 1, metrics) if batch == 0 and metrics else None
-            ),
+            "history": _history_state(_sibling_callbacks(self)),
         }
         # Records name the epoch a checkpoint was taken in: an epoch-boundary save belongs to
         # the epoch that just ended.
@@ -445,20 +450,13 @@ def _global_seed() -> int | None:
         return None
 
 
-def _history_state(
-    callbacks: list[Any], ending: tuple[int, dict[str, float]] | None
-) -> dict[str, Any] | None:
+def _history_state(callbacks: list[Any]) -> dict[str, Any] | None:
     for callback in callbacks:
         if isinstance(callback, keras.callbacks.History):
-            epochs = list(callback.epoch)
             history = {
                 name: [float(v) for v in values] for name, values in callback.history.items()
             }
-            if ending is not None and ending[0] not in epochs:
-                epochs.append(ending[0])
-                for name, value in ending[1].items():
-                    history.setdefault(name, []).append(value)
-            return {"epoch": epochs, "history": history}
+            return {"epoch": list(callback.epoch), "history": history}
     return None
 
 
