@@ -13,27 +13,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from resume_setup import make_resume_model, resume_data  # noqa: E402
 
 import keras_ckpt  # noqa: E402
 
 directory = sys.argv[2]
-rng = np.random.default_rng(0)
-x = rng.normal(size=(80, 4)).astype("float32")
-y = x.sum(axis=1, keepdims=True)
-
-
-def make_model():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((4,)),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(1),
-        ]
-    )
-    model.compile(optimizer="adam", loss="mse")
-    return model
+x, y = resume_data()
+make_model = make_resume_model
 
 
 class Crash(keras.callbacks.Callback):

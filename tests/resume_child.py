@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from resume_setup import make_resume_model, resume_data  # noqa: E402
 
 import keras_ckpt  # noqa: E402
 from keras_ckpt import store  # noqa: E402
@@ -48,19 +49,8 @@ if mode == "save-kill":
 
     store.CheckpointStore._write_manifest = write_then_die
 
-keras.utils.set_random_seed(0)
-rng = np.random.default_rng(0)
-x = rng.normal(size=(80, 4)).astype("float32")
-y = x.sum(axis=1, keepdims=True)
-model = keras.Sequential(
-    [
-        keras.Input((4,)),
-        keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dropout(0.3),
-        keras.layers.Dense(1),
-    ]
-)
-model.compile(optimizer="adam", loss="mse")
+x, y = resume_data()
+model = make_resume_model()
 callbacks = [keras_ckpt.ResumeFromLatest(directory, save_freq=3)]
 if mode in ("kill", "term"):
     callbacks.append(Interrupt())

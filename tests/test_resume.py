@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import assert_weights_equal
+from resume_setup import make_resume_model, resume_data
 
 import keras_ckpt
 
@@ -24,23 +25,10 @@ def deterministic_ops():
 
 @pytest.fixture
 def data():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(80, 4)).astype("float32")
-    return x, x.sum(axis=1, keepdims=True)  # 5 batches of 16 per epoch
+    return resume_data()
 
 
-def make_model(seed=0):
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [
-            keras.Input((4,)),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(1),
-        ]
-    )
-    model.compile(optimizer="adam", loss="mse")
-    return model
+make_model = make_resume_model
 
 
 class Crash(keras.callbacks.Callback):
