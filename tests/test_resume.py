@@ -346,14 +346,17 @@ def test_a_second_signal_goes_to_the_previous_handler(tmp_path, data):
 
 
 @pytest.mark.slow
-def test_exact_resume_on_jax(tmp_path):
-    # JAX shuffles NumPy inputs with np.random: the mid-epoch checkpoint's generator state as
-    # of the epoch start lets the resumed epoch draw the same permutation.
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_exact_resume_on_other_backends(tmp_path, backend):
+    # JAX shuffles NumPy inputs with np.random, PyTorch with its own CPU generator (which its
+    # unseeded Dropout draws from too): the mid-epoch checkpoint's generator states as of the
+    # epoch start let the resumed epoch draw the same permutation, and the states at the save
+    # let Dropout continue.
     result = subprocess.run(
         [
             sys.executable,
             os.path.join(os.path.dirname(__file__), "backend_child.py"),
-            "jax",
+            backend,
             str(tmp_path / "run"),
         ],
         capture_output=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import inspect
 import os
 import random
@@ -282,7 +283,12 @@ class ResumeFromLatest(StoreCallback):
         batch = int(state.get("batch", 0))
         _warn_if_order_is_not_replayed(batch)
         if batch:
-            _skip_trained_batches(self.model, batch)
+            torch_now = state.get("random", {}).get("torch_now")
+            _skip_trained_batches(
+                self.model,
+                batch,
+                on_done=(lambda: _set_torch_generators(torch_now)) if torch_now else lambda: None,
+            )
         _load_callback_states(_sibling_callbacks(self), state.get("callbacks", {}))
         # History resets in its own on_train_begin, which runs after this one: refill it when
         # the first epoch begins.
@@ -358,19 +364,52 @@ def _seed_generators(model: keras.Model) -> list[Any]:
 def _host_generators() -> dict[str, Any]:
     version, python_state, gauss = random.getstate()
     name, keys, position, has_gauss, cached = np.random.get_state()
-    return {
+    generators = {
         "python": [version, list(python_state), gauss],
         "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached)],
     }
+    if keras.backend.backend() == "torch":
+        generators["torch"] = _torch_generators()
+    return generators
+
+
+def _torch_generators() -> dict[str, Any]:
+    """PyTorch's global generators: its DataLoader shuffles NumPy inputs with the CPU one, and
+    Keras's unseeded Dropout draws from the one of the device it runs on."""
+    import torch
+
+    def encode(state: Any) -> str:
+        return base64.b64encode(state.numpy().tobytes()).decode("ascii")
+
+    states = {"cpu": encode(torch.get_rng_state())}
+    if torch.cuda.is_available():
+        states["cuda"] = [encode(s) for s in torch.cuda.get_rng_state_all()]
+    return states
+
+
+def _set_torch_generators(states: dict[str, Any]) -> None:
+    import torch
+
+    def decode(text: str) -> Any:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(decode(states["cpu"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([decode(s) for s in states["cuda"]])
 
 
 def _random_state(model: keras.Model, host_generators: dict[str, Any]) -> dict[str, Any]:
-    return {
+    state = {
         **host_generators,
         "seed_generators": [
             keras.ops.convert_to_numpy(g.state.value).tolist() for g in _seed_generators(model)
         ],
     }
+    if keras.backend.backend() == "torch":
+        # Training draws from these too (Dropout): a mid-epoch resume replays the pipeline from
+        # the epoch-start states above, then continues training from these.
+        state["torch_now"] = _torch_generators()
+    return state
 
 
 def _set_random_state(model: keras.Model, state: dict[str, Any]) -> None:
@@ -380,6 +419,8 @@ def _set_random_state(model: keras.Model, state: dict[str, Any]) -> None:
     if "numpy" in state:
         name, keys, position, has_gauss, cached = state["numpy"]
         np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    if "torch" in state and keras.backend.backend() == "torch":
+        _set_torch_generators(state["torch"])
     generators = _seed_generators(model)
     saved = state.get("seed_generators", [])
     if len(saved) == len(generators):
@@ -491,12 +532,14 @@ def _load_callback_states(callbacks: list[Any], states: dict[str, Any]) -> None:
             callback.load_state_dict(states[key])
 
 
-def _skip_trained_batches(model: keras.Model, batches: int) -> None:
+def _skip_trained_batches(
+    model: keras.Model, batches: int, on_done: Callable[[], None] = lambda: None
+) -> None:
     """Makes the next calls of ``model.train_function`` read their batches without training.
 
     ``fit`` calls the train function once per execution of ``steps_per_execution`` batches,
     with the backend's own arguments; the wrapper consumes the same data and returns no logs,
-    then puts the real function back.
+    then puts the real function back and calls ``on_done``.
     """
     original = model.train_function
     per_execution = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
@@ -507,6 +550,7 @@ def _skip_trained_batches(model: keras.Model, batches: int) -> None:
         remaining[0] -= 1
         if remaining[0] <= 0:
             model.train_function = original
+            on_done()
         if backend == "jax":
             state, iterator = args
             for _ in range(per_execution):
