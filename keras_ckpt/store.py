@@ -52,6 +52,9 @@ _HASH_CHUNK = 1 << 20
 
 _locks_guard = threading.Lock()
 _directory_locks: dict[str, threading.RLock] = {}
+# Temporary files this process is writing right now (a background save writes outside the
+# directory lock): recovery in the same process leaves them alone.
+_writing: set[str] = set()
 
 
 def _directory_lock(directory: str) -> threading.RLock:
@@ -266,12 +269,16 @@ class CheckpointStore:
         if os.path.basename(filename) != filename or filename.startswith(TEMP_PREFIX):
             raise ValueError(f"Checkpoint file name must be a plain name. Received: {filename!r}")
         temporary = self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{filename}")
+        with _locks_guard:
+            _writing.add(temporary)
         try:
             write(temporary)
             size, sha256 = _fsync_and_hash(temporary)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temporary)
+            with _locks_guard:
+                _writing.discard(temporary)
             raise
         record = CheckpointRecord(
             path=self.path(filename),
@@ -302,9 +309,13 @@ class CheckpointStore:
                 _add_record(manifest, record)
                 self._write_manifest(manifest)
             except BaseException:
+                with _locks_guard:
+                    _writing.discard(temporary)
                 with contextlib.suppress(Exception):
                     self.recover()
                 raise
+        with _locks_guard:
+            _writing.discard(temporary)
         return record
 
     def release(self, keeper: str, filenames: Iterable[str]) -> list[str]:
@@ -379,8 +390,10 @@ class CheckpointStore:
             if manifest.trash:
                 self._empty_trash(manifest)
                 changed = True
+            with _locks_guard:
+                in_flight = set(_writing)
             for name in os.listdir(self.directory):
-                if name.startswith(TEMP_PREFIX):
+                if name.startswith(TEMP_PREFIX) and self.path(name) not in in_flight:
                     with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                         os.remove(self.path(name))
             for alias, target in manifest.aliases.items():

@@ -314,6 +314,7 @@ def test_top_k_never_overwrites_a_better_file_of_the_same_name(tmp_path, make_mo
     callback.on_epoch_begin(0)
     for batch, loss in enumerate([0.8, 0.9, 0.7]):
         callback.on_train_batch_end(batch, {"loss": loss})
+    callback.on_train_end()
     [record] = keras_ckpt.list_checkpoints(tmp_path)
     assert record.metrics["loss"] == 0.7 and record.batch == 3
     assert callback.best_value == 0.7

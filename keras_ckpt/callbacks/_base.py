@@ -4,26 +4,30 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
 
-from keras_ckpt import naming, ranking
+from keras_ckpt import naming, ranking, validation
 from keras_ckpt.callbacks._monitor import batches_trained
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
+from keras_ckpt.snapshot import take_snapshot, write_now
 from keras_ckpt.store import CheckpointStore, reserved_alias_filenames
+from keras_ckpt.writer import WRITER
 
 
 class StoreCallback(keras.callbacks.Callback):
     """Base of the saving callbacks: a thin adapter from ``fit``'s hooks to a CheckpointStore."""
 
-    def __init__(self, save_weights_only: bool):
+    def __init__(self, save_weights_only: bool, async_save: bool = True):
         super().__init__()
         self.save_weights_only = save_weights_only
+        self.async_save = validation.boolean("async_save", async_save)
         self._run: str | None = None
         self._start_batches = 0
+        self._write_errors: list[BaseException] = []
 
     @property
     def keeper(self) -> str:
@@ -45,11 +49,17 @@ class StoreCallback(keras.callbacks.Callback):
     def _open_store(self, directory: str) -> CheckpointStore:
         return CheckpointStore(directory, keras_version=keras.__version__)
 
-    def _write(self, path: str) -> None:
-        if self.save_weights_only:
-            self.model.save_weights(path, overwrite=True)
-        else:
-            self.model.save(path, overwrite=True)
+    def _settle(self) -> None:
+        """Waits for the save in flight, and raises here what went wrong in the background.
+
+        Every decision that reads the store (top-k, file names, retention) is taken after this,
+        on the committed state.
+        """
+        WRITER.wait()
+        if self._write_errors:
+            error = self._write_errors[0]
+            self._write_errors.clear()
+            raise error
 
     def _commit(
         self,
@@ -60,20 +70,49 @@ class StoreCallback(keras.callbacks.Callback):
         batch: int | None,
         metrics: Mapping[str, float],
         state: Mapping[str, Any] | None = None,
-    ) -> CheckpointRecord:
-        """Saves the model now; ``epoch`` and ``batch`` are 0-based as ``fit`` passes them."""
-        return store.commit(
-            filename,
-            self._write,
-            epoch=epoch + 1,
-            batch=None if batch is None else batch + 1,
-            step=self._step(),
-            metrics=metrics,
-            kind=KIND_WEIGHTS if self.save_weights_only else KIND_MODEL,
-            run=self._run or "",
-            keeper=self.keeper,
-            state=state,
-        )
+        then: Callable[[CheckpointRecord], None] | None = None,
+    ) -> None:
+        """Saves the model as of now; ``epoch`` and ``batch`` are 0-based as ``fit`` passes them.
+
+        The variables are copied to host memory here, on the training thread. Writing,
+        committing and ``then(record)`` (aliases, retention, messages) run on the background
+        writer with ``async_save``, otherwise here; files are the same either way.
+        """
+        self._settle()
+        model, weights_only = self.model, self.save_weights_only
+        snapshot = take_snapshot(model, filename, weights_only)
+        if snapshot is None:
+            # A legacy .h5 model, or a Keras without the saving internals: Keras writes it now.
+            def write(path: str) -> None:
+                write_now(model, path, weights_only)
+        else:
+            write = snapshot.write
+        step = self._step()
+
+        def job() -> None:
+            try:
+                record = store.commit(
+                    filename,
+                    write,
+                    epoch=epoch + 1,
+                    batch=None if batch is None else batch + 1,
+                    step=step,
+                    metrics=metrics,
+                    kind=KIND_WEIGHTS if weights_only else KIND_MODEL,
+                    run=self._run or "",
+                    keeper=self.keeper,
+                    state=state,
+                )
+            finally:
+                if snapshot is not None:
+                    snapshot.discard()
+            if then is not None:
+                then(record)
+
+        if self.async_save and snapshot is not None:
+            WRITER.submit(job, on_error=self._write_errors.append)
+        else:
+            job()
 
     def _step(self) -> int:
         """Training batches completed in this run."""
@@ -137,4 +176,5 @@ class StoreCallback(keras.callbacks.Callback):
 
     def _own_records(self, store: CheckpointStore) -> list[CheckpointRecord]:
         """This run's checkpoints that this callback keeps, oldest first."""
+        WRITER.wait()  # as committed, with the save in flight
         return [r for r in store.records() if r.run == self._run and self.keeper in r.kept_by]

@@ -43,6 +43,9 @@ class BestCheckpoint(StoreCallback):
             metrics of the epoch; the extension is added if missing. Defaults to
             ``"epoch{epoch:03d}-<monitor>{<monitor>:.4f}"``.
         verbose: 0 is silent; 1 prints a line per save or skip.
+        async_save: Copy the variables to host memory on the training thread and write the
+            file in the background (at most one save in flight; a failure is raised at the next
+            save or at the end of training). ``False`` writes before training goes on.
 
     Raises:
         ValueError: On any invalid argument, naming it.
@@ -62,9 +65,11 @@ class BestCheckpoint(StoreCallback):
         save_weights_only: bool = False,
         filename: str | None = None,
         verbose: int = 0,
+        async_save: bool = True,
     ):
         super().__init__(
-            save_weights_only=validation.boolean("save_weights_only", save_weights_only)
+            save_weights_only=validation.boolean("save_weights_only", save_weights_only),
+            async_save=async_save,
         )
         self.directory = check_directory_usable(directory, "directory")
         self.monitor = validation.non_empty_str("monitor", monitor)
@@ -88,6 +93,7 @@ class BestCheckpoint(StoreCallback):
     # Hooks -------------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._settle()
         self._store = self._open_store(self.directory)
         self._begin_run(continue_run=True)
         self._resolved_mode = None
@@ -101,6 +107,7 @@ class BestCheckpoint(StoreCallback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         store = self._require_store()
+        self._settle()
         metrics = plain_metrics(logs)
         if self.monitor not in metrics:
             self._handle_missing_monitor(epoch, metrics)
@@ -124,15 +131,19 @@ class BestCheckpoint(StoreCallback):
         filename = self._render_filename(store, self.filename, epoch, None, metrics)
         if self._replaces_a_better_own_file(store, filename, self.monitor, value, mode):
             return  # e.g. filename="{val_loss:.1f}": an equal name already holds a better model
-        record = self._commit(store, filename, epoch=epoch, batch=None, metrics=metrics)
-        kept, dropped = self._partition(store, KeepBest(self.top_k, self.monitor, mode))
-        # The alias moves before anything is deleted, so it never names a missing file.
-        store.set_alias(BEST_ALIAS, self._best_record(kept).filename)
-        store.release(self.keeper, dropped)
-        if self.verbose:
-            print(f"\nEpoch {epoch + 1}: {self.monitor}={value:.5f}, saved {record.path}")
+
+        def tidy(record: CheckpointRecord) -> None:
+            kept, dropped = self._partition(store, KeepBest(self.top_k, self.monitor, mode))
+            # The alias moves before anything is deleted, so it never names a missing file.
+            store.set_alias(BEST_ALIAS, self._best_record(kept, mode).filename)
+            store.release(self.keeper, dropped)
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: {self.monitor}={value:.5f}, saved {record.path}")
+
+        self._commit(store, filename, epoch=epoch, batch=None, metrics=metrics, then=tidy)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._settle()  # when fit returns, every checkpoint is on disk
         if self._epochs_without_validation and not self.kept:
             warnings.warn(
                 f"BestCheckpoint saved nothing: {self.monitor!r} never appeared in the logs of "
@@ -174,10 +185,12 @@ class BestCheckpoint(StoreCallback):
             )
         return self._resolved_mode
 
-    def _best_record(self, records: list[CheckpointRecord]) -> CheckpointRecord | None:
+    def _best_record(
+        self, records: list[CheckpointRecord], mode: str | None = None
+    ) -> CheckpointRecord | None:
         if not records:
             return None
-        order = ranking.ranked([r.metrics[self.monitor] for r in records], self._mode())
+        order = ranking.ranked([r.metrics[self.monitor] for r in records], mode or self._mode())
         return records[order[0]]
 
     def _handle_missing_monitor(self, epoch: int, metrics: dict[str, float]) -> None:

@@ -13,7 +13,7 @@ from keras_ckpt import naming, validation
 from keras_ckpt.callbacks._base import StoreCallback
 from keras_ckpt.callbacks._monitor import plain_metrics
 from keras_ckpt.policies import AnyOf, KeepAll, KeepEvery, KeepLatest, RetentionPolicy
-from keras_ckpt.records import LATEST_ALIAS
+from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import CheckpointStore, check_directory_usable
 from keras_ckpt.triggers import IntervalTrigger
 
@@ -47,6 +47,9 @@ class IntervalCheckpoint(StoreCallback):
         filename: Template with ``{epoch}`` (1-based), ``{step}``, ``{batch}`` (mid-epoch
             saves) and, at epoch ends, the metrics. Default ``"epoch{epoch:03d}-step{step:06d}"``.
         verbose: 0 is silent; 1 prints a line per save.
+        async_save: Copy the variables to host memory on the training thread and write the
+            file in the background (at most one save in flight; a failure is raised at the next
+            save or at the end of training). ``False`` writes before training goes on.
         retention: A retention policy of your own (an object with ``keep(records)``) instead of
             ``keep_last``/``keep_every``.
         clock: The monotonic clock of ``every_seconds``; tests pass a fake one.
@@ -72,11 +75,14 @@ class IntervalCheckpoint(StoreCallback):
         save_on_train_end: bool = True,
         filename: str = DEFAULT_FILENAME,
         verbose: int = 0,
+        async_save: bool = True,
         *,
         retention: RetentionPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        super().__init__(validation.boolean("save_weights_only", save_weights_only))
+        super().__init__(
+            validation.boolean("save_weights_only", save_weights_only), async_save=async_save
+        )
         self.directory = check_directory_usable(directory, "directory")
         self.every_epochs = _optional(validation.positive_int, "every_epochs", every_epochs)
         self.every_steps = _optional(validation.positive_int, "every_steps", every_steps)
@@ -143,6 +149,7 @@ class IntervalCheckpoint(StoreCallback):
     # Hooks -------------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._settle()
         self._store = self._open_store(self.directory)
         self._begin_run(continue_run=True)
         self._trigger.start(now=self._clock(), step=self._step())
@@ -167,10 +174,13 @@ class IntervalCheckpoint(StoreCallback):
             self._save(epoch, None, self._last_metrics)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if not self.save_on_train_end or self._epochs_ended == 0:
-            return
-        if self._last_saved_step is None or self._step() != self._last_saved_step:
+        if (
+            self.save_on_train_end
+            and self._epochs_ended
+            and (self._last_saved_step is None or self._step() != self._last_saved_step)
+        ):
             self._save(self._current_epoch, None, self._last_metrics)
+        self._settle()  # when fit returns, every checkpoint is on disk
 
     # Results -----------------------------------------------------------------------------
 
@@ -185,16 +195,20 @@ class IntervalCheckpoint(StoreCallback):
     def _save(self, epoch: int, batch: int | None, metrics: dict[str, float]) -> None:
         store = self._store
         assert store is not None, "on_train_begin opens the store"
+        self._settle()
         filename = self._render_filename(store, self.filename, epoch, batch, metrics)
-        record = self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics)
-        self._last_saved_step = record.step
+
+        def tidy(record: CheckpointRecord) -> None:
+            store.set_alias(LATEST_ALIAS, record.filename)
+            _, dropped = self._partition(store, self.retention)
+            # The newest checkpoint is never dropped: the latest alias must not name a lost file.
+            store.release(self.keeper, [name for name in dropped if name != record.filename])
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: step {record.step}, saved {record.path}")
+
+        self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics, then=tidy)
+        self._last_saved_step = self._step()
         self._trigger.saved(self._clock())
-        store.set_alias(LATEST_ALIAS, record.filename)
-        _, dropped = self._partition(store, self.retention)
-        # The newest checkpoint is never dropped: the latest alias must not name a lost file.
-        store.release(self.keeper, [name for name in dropped if name != record.filename])
-        if self.verbose:
-            print(f"\nEpoch {epoch + 1}: step {record.step}, saved {record.path}")
 
 
 def _optional(check: Callable[[str, Any], Any], name: str, value: Any) -> Any:

@@ -54,6 +54,11 @@ class ModelCheckpoint(Resumable, StoreCallback):
             under ``save_best_only`` or ``save_top_k``.
         save_top_k: If set, keep only the ``save_top_k`` best files by ``monitor``; the template
             must then name a field (``{epoch}``, a metric, ...) so that files differ.
+        async_save: Copy the variables to host memory on the training thread and write the
+            file in the background (at most one save in flight; a failure is raised at the next
+            save or at the end of training; when ``fit`` returns every file is on disk).
+            ``False`` writes before training goes on, as Keras does. Legacy ``.h5`` models are
+            always written synchronously.
 
     Raises:
         ValueError: On a bad ``save_freq``, ``save_top_k`` or ``initial_value_threshold``, or a
@@ -76,8 +81,10 @@ class ModelCheckpoint(Resumable, StoreCallback):
         save_freq: str | int = "epoch",
         initial_value_threshold: float | None = None,
         save_top_k: int | None = None,
+        *,
+        async_save: bool = True,
     ):
-        super().__init__(save_weights_only=save_weights_only)
+        super().__init__(save_weights_only=save_weights_only, async_save=async_save)
         mode = keras_mode(type(self).__name__, mode)  # Keras warns, falls back
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
@@ -135,6 +142,7 @@ class ModelCheckpoint(Resumable, StoreCallback):
     # Hooks -------------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._settle()
         self._begin_run(continue_run=False)
         self.best = self.initial_value_threshold
         self._resolved_mode = None
@@ -145,6 +153,7 @@ class ModelCheckpoint(Resumable, StoreCallback):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._end_training()
+        self._settle()  # when fit returns, every checkpoint is on disk
 
     def state_dict(self) -> dict[str, Any]:
         """The run and Keras's ``best``, so a resumed run continues ``save_best_only``."""
@@ -201,6 +210,7 @@ class ModelCheckpoint(Resumable, StoreCallback):
     # Saving ------------------------------------------------------------------------------
 
     def _save_model(self, epoch: int, batch: int | None, logs: dict[str, Any]) -> None:
+        self._settle()
         filepath = self._format_path(epoch, batch, logs)
         metrics = plain_metrics(logs)
         directory, filename = os.path.split(os.path.abspath(filepath))
@@ -220,15 +230,21 @@ class ModelCheckpoint(Resumable, StoreCallback):
                 f"Filepath used is an existing directory: {filepath}"
             )
         self._warn_if_replacing_earlier_file(store, filename)
-        self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics)
+        retention = (
+            None
+            if self.save_top_k is None
+            else KeepBest(self.save_top_k, self.monitor, self._mode())
+        )
+
+        def tidy(record: CheckpointRecord) -> None:
+            if retention is not None:
+                _, dropped = self._partition(store, retention)
+                store.release(self.keeper, dropped)
+            if self.verbose > 0:
+                print(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
+
+        self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics, then=tidy)
         self._has_saved = True
-        if self.save_top_k is not None:
-            _, dropped = self._partition(
-                store, KeepBest(self.save_top_k, self.monitor, self._mode())
-            )
-            store.release(self.keeper, dropped)
-        if self.verbose > 0:
-            print(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 
     def _format_path(self, epoch: int, batch: int | None, logs: dict[str, Any]) -> str:
         values = {**logs, "epoch": epoch + 1}

@@ -66,6 +66,10 @@ class ResumeFromLatest(StoreCallback):
             fall back on if the newest is damaged).
         handle_signals: Save and stop cleanly on SIGTERM/SIGINT.
         verbose: 0 is silent; 1 prints what is restored and saved.
+        async_save: Copy the variables (and the random and callback states) on the training
+            thread and write the checkpoint in the background (at most one save in flight; a
+            failure is raised at the next save or at the end of training). ``False`` writes
+            before training goes on.
 
     Raises:
         ValueError: On any invalid argument, naming it.
@@ -83,10 +87,11 @@ class ResumeFromLatest(StoreCallback):
         keep_last: int = 2,
         handle_signals: bool = True,
         verbose: int = 0,
+        async_save: bool = True,
         *,
         clock: Callable[[], float] = time.monotonic,
     ):
-        super().__init__(save_weights_only=True)
+        super().__init__(save_weights_only=True, async_save=async_save)
         self.directory = check_directory_usable(directory, "directory")
         if save_freq != "epoch":
             validation.positive_int("save_freq", save_freq)
@@ -128,6 +133,7 @@ class ResumeFromLatest(StoreCallback):
     # Hooks -------------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._settle()
         self._store = self._open_store(self.directory)
         self._stopped_by_signal = False
         self._signal_received.clear()
@@ -186,7 +192,9 @@ class ResumeFromLatest(StoreCallback):
         if self._trained and not self._stopped_by_signal:
             self._save(self._epochs_done, 0, metrics=self._epoch_end_metrics, finished=True)
             self._epoch_end_metrics = None
+            self._settle()
             self._after_finish()
+        self._settle()  # when fit returns, every checkpoint is on disk
 
     def _after_finish(self) -> None:
         """What happens to the checkpoints once training completed (BackupAndRestore deletes)."""
@@ -203,6 +211,7 @@ class ResumeFromLatest(StoreCallback):
         """Saves the state after ``batch`` batches of 0-based ``epoch`` (batch 0: its start)."""
         store = self._store
         assert store is not None
+        self._settle()
         state = {
             "version": STATE_VERSION,
             "epoch": epoch,
@@ -223,23 +232,27 @@ class ResumeFromLatest(StoreCallback):
         filename = self._render_filename(
             store, self.filename_template, max(record_epoch, 0), None, metrics or {}
         )
-        record = self._commit(
+        protected = {filename}
+        if self.resumed_from is not None:
+            protected.add(self.resumed_from.filename)
+
+        def tidy(record: CheckpointRecord) -> None:
+            store.set_alias(LATEST_ALIAS, record.filename)
+            _, dropped = self._partition(store, KeepLatest(self.keep_last))
+            store.release(self.keeper, [name for name in dropped if name not in protected])
+            if self.verbose:
+                print(f"\nResumeFromLatest: saved {record.path}")
+
+        self._commit(
             store,
             filename,
             epoch=max(record_epoch, 0),
             batch=None if batch == 0 else batch - 1,
             metrics=metrics or {},
             state=state,
+            then=tidy,
         )
         self._trigger.saved(self._clock())
-        store.set_alias(LATEST_ALIAS, record.filename)
-        _, dropped = self._partition(store, KeepLatest(self.keep_last))
-        protected = {record.filename}
-        if self.resumed_from is not None:
-            protected.add(self.resumed_from.filename)
-        store.release(self.keeper, [name for name in dropped if name not in protected])
-        if self.verbose:
-            print(f"\nResumeFromLatest: saved {record.path}")
 
     # Restoring ---------------------------------------------------------------------------
 
@@ -589,6 +602,7 @@ class BackupAndRestore(ResumeFromLatest):
         save_freq: ``"epoch"``, an integer number of batches, or ``False``.
         double_checkpoint: Keep the previous checkpoint too.
         delete_checkpoint: Delete the checkpoints once training completes.
+        async_save: Write checkpoints in the background (see ``ResumeFromLatest``).
 
     Raises:
         ValueError: On an empty ``backup_dir`` or an invalid ``save_freq`` (Keras's messages).
@@ -602,6 +616,8 @@ class BackupAndRestore(ResumeFromLatest):
         save_freq: str | int | bool = "epoch",
         double_checkpoint: bool = False,
         delete_checkpoint: bool = True,
+        *,
+        async_save: bool = True,
     ):
         if not backup_dir:
             raise ValueError("Empty `backup_dir` argument passed")
@@ -620,6 +636,7 @@ class BackupAndRestore(ResumeFromLatest):
             save_freq=save_freq if save_freq not in (False, "epoch") else "epoch",
             keep_last=2 if double_checkpoint else 1,
             handle_signals=save_freq is False,
+            async_save=async_save,
         )
         self.backup_dir = backup_dir
         self.save_freq = save_freq
