@@ -10,6 +10,7 @@ Usage: python crash_child.py DIRECTORY KILL_POINT
 import os
 import signal
 import sys
+import threading
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,14 +25,20 @@ directory, kill_point = sys.argv[1], int(sys.argv[2])
 calls = {"manifest": 0, "file": 0}
 
 
+def die(counter):
+    # Saves are written by the background writer: the kill lands in the middle of one.
+    print(f"killed during {counter} on {threading.current_thread().name}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def die_after(counter, limit, function):
     def wrapped(*args, **kwargs):
         calls[counter] += 1
         if counter == "file" and calls[counter] == limit:
-            os.kill(os.getpid(), signal.SIGKILL)
+            die(counter)
         result = function(*args, **kwargs)
         if counter == "manifest" and calls[counter] == limit:
-            os.kill(os.getpid(), signal.SIGKILL)
+            die(counter)
         return result
 
     return wrapped

@@ -35,8 +35,8 @@ def run_child(directory, kill_point):
             time.sleep(0.05)
         time.sleep(random.Random(7).uniform(0.2, 1.5))
         process.send_signal(signal.SIGKILL)
-    _, stderr = process.communicate(timeout=300)
-    return process.returncode, stderr
+    stdout, stderr = process.communicate(timeout=300)
+    return process.returncode, stdout, stderr
 
 
 def assert_every_entry_loads(directory, point):
@@ -55,8 +55,12 @@ def test_sigkill_at_every_stage_of_saving(tmp_path):
     directories = [tmp_path / f"kill{point}" for point in points]
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(run_child, directories, points))
-    for point, directory, (returncode, stderr) in zip(points, directories, results, strict=True):
+    for point, directory, (returncode, stdout, stderr) in zip(
+        points, directories, results, strict=True
+    ):
         assert returncode == -signal.SIGKILL, f"kill point {point}: {stderr[-2000:]}"
+        if point:
+            assert "on keras_ckpt-writer" in stdout, f"kill point {point}: {stdout}"
         # Readers see only committed checkpoints, each intact, before any recovery ran.
         assert_every_entry_loads(directory, point)
         # Reopening finishes or undoes the interrupted change and clears leftovers.

@@ -136,9 +136,7 @@ def test_custom_retention_policy(tmp_path, make_model, data):
 
 
 @pytest.mark.parametrize("async_save, most_files", [(False, 5), (True, 6)])
-def test_disk_use_stays_bounded_over_a_long_run(
-    tmp_path, make_model, data, async_save, most_files
-):
+def test_disk_use_stays_bounded_over_a_long_run(tmp_path, make_model, data, async_save, most_files):
     class CountFiles(keras.callbacks.Callback):
         counts = []
 

@@ -23,6 +23,7 @@ PURE_MODULES = [
     "keras_ckpt.store",
     "keras_ckpt.triggers",
     "keras_ckpt.validation",
+    "keras_ckpt.writer",
 ]
 
 
