@@ -1,31 +1,35 @@
 """A model's saved state, copied to host memory now and written in Keras's own formats later.
 
-``take_snapshot`` runs on the training thread: it walks the model with Keras's own saving
-traversal, the one ``model.save_weights`` and ``model.save`` use, but stores a NumPy copy of each
-variable instead of writing it. That copy is the whole stall. ``ModelSnapshot.write`` then runs
-anywhere, the background writer included: it replays the same calls into Keras's own HDF5 store,
-so the file has the layout, names and values that a synchronous Keras save of the same moment
-would have, and plain ``keras.saving.load_model`` / ``model.load_weights`` open it.
+``take_snapshot`` runs on the training thread. It finds what ``model.save_weights`` /
+``model.save`` would write with Keras's own saving traversal (recorded once and reused while
+the model has the same variables), then copies each variable to host memory. That copy is the
+whole stall. ``ModelSnapshot.write`` runs anywhere, the background writer included: it writes
+the copies in the HDF5 layout of Keras's ``.weights.h5`` (the bytes equal those of
+``model.save_weights``; the test suite checks it), inside a ``.keras`` archive for a whole
+model, so plain ``keras.saving.load_model`` / ``model.load_weights`` open the files.
 
-The traversal and the stores are Keras internals (``keras.src.saving.saving_lib``). Where a
-Keras version lacks them, or the file is a legacy ``.h5`` model, ``take_snapshot`` returns
-``None`` and the callers save synchronously with ``model.save`` / ``model.save_weights``.
+The traversal and the model config come from Keras internals (``keras.src.saving.saving_lib``).
+Where a Keras version lacks them, or the file is a legacy ``.h5`` model, ``take_snapshot``
+returns ``None`` and the callers save synchronously with ``model.save`` / ``model.save_weights``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 import zipfile
 from typing import Any
 
+import h5py
 import keras
 import numpy as np
 
 try:
+    from keras.src.optimizers import base_optimizer as _base_optimizer
     from keras.src.saving import saving_lib
 except ImportError:  # pragma: no cover - a Keras without the internals this relies on
-    saving_lib = None
+    saving_lib = _base_optimizer = None
 
 _NEEDED = (
     "_save_state",
@@ -67,7 +71,7 @@ class ModelSnapshot:
         a ``.weights.h5`` file. Any thread may call it, once."""
         try:
             if self._config_json is None:
-                self._write_weights(path)
+                _write_h5(path, self._calls)
             else:
                 self._write_model(path)
         finally:
@@ -80,17 +84,6 @@ class ModelSnapshot:
             self._assets.close()
             self._assets = None
 
-    def _write_weights(self, path: str) -> None:
-        store = saving_lib.H5IOStore(path, mode="w")
-        try:
-            for op, key, value in self._calls:
-                if op == "make":
-                    store.make(key, metadata=value)
-                else:
-                    store[key] = value
-        finally:
-            store.close()
-
     def _write_model(self, path: str) -> None:
         # Keras's own .keras layout: metadata, config, the weights file, then the assets. The
         # weights go through a file beside the archive (as Keras does when memory is short),
@@ -102,7 +95,7 @@ class ModelSnapshot:
                     entry.write(self._metadata_json.encode())
                 with archive.open(saving_lib._CONFIG_FILENAME, "w") as entry:
                     entry.write(self._config_json.encode())
-                self._write_weights(weights_path)
+                _write_h5(weights_path, self._calls)
                 archive.write(weights_path, saving_lib._VARS_FNAME_H5)
                 if self._assets is not None:
                     saving_lib._write_to_zip_recursively(
@@ -113,8 +106,50 @@ class ModelSnapshot:
                 os.remove(weights_path)
 
 
+def _write_h5(path: str, calls: list[tuple[str, Any, Any]]) -> None:
+    """Writes recorded saving calls in the HDF5 layout of Keras's ``.weights.h5``: a group
+    ``<path>/vars`` per object (its ``name`` as an attribute), a dataset per variable.
+
+    The copies are written as they are (Keras's own store would copy each once more); the test
+    suite checks that the bytes equal those of ``model.save_weights``.
+    """
+    with h5py.File(path, "w") as file:
+        group, group_path = None, ""
+        for op, key, value in calls:
+            if op == "make":
+                group_path, group = key, None
+                if value:  # with metadata the group is made at once, else at its first variable
+                    group = _vars_group(file, group_path, value)
+                continue
+            if group is None:
+                group = _vars_group(file, group_path, None)
+            if keras.backend.standardize_dtype(value.dtype) == "bfloat16":
+                group.create_dataset(key, data=value).attrs["dtype"] = "bfloat16"
+            else:
+                group[key] = value
+
+
+def _vars_group(file: Any, path: str, metadata: dict[str, Any] | None) -> Any:
+    group = file.create_group("vars") if not path else file.create_group(path).create_group("vars")
+    for name, value in (metadata or {}).items():
+        group.attrs[name] = value
+    return group
+
+
+def host_copy(variable: Any) -> np.ndarray:
+    """A NumPy copy of a variable's current value that training cannot change afterwards."""
+    value = getattr(variable, "value", variable)
+    if keras.backend.backend() == "tensorflow" and hasattr(value, "numpy"):
+        array = value.numpy()  # one copy; np.array(variable) would make two
+    else:
+        array = keras.ops.convert_to_numpy(value)
+    if not array.flags.owndata:  # a view could change under us while training goes on
+        array = np.array(array, copy=True)
+    return array
+
+
 class _RecordingStore(saving_lib.H5IOStore if SUPPORTED else object):  # type: ignore[misc]
-    """Takes the calls Keras's saving traversal makes and keeps host copies of the values."""
+    """Takes the calls Keras's saving traversal makes, keeping the values as given."""
 
     def __init__(self) -> None:  # no file: nothing of H5IOStore's own state is needed
         self.mode = "w"
@@ -129,13 +164,96 @@ class _RecordingStore(saving_lib.H5IOStore if SUPPORTED else object):  # type: i
         return self
 
     def __setitem__(self, key: str, value: Any) -> None:
-        array = keras.ops.convert_to_numpy(value)
-        if not array.flags.owndata:  # a view could change under us while training goes on
-            array = np.array(array, copy=True)
-        self.calls.append(("set", key, array))
+        self.calls.append(("set", key, value))
 
     def close(self) -> None:
         pass
+
+
+# The traversal walks every attribute of every layer (milliseconds of pure Python). When all it
+# finds are variables, its result is reused for as long as the model has the same variables:
+# per model, (variables' ids, calls, whether any object wrote assets: None if not asked yet).
+_plans: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], list[Any], bool | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _variables_signature(model: keras.Model) -> tuple[int, ...]:
+    optimizer = getattr(model, "optimizer", None)
+    variables = list(model.variables) + list(getattr(optimizer, "variables", []) or [])
+    return tuple(id(v) for v in variables)
+
+
+def _saving_calls(model: keras.Model, with_assets: bool) -> tuple[list[Any], Any]:
+    """The calls Keras's saving traversal makes, and the assets store (or ``None``)."""
+    signature = _variables_signature(model)
+    cached = _plans.get(model)
+    if (
+        cached is not None
+        and cached[0] == signature
+        and not (with_assets and cached[2] is not False)
+    ):
+        return cached[1], None
+    recorder = _RecordingStore()
+    # Assets (vocabularies and the like) are small and rare: written to a temporary directory
+    # now, zipped by the writer.
+    assets = saving_lib.DiskIOStore(saving_lib._ASSETS_DIRNAME, mode="w") if with_assets else None
+    try:
+        saving_lib._save_state(
+            model,
+            weights_store=recorder,
+            assets_store=assets,
+            inner_path="",
+            visited_saveables=set(),
+        )
+    except BaseException:
+        if assets is not None:
+            assets.close()
+        raise
+    has_assets = None
+    if assets is not None:
+        has_assets = bool(os.listdir(assets.working_dir))
+        if not has_assets:  # nothing to zip: Keras writes no assets entry either
+            assets.close()
+            assets = None
+    elif cached is not None and cached[0] == signature:
+        has_assets = cached[2]
+    plan = _with_optimizer_variables(model, recorder.calls)
+    if all(isinstance(v, keras.Variable) for op, _, v in plan if op == "set"):
+        _plans[model] = (signature, plan, has_assets)
+    else:
+        _plans.pop(model, None)
+    return recorder.calls, assets
+
+
+def _with_optimizer_variables(
+    model: keras.Model, calls: list[tuple[str, Any, Any]]
+) -> list[tuple[str, Any, Any]]:
+    """``calls`` with the optimizer's values replaced by its variables.
+
+    Keras's optimizers save ``variable.numpy()`` for each of ``optimizer.variables`` in order,
+    under the path ``optimizer``; knowing the variables lets a later snapshot copy them without
+    walking the model again. Anything else is left as it is (and is then walked every time).
+    """
+    optimizer = getattr(model, "optimizer", None)
+    base = getattr(_base_optimizer, "BaseOptimizer", None)
+    if (
+        optimizer is None
+        or base is None
+        or type(optimizer).save_own_variables is not base.save_own_variables
+    ):
+        return calls
+    variables = list(optimizer.variables)
+    plan, group = [], None
+    for op, key, value in calls:
+        if op == "make":
+            group = key
+        elif group == "optimizer" and key.isdigit() and int(key) < len(variables):
+            variable = variables[int(key)]
+            if tuple(np.shape(value)) == tuple(variable.shape):
+                value = variable
+        plan.append((op, key, value))
+    return plan
 
 
 def take_snapshot(model: keras.Model, filepath: str, weights_only: bool) -> ModelSnapshot | None:
@@ -156,27 +274,17 @@ def take_snapshot(model: keras.Model, filepath: str, weights_only: bool) -> Mode
             )
     elif not filepath.endswith(".keras"):
         return None
-    recorder = _RecordingStore()
-    assets = None
     config_json = metadata_json = None
+    if not weights_only:
+        config_json, metadata_json = saving_lib._serialize_model_as_json(model)
+    calls, assets = _saving_calls(model, with_assets=not weights_only)
     try:
-        if not weights_only:
-            config_json, metadata_json = saving_lib._serialize_model_as_json(model)
-            # Assets (vocabularies and the like) are small and rare: written to a temporary
-            # directory now, zipped by the writer.
-            assets = saving_lib.DiskIOStore(saving_lib._ASSETS_DIRNAME, mode="w")
-        saving_lib._save_state(
-            model,
-            weights_store=recorder,
-            assets_store=assets,
-            inner_path="",
-            visited_saveables=set(),
-        )
+        copies = [(op, key, host_copy(value) if op == "set" else value) for op, key, value in calls]
     except BaseException:
         if assets is not None:
             assets.close()
         raise
-    return ModelSnapshot(recorder.calls, config_json, metadata_json, assets)
+    return ModelSnapshot(copies, config_json, metadata_json, assets)
 
 
 def write_now(model: keras.Model, path: str, weights_only: bool) -> None:
@@ -187,4 +295,4 @@ def write_now(model: keras.Model, path: str, weights_only: bool) -> None:
         model.save(path, overwrite=True)
 
 
-__all__ = ["ModelSnapshot", "SUPPORTED", "take_snapshot", "write_now"]
+__all__ = ["ModelSnapshot", "SUPPORTED", "host_copy", "take_snapshot", "write_now"]

@@ -100,8 +100,10 @@ def test_weights_snapshot_writes_the_same_bytes_as_keras(tmp_path, make_model, d
     model = make_model()
     fit(model, data, [], epochs=1)
     model.save_weights(tmp_path / "keras.weights.h5")
-    take_snapshot(model, "x.weights.h5", weights_only=True).write(str(tmp_path / "ours.weights.h5"))
-    assert digest(tmp_path / "keras.weights.h5") == digest(tmp_path / "ours.weights.h5")
+    # The first snapshot walks the model; the second reuses the walk (same variables).
+    for name in ("first.weights.h5", "second.weights.h5"):
+        take_snapshot(model, "x.weights.h5", weights_only=True).write(str(tmp_path / name))
+        assert digest(tmp_path / "keras.weights.h5") == digest(tmp_path / name)
 
 
 def test_model_snapshot_is_a_keras_archive_that_plain_keras_loads(tmp_path, make_model, data):
@@ -121,11 +123,25 @@ def test_model_snapshot_is_a_keras_archive_that_plain_keras_loads(tmp_path, make
     assert not [n for n in os.listdir(tmp_path) if n not in ("keras.keras", "ours.keras")]
 
 
+def test_model_snapshot_carries_assets(tmp_path):
+    # An adapted StringLookup keeps its vocabulary as an asset file inside the .keras archive.
+    lookup = keras.layers.StringLookup()
+    lookup.adapt(["a", "b", "b"])
+    model = keras.Sequential([keras.Input((1,), dtype="string"), lookup])
+    for name in ("first.keras", "second.keras"):  # the second one may not skip the assets
+        take_snapshot(model, "x.keras", weights_only=False).write(str(tmp_path / name))
+        names = zipfile.ZipFile(tmp_path / name).namelist()
+        assert any(n.startswith("assets/") for n in names), names
+        loaded = keras.saving.load_model(tmp_path / name)
+        assert [str(v) for v in loaded.layers[-1].get_vocabulary()] == ["[UNK]", "b", "a"]
+
+
 def test_snapshot_holds_the_moment_it_was_taken(tmp_path, make_model, data):
     model = make_model()
     fit(model, data, [], epochs=1)
+    take_snapshot(model, "x.weights.h5", weights_only=True).discard()  # walks the model
     before = [w.copy() for w in model.get_weights()]
-    snapshot = take_snapshot(model, "x.weights.h5", weights_only=True)
+    snapshot = take_snapshot(model, "x.weights.h5", weights_only=True)  # copies variables only
     fit(model, data, [], epochs=2)  # training goes on before the write
     snapshot.write(str(tmp_path / "then.weights.h5"))
     restored = make_model()

@@ -1,0 +1,147 @@
+"""What the benchmarks share: the machine's description, the models, a resident-memory sampler."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_ckpt  # noqa: E402
+from keras_ckpt.snapshot import host_copy  # noqa: E402
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def describe_machine() -> str:
+    """One line: CPU, cores, memory, accelerator, Python, Keras and its backend."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            cpu = next(line.split(":", 1)[1].strip() for line in file if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    memory = os.sysconf("SC_PHYS_PAGES") * PAGE / 2**30
+    backend = keras.backend.backend()
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB; accelerator: {accelerator()}; "
+        f"Python {platform.python_version()}, Keras {keras.__version__} on {backend} "
+        f"{backend_version()}, keras_ckpt {keras_ckpt.__version__}"
+    )
+
+
+def backend_version() -> str:
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(
+        keras.backend.backend()
+    )
+    return getattr(__import__(module), "__version__", "?") if module else "?"
+
+
+def accelerator() -> str:
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return "none (CPU)" if device.platform == "cpu" else device.device_kind
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return gpus[0].name if gpus else "none (CPU)"
+    return "?"
+
+
+def mlp(width: int, inputs: int = 256, outputs: int = 10) -> keras.Model:
+    """Dense inputs -> width -> width -> outputs with Adam; width 2048 is the issue's 4.7M-param
+    model (about 57 MB of weights and optimizer state)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(width, activation="relu"),
+            keras.layers.Dense(width, activation="relu"),
+            keras.layers.Dense(outputs),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def mlp_data(samples: int, inputs: int = 256, outputs: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(samples, inputs)).astype("float32")
+    y = rng.integers(0, outputs, size=(samples,)).astype("int32")
+    return x, y
+
+
+def state_bytes(model: keras.Model) -> int:
+    """Bytes of the model's and the optimizer's variables: what a checkpoint holds."""
+    variables = list(model.variables) + list(model.optimizer.variables)
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+
+
+def host_copy_seconds(model: keras.Model, repeats: int = 7) -> float:
+    """The floor of any save: copying every variable to host memory, each in one copy (the
+    cheapest way the backend offers; median of ``repeats``)."""
+    variables = list(model.variables) + list(model.optimizer.variables)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        copies = [host_copy(v) for v in variables]
+        times.append(time.perf_counter() - start)
+        del copies
+    return statistics.median(times)
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as file:
+        return int(file.read().split()[1]) * PAGE
+
+
+class PeakMemory:
+    """Samples resident memory every millisecond while in use; ``extra`` is the peak above
+    the level at entry."""
+
+    def __init__(self) -> None:
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self.peak = resident_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, resident_bytes())
+
+    @property
+    def extra(self) -> int:
+        return self.peak - self.start
+
+
+def disk_bytes(directory: str) -> int:
+    """Bytes the directory's files occupy on disk, each hard-linked file counted once."""
+    seen, total = set(), 0
+    for name in os.listdir(directory):
+        info = os.stat(os.path.join(directory, name))
+        if info.st_ino not in seen:
+            seen.add(info.st_ino)
+            total += info.st_blocks * 512
+    return total

@@ -1,0 +1,147 @@
+"""Benchmarks 1 and 2: how long a save blocks the training thread, and what checkpointing every
+epoch costs a whole ``fit``, keras_ckpt against Keras's own callbacks in the same process.
+
+For each model size, trains the model once without a callback and once with each checkpointing
+callback (saving every epoch). The stall of a save is the time spent in the callback's epoch
+hooks (where every save happens); the first epoch is left out (files and stores are created
+then). Also measured: the floor (copying every variable to host memory), the whole-fit time
+against no callback, and the peak resident memory above the level before ``fit``.
+
+Targets (issue 6): async stall at most 2x the floor and at least 5x lower than Keras's
+ModelCheckpoint.
+
+Run: python benchmarks/save_stall.py [--sizes small,large] [--epochs 6]
+(KERAS_BACKEND picks the backend; the default is TensorFlow.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+from common import (  # noqa: E402
+    PeakMemory,
+    describe_machine,
+    host_copy_seconds,
+    mlp,
+    mlp_data,
+    state_bytes,
+)
+
+import keras_ckpt  # noqa: E402
+
+# name -> (width of the MLP, samples per epoch, batch size): about 1 s of training per epoch
+# on a 2-core CPU, so a background write has time to finish before the next save.
+SIZES = {"small": (2048, 2048, 128), "large": (6752, 256, 32)}
+
+
+def variants(directory: str) -> dict[str, Callable[[], keras.callbacks.Callback | None]]:
+    def path(name: str) -> str:
+        return os.path.join(directory, name)
+
+    return {
+        "no callback": lambda: None,
+        "keras ModelCheckpoint .weights.h5": lambda: keras.callbacks.ModelCheckpoint(
+            path("k1/m.weights.h5"), save_weights_only=True
+        ),
+        "keras ModelCheckpoint .keras": lambda: keras.callbacks.ModelCheckpoint(path("k2/m.keras")),
+        "keras BackupAndRestore": lambda: keras.callbacks.BackupAndRestore(path("k3")),
+        "keras_ckpt ModelCheckpoint .weights.h5 async": lambda: keras_ckpt.ModelCheckpoint(
+            path("c1/m.weights.h5"), save_weights_only=True
+        ),
+        "keras_ckpt ModelCheckpoint .weights.h5 sync": lambda: keras_ckpt.ModelCheckpoint(
+            path("c2/m.weights.h5"), save_weights_only=True, async_save=False
+        ),
+        "keras_ckpt ModelCheckpoint .keras async": lambda: keras_ckpt.ModelCheckpoint(
+            path("c3/m.keras")
+        ),
+        "keras_ckpt ModelCheckpoint .keras sync": lambda: keras_ckpt.ModelCheckpoint(
+            path("c4/m.keras"), async_save=False
+        ),
+        "keras_ckpt BackupAndRestore async": lambda: keras_ckpt.BackupAndRestore(path("c5")),
+    }
+
+
+def timed_epoch_hooks(callback: keras.callbacks.Callback, per_epoch: list[float]) -> None:
+    """Adds the time spent in the callback's epoch hooks to ``per_epoch[epoch]``."""
+    for hook in ("on_epoch_begin", "on_epoch_end"):
+        original = getattr(callback, hook)
+
+        def timed(epoch, logs=None, _original=original):
+            start = time.perf_counter()
+            _original(epoch, logs)
+            while len(per_epoch) <= epoch:
+                per_epoch.append(0.0)
+            per_epoch[epoch] += time.perf_counter() - start
+
+        setattr(callback, hook, timed)
+
+
+def run_size(size: str, epochs: int) -> None:
+    width, samples, batch = SIZES[size]
+    model = mlp(width)
+    x, y = mlp_data(samples)
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # builds the optimizer, traces
+    megabytes = state_bytes(model) / 1e6
+    floor = host_copy_seconds(model)
+    print(
+        f"\n## {size}: MLP 256-{width}-{width}-10, {model.count_params() / 1e6:.1f}M parameters, "
+        f"{megabytes:.0f} MB of weights and optimizer state; {samples // batch} steps of "
+        f"{batch} per epoch, {epochs} epochs"
+    )
+    print(f"floor (all variables to host memory): {floor * 1e3:.1f} ms")
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        for name, make in variants(directory).items():
+            callback = make()
+            per_epoch: list[float] = []
+            callbacks = []
+            if callback is not None:
+                timed_epoch_hooks(callback, per_epoch)
+                callbacks.append(callback)
+            with PeakMemory() as memory:
+                start = time.perf_counter()
+                model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=callbacks)
+                seconds = time.perf_counter() - start
+            stall = statistics.median(per_epoch[1:]) if len(per_epoch) > 1 else 0.0
+            rows.append((name, stall, seconds, memory.extra / 1e6))
+            shutil.rmtree(directory, ignore_errors=True)
+            os.makedirs(directory, exist_ok=True)
+    baseline = rows[0][2]
+    keras_weights = next(r[1] for r in rows if r[0] == "keras ModelCheckpoint .weights.h5")
+    print(
+        f"{'variant':<46} {'stall/save':>10} {'x floor':>8} {'Keras MC.h5/':>12} "
+        f"{'fit s':>7} {'fit vs none':>11} {'peak RSS+':>10}"
+    )
+    for name, stall, seconds, extra in rows:
+        if name == "no callback":
+            print(f"{name:<46} {'':>10} {'':>8} {'':>12} {seconds:>7.2f} {'':>11} {extra:>8.0f}MB")
+            continue
+        print(
+            f"{name:<46} {stall * 1e3:>8.1f}ms {stall / floor:>8.2f} "
+            f"{keras_weights / stall:>11.1f}x {seconds:>7.2f} {seconds / baseline - 1:>+11.1%} "
+            f"{extra:>8.0f}MB"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="small,large", help="comma-separated: small, large")
+    parser.add_argument("--epochs", type=int, default=6)
+    args = parser.parse_args()
+    print(f"machine: {describe_machine()}")
+    print("stall/save: median time in the callback's epoch hooks per save (epochs 2..N)")
+    for size in args.sizes.split(","):
+        run_size(size.strip(), args.epochs)
+
+
+if __name__ == "__main__":
+    main()
