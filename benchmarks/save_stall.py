@@ -40,7 +40,7 @@ import keras_ckpt  # noqa: E402
 
 # name -> (width of the MLP, samples per epoch, batch size): about 1 s of training per epoch
 # on a 2-core CPU, so a background write has time to finish before the next save.
-SIZES = {"small": (2048, 2048, 128), "large": (6752, 256, 32)}
+SIZES = {"small": (2048, 2048, 128), "large": (6752, 512, 32)}
 
 
 def variants(directory: str) -> dict[str, Callable[[], keras.callbacks.Callback | None]]:

@@ -137,12 +137,21 @@ def _vars_group(file: Any, path: str, metadata: dict[str, Any] | None) -> Any:
 
 
 def host_copy(variable: Any) -> np.ndarray:
-    """A NumPy copy of a variable's current value that training cannot change afterwards."""
+    """A NumPy copy of a variable's current value that training cannot change afterwards.
+
+    One copy per variable, in the way each backend allows: TensorFlow's ``numpy()`` copies; a
+    PyTorch tensor is cloned (on the CPU, where ``numpy()`` would share the memory that the
+    optimizer updates in place) or moved to the host; other values go through NumPy.
+    """
     value = getattr(variable, "value", variable)
-    if keras.backend.backend() == "tensorflow" and hasattr(value, "numpy"):
-        array = value.numpy()  # one copy; np.array(variable) would make two
-    else:
-        array = keras.ops.convert_to_numpy(value)
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and hasattr(value, "numpy"):
+        return value.numpy()
+    if backend == "torch" and hasattr(value, "detach") and "bfloat16" not in str(value.dtype):
+        tensor = value.detach()
+        tensor = tensor.clone() if tensor.device.type == "cpu" else tensor.cpu()
+        return tensor.numpy()  # the memory of a tensor nothing else holds
+    array = keras.ops.convert_to_numpy(value)
     if not array.flags.owndata:  # a view could change under us while training goes on
         array = np.array(array, copy=True)
     return array

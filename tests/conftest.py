@@ -10,7 +10,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 # Scripts run in subprocesses by the tests; importing them (as --doctest-modules would) trains.
-collect_ignore = ["backend_child.py", "crash_child.py", "resume_child.py", "resume_setup.py"]
+collect_ignore = [
+    "backend_child.py",
+    "crash_child.py",
+    "resume_child.py",
+    "resume_setup.py",
+    "snapshot_child.py",
+]
 
 
 @pytest.fixture

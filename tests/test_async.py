@@ -7,6 +7,8 @@ the end of training); timings belong to benchmarks/.
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -148,6 +150,26 @@ def test_snapshot_holds_the_moment_it_was_taken(tmp_path, make_model, data):
     restored.load_weights(tmp_path / "then.weights.h5")
     assert_weights_equal(restored.get_weights(), before)
     assert not np.array_equal(model.get_weights()[0], before[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_snapshot_holds_the_moment_on_other_backends(tmp_path, backend):
+    # PyTorch's optimizers update parameters in place, and JAX donates its buffers: the copy
+    # must be a real one on both.
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(os.path.dirname(__file__), "snapshot_child.py"),
+            backend,
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max_diff=0.0 same_bytes=True" in result.stdout, result.stdout
 
 
 def test_legacy_h5_models_are_left_to_keras(make_model):
