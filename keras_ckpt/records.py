@@ -44,6 +44,8 @@ class CheckpointRecord:
         batch: 1-based batch within the epoch for checkpoints taken mid-epoch, else ``None``.
         state: What a resume needs beyond the file (epoch position, callback and random
             states), for checkpoints written by ResumeFromLatest; else ``None``.
+
+    Records are read-only: reads of an unchanged manifest share them, dictionaries included.
     """
 
     path: str

@@ -27,6 +27,7 @@ than changing it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -52,6 +53,8 @@ _HASH_CHUNK = 1 << 20
 
 _locks_guard = threading.Lock()
 _directory_locks: dict[str, threading.RLock] = {}
+# The last parsed manifest of each directory, with the bytes it was parsed from.
+_parsed: dict[str, tuple[bytes, Manifest]] = {}
 # Temporary files this process is writing right now (a background save writes outside the
 # directory lock): recovery in the same process leaves them alone.
 _writing: set[str] = set()
@@ -123,19 +126,39 @@ def file_sha256(path: str) -> str:
 
 
 def read_manifest(directory: str) -> Manifest:
-    """The committed manifest of ``directory``; an empty one if there is none yet."""
+    """The committed manifest of ``directory``; an empty one if there is none yet.
+
+    Parsing is skipped when the file's bytes equal those parsed last time (a directory with
+    thousands of checkpoints is read by every store operation).
+    """
     path = os.path.join(directory, MANIFEST_NAME)
     try:
-        with open(path, encoding="utf-8") as file:
-            data = json.load(file)
+        with open(path, "rb") as file:
+            raw = file.read()
     except FileNotFoundError:
         return Manifest()
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"The manifest {path} is not valid JSON ({error}). keras_ckpt never writes a partial "
-            "manifest, so something else changed it; move it away to start a fresh store."
-        ) from None
-    return Manifest.from_json(data, directory)
+    with _locks_guard:
+        cached = _parsed.get(path)
+    if cached is None or cached[0] != raw:
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"The manifest {path} is not valid JSON ({error}). keras_ckpt never writes a "
+                "partial manifest, so something else changed it; move it away to start a fresh "
+                "store."
+            ) from None
+        cached = (raw, Manifest.from_json(data, directory))
+        with _locks_guard:
+            _parsed[path] = cached
+    manifest = cached[1]
+    # Records are frozen; the containers are copied, so callers may change them freely.
+    return Manifest(
+        records=list(manifest.records),
+        aliases=dict(manifest.aliases),
+        pending=None if manifest.pending is None else copy.deepcopy(manifest.pending),
+        trash=list(manifest.trash),
+    )
 
 
 def verify(record: CheckpointRecord) -> None:

@@ -266,3 +266,28 @@ def test_a_failed_manifest_write_after_the_rename_is_settled(tmp_path, monkeypat
     assert [(r.filename, r.epoch) for r in store.records()] == [("m.keras", 2), ("other.keras", 3)]
     for record in store.records():
         verify(record)
+
+
+def test_manifest_reads_follow_changes_made_by_another_process(tmp_path):
+    store = CheckpointStore(tmp_path)
+    commit(store, "a.weights.h5", epoch=1)
+    assert [r.epoch for r in read_manifest(str(tmp_path)).records] == [1]
+    # Another process rewrites the manifest: the next read sees it, although nothing here wrote.
+    data = _manifest_json(tmp_path)
+    data["checkpoints"][0]["epoch"] = 7
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    assert [r.epoch for r in read_manifest(str(tmp_path)).records] == [7]
+    assert [r.epoch for r in store.records()] == [7]
+
+
+def test_changing_a_read_manifest_does_not_change_the_next_read(tmp_path):
+    store = CheckpointStore(tmp_path)
+    commit(store, "a.weights.h5")
+    store.set_alias("best", "a.weights.h5")
+    manifest = read_manifest(str(tmp_path))
+    manifest.records.clear()
+    manifest.aliases.clear()
+    manifest.trash.append("x")
+    again = read_manifest(str(tmp_path))
+    assert [r.filename for r in again.records] == ["a.weights.h5"]
+    assert again.aliases == {"best": "a.weights.h5"} and again.trash == []

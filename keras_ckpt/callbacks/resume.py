@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import inspect
 import os
 import random
@@ -542,7 +543,8 @@ def _callback_states(callbacks: list[Any]) -> dict[str, Any]:
 def _load_callback_states(callbacks: list[Any], states: dict[str, Any]) -> None:
     for key, callback in _callback_keys(callbacks):
         if key in states:
-            callback.load_state_dict(states[key])
+            # A copy: manifest records are shared read-only between reads of the manifest.
+            callback.load_state_dict(copy.deepcopy(states[key]))
 
 
 def _skip_trained_batches(
