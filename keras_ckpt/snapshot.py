@@ -228,11 +228,27 @@ def _saving_calls(model: keras.Model, with_assets: bool) -> tuple[list[Any], Any
     elif cached is not None and cached[0] == signature:
         has_assets = cached[2]
     plan = _with_optimizer_variables(model, recorder.calls)
-    if all(isinstance(v, keras.Variable) for op, _, v in plan if op == "set"):
+    if _saved_by_keras_alone(model) and all(
+        isinstance(v, keras.Variable) for op, _, v in plan if op == "set"
+    ):
         _plans[model] = (signature, plan, has_assets)
     else:
         _plans.pop(model, None)
     return recorder.calls, assets
+
+
+def _saved_by_keras_alone(model: keras.Model) -> bool:
+    """Whether every layer and the optimizer save their variables with Keras's own code.
+
+    A ``save_own_variables`` of the user's may decide anew at every save (or fail, as a full
+    disk would): such a model is walked every time.
+    """
+    objects = [*model._flatten_layers(include_self=True), getattr(model, "optimizer", None)]
+    for obj in objects:
+        method = getattr(type(obj), "save_own_variables", None)
+        if method is not None and not getattr(method, "__module__", "").startswith("keras."):
+            return False
+    return True
 
 
 def _with_optimizer_variables(
