@@ -87,7 +87,7 @@ class StoreCallback(keras.callbacks.Callback):
                 write_now(model, path, weights_only)
         else:
             write = snapshot.write
-        step = self._step()
+        step, run = self._step(), self._run or ""
 
         def job() -> None:
             try:
@@ -99,7 +99,7 @@ class StoreCallback(keras.callbacks.Callback):
                     step=step,
                     metrics=metrics,
                     kind=KIND_WEIGHTS if weights_only else KIND_MODEL,
-                    run=self._run or "",
+                    run=run,
                     keeper=self.keeper,
                     state=state,
                 )
