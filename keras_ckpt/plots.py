@@ -50,11 +50,8 @@ def plot_directory(
         ImportError: Without matplotlib.
     """
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         import matplotlib.ticker
+        from matplotlib.figure import Figure  # no pyplot: the user's backend stays as it is
     except ImportError:
         raise ImportError('Plotting needs matplotlib: pip install "keras-ckpt[plot]"') from None
     history = history_of(manifest)
@@ -65,9 +62,8 @@ def plot_directory(
     if not names:
         raise ValueError("the checkpoints record no metrics to plot")
     best_target = manifest.aliases.get(BEST_ALIAS)
-    figure, axes = plt.subplots(
-        len(names), 1, figsize=(7, 2.4 * len(names) + 0.6), sharex=True, squeeze=False
-    )
+    figure = Figure(figsize=(7, 2.4 * len(names) + 0.6))
+    axes = figure.subplots(len(names), 1, sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], names, strict=True):
         epochs, values = zip(*history[name], strict=True) if history[name] else ((), ())
         ax.plot(epochs, values, color="tab:blue", label=name)
@@ -82,7 +78,6 @@ def plot_directory(
     figure.suptitle(os.path.basename(os.path.dirname(manifest.records[0].path)) or "checkpoints")
     figure.tight_layout()
     figure.savefig(output, dpi=100)
-    plt.close(figure)
 
 
 def _mark(
