@@ -7,6 +7,15 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+# What each notebook must leave behind, and a line its output must contain.
+EXPECTED = {
+    "quickstart.ipynb": ("runs/quickstart/best.keras", "best: "),
+    "resume.ipynb": (
+        "runs/resume/keras_ckpt.json",
+        "largest weight difference from the uninterrupted run: 0.0\n",
+    ),
+    "schedules.ipynb": (None, "peak rate: "),
+}
 
 
 @pytest.mark.slow
@@ -19,8 +28,12 @@ def test_notebook_runs(path, tmp_path):
     ]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the plot was not drawn"
-    assert (tmp_path / "runs" / "quickstart" / "best.keras").exists()
+    artifact, line = EXPECTED[path.name]
+    if artifact is not None:
+        assert (tmp_path / artifact).exists()
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert line in text, text
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS] == ["quickstart.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == sorted(EXPECTED)
