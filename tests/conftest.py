@@ -1,6 +1,8 @@
 """Shared fixtures: tiny real Keras models on the CPU, TensorFlow backend unless told otherwise."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -85,3 +87,13 @@ def assert_weights_equal(actual, expected):
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected, strict=True):
         np.testing.assert_array_equal(a, e)
+
+
+def run_child_script(name, *args):
+    """Runs one of the child scripts beside this file in a fresh Python process."""
+    return subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(__file__), name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

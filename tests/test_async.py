@@ -7,8 +7,6 @@ the end of training); timings belong to benchmarks/.
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -16,7 +14,7 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from conftest import assert_weights_equal
+from conftest import assert_weights_equal, run_child_script
 
 import keras_ckpt
 from keras_ckpt.records import MANIFEST_NAME
@@ -157,17 +155,7 @@ def test_snapshot_holds_the_moment_it_was_taken(tmp_path, make_model, data):
 def test_snapshot_holds_the_moment_on_other_backends(tmp_path, backend):
     # PyTorch's optimizers update parameters in place, and JAX donates its buffers: the copy
     # must be a real one on both.
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(os.path.dirname(__file__), "snapshot_child.py"),
-            backend,
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_child_script("snapshot_child.py", backend, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max_diff=0.0 same_bytes=True" in result.stdout, result.stdout
 

@@ -3,19 +3,15 @@
 import os
 import random
 import signal
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import assert_weights_equal
+from conftest import assert_weights_equal, run_child_script
 from resume_setup import make_resume_model, resume_data
 
 import keras_ckpt
-
-CHILD = os.path.join(os.path.dirname(__file__), "resume_child.py")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -188,12 +184,7 @@ def test_bad_arguments(tmp_path, kwargs, message):
 
 
 def run_child(directory, output, mode, point=0):
-    return subprocess.run(
-        [sys.executable, CHILD, str(directory), str(output), mode, str(point)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_child_script("resume_child.py", directory, output, mode, point)
 
 
 def load_npz(path):
@@ -352,17 +343,7 @@ def test_exact_resume_on_other_backends(tmp_path, backend):
     # unseeded Dropout draws from too): the mid-epoch checkpoint's generator states as of the
     # epoch start let the resumed epoch draw the same permutation, and the states at the save
     # let Dropout continue.
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(os.path.dirname(__file__), "backend_child.py"),
-            backend,
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_child_script("backend_child.py", backend, tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("shuffle=")]
     assert lines == [
