@@ -47,11 +47,7 @@ SUPPORTED = saving_lib is not None and all(hasattr(saving_lib, name) for name in
 
 
 class ModelSnapshot:
-    """Host copies of a model's variables (and, for a whole model, its config and assets).
-
-    Attributes:
-        nbytes: Bytes of variable data held.
-    """
+    """Host copies of a model's variables (and, for a whole model, its config and assets)."""
 
     def __init__(
         self,
@@ -64,7 +60,6 @@ class ModelSnapshot:
         self._config_json = config_json
         self._metadata_json = metadata_json
         self._assets = assets
-        self.nbytes = sum(value.nbytes for op, _, value in calls if op == "set")
 
     def write(self, path: str) -> None:
         """Writes the snapshot to ``path``: a ``.keras`` archive for a whole model, otherwise

@@ -432,9 +432,9 @@ class CheckpointStore:
                 self._empty_trash(manifest)
                 changed = True
             with _locks_guard:
-                in_flight = set(_writing)
+                in_flight = tuple(_writing)  # with the files a writer makes beside them
             for name in os.listdir(self.directory):
-                if name.startswith(TEMP_PREFIX) and self.path(name) not in in_flight:
+                if name.startswith(TEMP_PREFIX) and not self.path(name).startswith(in_flight):
                     with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                         os.remove(self.path(name))
             for alias, target in manifest.aliases.items():

@@ -291,3 +291,44 @@ def test_changing_a_read_manifest_does_not_change_the_next_read(tmp_path):
     again = read_manifest(str(tmp_path))
     assert [r.filename for r in again.records] == ["a.weights.h5"]
     assert again.aliases == {"best": "a.weights.h5"} and again.trash == []
+
+
+def test_recovery_leaves_a_write_in_flight_alone(tmp_path):
+    # A background save writes outside the directory lock; a store opened meanwhile in the same
+    # process (another callback's on_train_begin) must not take its temporary files for debris.
+    import threading
+
+    store = CheckpointStore(tmp_path)
+    started, finish = threading.Event(), threading.Event()
+
+    def slow_write(path):
+        with open(path, "wb") as file:
+            file.write(b"weights")
+        with open(path + ".part", "wb") as file:  # a file the writer makes beside it
+            file.write(b"x")
+        started.set()
+        finish.wait(10)
+        os.remove(path + ".part")
+
+    def save():
+        store.commit(
+            "a.weights.h5",
+            slow_write,
+            epoch=1,
+            step=1,
+            metrics={},
+            kind="weights",
+            run="r",
+            keeper="A",
+        )
+
+    thread = threading.Thread(target=save)
+    thread.start()
+    assert started.wait(10)
+    CheckpointStore(tmp_path)  # recovers
+    in_flight = [n for n in files(tmp_path) if n.startswith(TEMP_PREFIX)]
+    finish.set()
+    thread.join()
+    assert len(in_flight) == 2  # the checkpoint's temporary file and the one beside it
+    assert [r.filename for r in store.records()] == ["a.weights.h5"]
+    assert files(tmp_path) == ["a.weights.h5", MANIFEST_NAME]
