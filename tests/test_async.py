@@ -298,3 +298,25 @@ def test_a_failed_last_write_is_raised_when_fit_ends(tmp_path, make_model, data,
 def test_async_save_is_validated(tmp_path):
     with pytest.raises(ValueError, match="async_save"):
         keras_ckpt.BestCheckpoint(tmp_path, async_save="yes")
+
+
+def test_verbose_lines_and_the_wait_at_the_end_of_training(
+    tmp_path, make_model, data, scripted, slow_writes, capsys
+):
+    callbacks = [
+        scripted([0.5, 0.6]),
+        keras_ckpt.BestCheckpoint(tmp_path / "best", verbose=1),
+        keras_ckpt.IntervalCheckpoint(tmp_path / "interval", verbose=1),
+        keras_ckpt.ResumeFromLatest(tmp_path / "resume", verbose=1),
+    ]
+    fit(make_model(), data, callbacks, epochs=2)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert "Epoch 1: BestCheckpoint saved epoch001-val_loss0.5000.keras (val_loss=0.5)" in lines
+    assert "Epoch 2: BestCheckpoint skipped: val_loss=0.6 is not among the best" in lines
+    assert "Epoch 2: IntervalCheckpoint saved epoch002-step000006.keras (step 6)" in lines
+    assert any(
+        line.startswith("Epoch 2: ResumeFromLatest saved resume-epoch0002") for line in lines
+    )
+    # The last save is still being written when training ends: the wait is announced.
+    waits = [line for line in lines if "is waiting for the save in flight" in line]
+    assert waits and any(line.startswith("BestCheckpoint done waiting (") for line in lines)

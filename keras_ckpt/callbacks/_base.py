@@ -2,24 +2,64 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
 
 from keras_ckpt import naming, ranking, validation
-from keras_ckpt.callbacks._monitor import batches_trained
+from keras_ckpt.callbacks._monitor import batches_trained, log_learning_rates
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
 from keras_ckpt.snapshot import take_snapshot, write_now
 from keras_ckpt.store import CheckpointStore, reserved_alias_filenames
 from keras_ckpt.writer import WRITER
 
+# Checkpoint events go into ``logs`` under this prefix (and from there into TensorBoard's event
+# files and History); they are never taken for metrics.
+EVENT_PREFIX = "ckpt/"
+
+
+def fit_local(name: str, accept: Callable[[Any], bool]) -> Any:
+    """The nearest local ``name`` up the call stack that ``accept`` takes, or ``None``.
+
+    Every Keras trainer's ``fit`` holds ``callbacks`` (a CallbackList) and ``epoch_iterator``
+    as locals while it calls the hooks.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            value = frame.f_locals.get(name)
+            if value is not None and accept(value):
+                return value
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+def fit_callbacks(callback: keras.callbacks.Callback) -> list[Any]:
+    """All callbacks of the running ``fit``, ``callback`` included, in their order."""
+    found = fit_local(
+        "callbacks",
+        lambda value: (
+            isinstance(value, keras.callbacks.CallbackList)
+            and any(c is callback for c in value.callbacks)
+        ),
+    )
+    return [] if found is None else list(found.callbacks)
+
 
 class StoreCallback(keras.callbacks.Callback):
     """Base of the saving callbacks: a thin adapter from ``fit``'s hooks to a CheckpointStore."""
+
+    # Logs keys "ckpt/<event_name>_<event>"; None logs nothing (the drop-ins, as in Keras).
+    event_name: str | None = None
 
     def __init__(self, save_weights_only: bool, async_save: bool = True):
         super().__init__()
@@ -49,12 +89,23 @@ class StoreCallback(keras.callbacks.Callback):
     def _open_store(self, directory: str) -> CheckpointStore:
         return CheckpointStore(directory, keras_version=keras.__version__)
 
-    def _settle(self) -> None:
+    def _say(self, message: str, epoch: int | None = None) -> None:
+        """One short line when ``verbose``: "Epoch 3: BestCheckpoint saved ..."."""
+        if getattr(self, "verbose", 0):
+            where = "" if epoch is None else f"Epoch {epoch + 1}: "
+            print(f"\n{where}{type(self).__name__} {message}", flush=True)
+
+    def _settle(self, announce: bool = False) -> None:
         """Waits for the save in flight, and raises here what went wrong in the background.
 
         Every decision that reads the store (top-k, file names, retention) is taken after this,
-        on the committed state.
+        on the committed state. With ``announce`` (the end of training), a wait is announced.
         """
+        if announce and WRITER.busy:
+            self._say("is waiting for the save in flight to reach the disk ...")
+            started = time.monotonic()
+            WRITER.wait()
+            self._say(f"done waiting ({time.monotonic() - started:.1f} s)")
         WRITER.wait()
         if self._write_errors:
             error = self._write_errors[0]
@@ -113,6 +164,66 @@ class StoreCallback(keras.callbacks.Callback):
             WRITER.submit(job, on_error=self._write_errors.append)
         else:
             job()
+
+    def _retention_plan(
+        self,
+        store: CheckpointStore,
+        policy: RetentionPolicy,
+        filename: str,
+        *,
+        epoch: int,
+        batch: int | None,
+        metrics: Mapping[str, float],
+    ) -> tuple[list[CheckpointRecord], list[str]]:
+        """What ``policy`` keeps of this run's checkpoints once ``filename`` is committed, and
+        the names it drops: decided now, on the training thread, from the committed state (the
+        background writer carries it out after the commit)."""
+        coming = CheckpointRecord(
+            path=store.path(filename),
+            epoch=epoch + 1,
+            batch=None if batch is None else batch + 1,
+            step=self._step(),
+            metrics=dict(metrics),
+            time=time.time(),
+            size=0,
+            sha256="",
+            keras_version=keras.__version__,
+            kind=KIND_WEIGHTS if self.save_weights_only else KIND_MODEL,
+            run=self._run or "",
+            kept_by=(self.keeper,),
+        )
+        # A same-named file is replaced, and the new record goes last (as the store does).
+        own = [r for r in self._own_records(store) if r.filename != filename] + [coming]
+        flags = policy.keep(own)
+        kept = [record for record, keep in zip(own, flags, strict=True) if keep]
+        dropped = [record.filename for record, keep in zip(own, flags, strict=True) if not keep]
+        return kept, dropped
+
+    def _log_events(self, logs: dict[str, Any] | None, **events: float) -> None:
+        """Adds this epoch's checkpoint events to ``logs`` (callbacks later in the list, such as
+        TensorBoard and History, see them)."""
+        if self.event_name is None or logs is None:
+            return
+        for event, value in events.items():
+            logs[f"{EVENT_PREFIX}{self.event_name}_{event}"] = float(value)
+        if getattr(self.model, "optimizer", None) is not None and not any(
+            name.startswith("learning_rate") for name in logs
+        ):
+            log_learning_rates(self.model, logs)  # unless a learning-rate callback did
+
+    def _warn_if_tensorboard_comes_first(self) -> None:
+        if self.event_name is None:
+            return
+        for callback in fit_callbacks(self):
+            if callback is self:
+                return
+            if isinstance(callback, keras.callbacks.TensorBoard):
+                warnings.warn(
+                    f"TensorBoard is listed before {type(self).__name__}, so its event files "
+                    f"will not show the checkpoint events ({EVENT_PREFIX}...); list it after.",
+                    stacklevel=3,
+                )
+                return
 
     def _step(self) -> int:
         """Training batches completed in this run."""

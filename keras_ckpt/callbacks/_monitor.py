@@ -13,9 +13,12 @@ from keras_ckpt import ranking
 
 
 def plain_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
-    """The scalar entries of ``logs`` as Python floats (tensors and arrays converted)."""
+    """The scalar entries of ``logs`` as Python floats (tensors and arrays converted), without
+    the checkpoint events keras_ckpt's callbacks add (``ckpt/...``)."""
     metrics = {}
     for name, value in (logs or {}).items():
+        if name.startswith("ckpt/"):
+            continue
         try:
             array = np.asarray(keras.ops.convert_to_numpy(value))
         except Exception:  # A non-numeric log entry is not a metric.
@@ -80,3 +83,27 @@ def batches_trained(model: keras.Model | None) -> int:
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     counter = getattr(optimizer, "_iterations", None)
     return int((optimizer.iterations if counter is None else counter).numpy())
+
+
+def learning_rate_optimizers(model: keras.Model) -> list[Any]:
+    """The optimizers a model trains with (several for a multi-optimizer), unwrapped from a
+    mixed-precision ``LossScaleOptimizer``, which keeps the schedule on its inner optimizer."""
+    optimizer = model.optimizer
+    optimizers = getattr(optimizer, "optimizers", None) or [optimizer]
+    return [getattr(o, "inner_optimizer", o) for o in optimizers]
+
+
+def current_learning_rate(optimizer: Any) -> float:
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def log_learning_rates(model: keras.Model, logs: dict[str, Any] | None) -> None:
+    """Puts the current learning rate(s) into ``logs`` as Keras's callbacks do."""
+    if logs is None:
+        return
+    optimizers = learning_rate_optimizers(model)
+    if len(optimizers) == 1:
+        logs["learning_rate"] = current_learning_rate(optimizers[0])
+    else:
+        for optimizer in optimizers:
+            logs[f"learning_rate_{optimizer.name}"] = current_learning_rate(optimizer)

@@ -16,6 +16,7 @@ from keras_ckpt.store import CheckpointStore, check_directory_usable
 
 
 class BestCheckpoint(StoreCallback):
+    event_name = "best"
     """Keeps the ``top_k`` best checkpoints of a training run by a monitored metric.
 
     At the end of each epoch whose ``monitor`` value would rank among the ``top_k`` best of the
@@ -94,56 +95,72 @@ class BestCheckpoint(StoreCallback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._settle()
+        self._warn_if_tensorboard_comes_first()
         self._store = self._open_store(self.directory)
         self._begin_run(continue_run=True)
         self._resolved_mode = None
         self._epochs_without_validation = 0
         earlier = [r for r in self._store.records() if r.run != self._run]
-        if earlier and self.verbose:
-            print(
-                f"BestCheckpoint: {self.directory} holds {len(earlier)} checkpoint(s) of earlier "
-                "runs; they are kept and not ranked with this run's."
+        if earlier:
+            self._say(
+                f"found {len(earlier)} checkpoint(s) of earlier runs in {self.directory}; they "
+                "are kept and not ranked with this run's."
             )
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         store = self._require_store()
         self._settle()
-        metrics = plain_metrics(logs)
+        saved, kept, deleted = self._save_if_among_the_best(store, epoch, plain_metrics(logs))
+        self._log_events(logs, saved=saved, kept=kept, deleted=deleted)
+
+    def _save_if_among_the_best(
+        self, store: CheckpointStore, epoch: int, metrics: dict[str, float]
+    ) -> tuple[int, int, int]:
+        """Saves when the epoch ranks among the top k. Returns how many checkpoints were saved,
+        are kept once the save commits, and are deleted then."""
+        own = self._own_records(store)
+        unchanged = (0, len(own), 0)
         if self.monitor not in metrics:
             self._handle_missing_monitor(epoch, metrics)
-            return
+            return unchanged
         value = metrics[self.monitor]
         if not math.isfinite(value):
             warnings.warn(
                 f"BestCheckpoint: {self.monitor}={value} at epoch {epoch + 1} is not finite; "
                 "nothing saved.",
-                stacklevel=2,
+                stacklevel=3,
             )
-            return
+            return unchanged
         mode = self._mode()
-        own = self._own_records(store)
         if not ranking.enters_top_k(
             [r.metrics[self.monitor] for r in own], value, self.top_k, mode, self.min_delta
         ):
-            if self.verbose:
-                print(f"\nEpoch {epoch + 1}: {self.monitor}={value:.5f} is not among the best.")
-            return
+            self._say(f"skipped: {self.monitor}={value:.5g} is not among the best", epoch)
+            return unchanged
         filename = self._render_filename(store, self.filename, epoch, None, metrics)
         if self._replaces_a_better_own_file(store, filename, self.monitor, value, mode):
-            return  # e.g. filename="{val_loss:.1f}": an equal name already holds a better model
+            return unchanged  # e.g. filename="{val_loss:.1f}": an equal name holds a better one
+        kept, dropped = self._retention_plan(
+            store,
+            KeepBest(self.top_k, self.monitor, mode),
+            filename,
+            epoch=epoch,
+            batch=None,
+            metrics=metrics,
+        )
+        best = self._best_record(kept, mode).filename
 
         def tidy(record: CheckpointRecord) -> None:
-            kept, dropped = self._partition(store, KeepBest(self.top_k, self.monitor, mode))
             # The alias moves before anything is deleted, so it never names a missing file.
-            store.set_alias(BEST_ALIAS, self._best_record(kept, mode).filename)
+            store.set_alias(BEST_ALIAS, best)
             store.release(self.keeper, dropped)
-            if self.verbose:
-                print(f"\nEpoch {epoch + 1}: {self.monitor}={value:.5f}, saved {record.path}")
+            self._say(f"saved {record.filename} ({self.monitor}={value:.5g})", epoch)
 
         self._commit(store, filename, epoch=epoch, batch=None, metrics=metrics, then=tidy)
+        return 1, len(kept), len(dropped)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        self._settle()  # when fit returns, every checkpoint is on disk
+        self._settle(announce=True)  # when fit returns, every checkpoint is on disk
         if self._epochs_without_validation and not self.kept:
             warnings.warn(
                 f"BestCheckpoint saved nothing: {self.monitor!r} never appeared in the logs of "
@@ -197,8 +214,7 @@ class BestCheckpoint(StoreCallback):
         validated = any(name.startswith("val_") for name in metrics)
         if self.monitor.startswith("val_") and not validated:
             self._epochs_without_validation += 1
-            if self.verbose:
-                print(f"\nEpoch {epoch + 1}: no validation this epoch; nothing to rank.")
+            self._say("skipped: no validation this epoch", epoch)
             return
         raise ValueError(
             f"BestCheckpoint: argument `monitor` names a metric that epoch {epoch + 1} did not "

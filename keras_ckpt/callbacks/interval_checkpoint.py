@@ -21,6 +21,7 @@ DEFAULT_FILENAME = "epoch{epoch:03d}-step{step:06d}"
 
 
 class IntervalCheckpoint(StoreCallback):
+    event_name = "interval"
     """Saves at regular intervals and keeps what the retention rules say.
 
     Triggers combine: a save happens when any is due, once per step. With none given, every
@@ -150,15 +151,19 @@ class IntervalCheckpoint(StoreCallback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._settle()
+        self._warn_if_tensorboard_comes_first()
         self._store = self._open_store(self.directory)
         self._begin_run(continue_run=True)
         self._trigger.start(now=self._clock(), step=self._step())
         self._last_saved_step = None
         self._last_metrics = {}
         self._epochs_ended = 0
+        self._kept = len(self._own_records(self._store))
+        self._epoch_saves = self._epoch_deleted = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._current_epoch = epoch
+        self._epoch_saves = self._epoch_deleted = 0
         if self.every_steps is not None or self.every_seconds is not None:
             self._epoch_start_step = self._step()
 
@@ -172,6 +177,9 @@ class IntervalCheckpoint(StoreCallback):
         self._last_metrics = plain_metrics(logs)
         if self._trigger.due_at_epoch_end(epoch + 1, self._step(), self._clock()):
             self._save(epoch, None, self._last_metrics)
+        self._log_events(
+            logs, saved=self._epoch_saves, kept=self._kept, deleted=self._epoch_deleted
+        )
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if (
@@ -180,7 +188,7 @@ class IntervalCheckpoint(StoreCallback):
             and (self._last_saved_step is None or self._step() != self._last_saved_step)
         ):
             self._save(self._current_epoch, None, self._last_metrics)
-        self._settle()  # when fit returns, every checkpoint is on disk
+        self._settle(announce=True)  # when fit returns, every checkpoint is on disk
 
     # Results -----------------------------------------------------------------------------
 
@@ -197,18 +205,23 @@ class IntervalCheckpoint(StoreCallback):
         assert store is not None, "on_train_begin opens the store"
         self._settle()
         filename = self._render_filename(store, self.filename, epoch, batch, metrics)
+        kept, dropped = self._retention_plan(
+            store, self.retention, filename, epoch=epoch, batch=batch, metrics=metrics
+        )
+        # The newest checkpoint is never dropped: the latest alias must not name a lost file.
+        dropped = [name for name in dropped if name != filename]
 
         def tidy(record: CheckpointRecord) -> None:
             store.set_alias(LATEST_ALIAS, record.filename)
-            _, dropped = self._partition(store, self.retention)
-            # The newest checkpoint is never dropped: the latest alias must not name a lost file.
-            store.release(self.keeper, [name for name in dropped if name != record.filename])
-            if self.verbose:
-                print(f"\nEpoch {epoch + 1}: step {record.step}, saved {record.path}")
+            store.release(self.keeper, dropped)
+            self._say(f"saved {record.filename} (step {record.step})", epoch)
 
         self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics, then=tidy)
         self._last_saved_step = self._step()
         self._trigger.saved(self._clock())
+        self._epoch_saves += 1
+        self._epoch_deleted += len(dropped)
+        self._kept = len(kept) + (filename not in {r.filename for r in kept})
 
 
 def _optional(check: Callable[[str, Any], Any], name: str, value: Any) -> Any:

@@ -13,7 +13,10 @@ import numpy as np
 from keras_ckpt import ranking, validation
 from keras_ckpt.callbacks._monitor import (
     batches_trained,
+    current_learning_rate,
     keras_mode,
+    learning_rate_optimizers,
+    log_learning_rates,
     plain_metrics,
     resolve_mode_or_raise,
 )
@@ -21,29 +24,6 @@ from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.schedules import Scaled
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
-
-
-def _optimizers(model: keras.Model) -> list[Any]:
-    """The optimizers a model trains with (several for a multi-optimizer), unwrapped from a
-    mixed-precision ``LossScaleOptimizer``, which keeps the schedule on its inner optimizer."""
-    optimizer = model.optimizer
-    optimizers = getattr(optimizer, "optimizers", None) or [optimizer]
-    return [getattr(o, "inner_optimizer", o) for o in optimizers]
-
-
-def current_learning_rate(optimizer: Any) -> float:
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-
-
-def _log_learning_rates(model: keras.Model, logs: dict[str, Any] | None) -> None:
-    if logs is None:
-        return
-    optimizers = _optimizers(model)
-    if len(optimizers) == 1:
-        logs["learning_rate"] = current_learning_rate(optimizers[0])
-    else:
-        for optimizer in optimizers:
-            logs[f"learning_rate_{optimizer.name}"] = current_learning_rate(optimizer)
 
 
 class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
@@ -125,7 +105,7 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
             self._resolved_mode = resolve_mode_or_raise(
                 type(self).__name__, self.model, self.monitor, self.mode
             )
-        _log_learning_rates(self.model, logs)
+        log_learning_rates(self.model, logs)
         current = plain_metrics(logs).get(self.monitor)
         if current is None:
             warnings.warn(
@@ -143,7 +123,10 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
         elif not self.in_cooldown():
             self.wait += 1
             if self.wait >= self.patience:
-                reduced = [self._reduce(optimizer, epoch) for optimizer in _optimizers(self.model)]
+                reduced = [
+                    self._reduce(optimizer, epoch)
+                    for optimizer in learning_rate_optimizers(self.model)
+                ]
                 if any(reduced):
                     self.cooldown_counter = self.cooldown
                     self.wait = 0
@@ -165,7 +148,7 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
         else:
             optimizer.learning_rate = new
         if self.verbose > 0:
-            name = "" if len(_optimizers(self.model)) == 1 else f" {optimizer.name}"
+            name = "" if len(learning_rate_optimizers(self.model)) == 1 else f" {optimizer.name}"
             print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing{name} learning rate to {new}.")
         return True
 
@@ -221,7 +204,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
         self.last_learning_rate: float | None = None
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        for optimizer in _optimizers(self.model):
+        for optimizer in learning_rate_optimizers(self.model):
             if not hasattr(optimizer, "learning_rate"):
                 raise ValueError('Optimizer must have a "learning_rate" attribute.')
             if isinstance(getattr(optimizer, "_learning_rate", None), Schedule):
@@ -237,10 +220,12 @@ class LearningRateScheduler(keras.callbacks.Callback):
             # The optimizer's own batch count: a resumed model continues the curve.
             self._epoch_start_step = batches_trained(self.model)
             return
-        for optimizer in _optimizers(self.model):
+        for optimizer in learning_rate_optimizers(self.model):
             rate = self._rate_for_epoch(optimizer, epoch)
             if self.verbose > 0:
-                name = "" if len(_optimizers(self.model)) == 1 else f" {optimizer.name}"
+                name = (
+                    "" if len(learning_rate_optimizers(self.model)) == 1 else f" {optimizer.name}"
+                )
                 print(
                     f"\nEpoch {epoch + 1}: LearningRateScheduler setting{name} learning rate "
                     f"to {rate}."
@@ -248,7 +233,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
 
     def _set_for_step(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         rate = _as_float(self.schedule(self._epoch_start_step + batch))
-        for optimizer in _optimizers(self.model):
+        for optimizer in learning_rate_optimizers(self.model):
             optimizer.learning_rate = rate
         self.last_learning_rate = rate
 
@@ -266,7 +251,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
         return rate
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        _log_learning_rates(self.model, logs)
+        log_learning_rates(self.model, logs)
 
     def state_dict(self) -> dict[str, Any]:
         """The schedule is a function of the epoch or step, so only the last rate is kept."""

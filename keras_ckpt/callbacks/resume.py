@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import inspect
 import os
 import random
 import signal
@@ -18,7 +17,7 @@ import keras
 import numpy as np
 
 from keras_ckpt import validation
-from keras_ckpt.callbacks._base import StoreCallback
+from keras_ckpt.callbacks._base import StoreCallback, fit_callbacks, fit_local
 from keras_ckpt.callbacks._monitor import plain_metrics
 from keras_ckpt.policies import KeepLatest
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
@@ -30,6 +29,7 @@ STATE_VERSION = 1
 
 
 class ResumeFromLatest(StoreCallback):
+    event_name = "resume"
     filename_template = FILENAME
     _saves_at_epoch_end = True
 
@@ -135,8 +135,10 @@ class ResumeFromLatest(StoreCallback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._settle()
+        self._warn_if_tensorboard_comes_first()
         self._store = self._open_store(self.directory)
         self._stopped_by_signal = False
+        self._epoch_saves = 0
         self._signal_received.clear()
         self._epochs_done = 0
         self._trained = False
@@ -156,6 +158,7 @@ class ResumeFromLatest(StoreCallback):
             # the list (and History) has finished its on_epoch_end and its state is current.
             self._save(epoch, 0, metrics=self._epoch_end_metrics)
             self._epoch_end_metrics = None
+        self._epoch_saves = 0  # the save above was counted in the epoch that scheduled it
         if self._history_to_restore:
             _restore_history(_sibling_callbacks(self), self._history_to_restore)
         self._history_to_restore = None
@@ -171,20 +174,27 @@ class ResumeFromLatest(StoreCallback):
         if self._signal_received.is_set() and not self._stopped_by_signal:
             self._stopped_by_signal = True
             self._save(self._epoch, batch)
+            self._epoch_saves += 1
             self.model.stop_training = True
-            if self.verbose:
-                print("\nResumeFromLatest: signal received; saved, stopping.")
+            self._say("received a signal: saved, stopping", self._epoch)
             return
         if batch and self._trigger.due_mid_epoch(self._epoch_start_step + batch, self._clock()):
             self._save(self._epoch, batch)
+            self._epoch_saves += 1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch + 1
         self._trained = True
-        if self._stopped_by_signal:
-            return  # the epoch was cut short; the mid-epoch save is the one to resume from
-        if self._trigger.due_at_epoch_end(epoch + 1, self._step(), self._clock()):
+        # The epoch was cut short by a signal: the mid-epoch save is the one to resume from.
+        if not self._stopped_by_signal and self._trigger.due_at_epoch_end(
+            epoch + 1, self._step(), self._clock()
+        ):
             self._epoch_end_metrics = plain_metrics(logs)
+            self._epoch_saves += 1  # taken as the next epoch begins (or as training ends)
+        resumed = self.resumed_from
+        self._log_events(
+            logs, saved=self._epoch_saves, resumed_from_step=0 if resumed is None else resumed.step
+        )
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._restore_signal_handlers()
@@ -195,7 +205,7 @@ class ResumeFromLatest(StoreCallback):
             self._epoch_end_metrics = None
             self._settle()
             self._after_finish()
-        self._settle()  # when fit returns, every checkpoint is on disk
+        self._settle(announce=True)  # when fit returns, every checkpoint is on disk
 
     def _after_finish(self) -> None:
         """What happens to the checkpoints once training completed (BackupAndRestore deletes)."""
@@ -241,8 +251,7 @@ class ResumeFromLatest(StoreCallback):
             store.set_alias(LATEST_ALIAS, record.filename)
             _, dropped = self._partition(store, KeepLatest(self.keep_last))
             store.release(self.keeper, [name for name in dropped if name not in protected])
-            if self.verbose:
-                print(f"\nResumeFromLatest: saved {record.path}")
+            self._say(f"saved {record.filename} (step {record.step})", record.epoch - 1)
 
         self._commit(
             store,
@@ -307,9 +316,8 @@ class ResumeFromLatest(StoreCallback):
         # History resets in its own on_train_begin, which runs after this one: refill it when
         # the first epoch begins.
         self._history_to_restore = state.get("history")
-        if self.verbose:
-            where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch else "")
-            print(f"ResumeFromLatest: resuming at {where} from {record.path}")
+        where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch else "")
+        self._say(f"resuming at {where} from {record.filename}")
 
     # Signals -----------------------------------------------------------------------------
 
@@ -442,39 +450,14 @@ def _set_random_state(model: keras.Model, state: dict[str, Any]) -> None:
             generator.state.assign(np.array(value, dtype=generator.state.dtype))
 
 
-def _fit_local(name: str, accept: Callable[[Any], bool]) -> Any:
-    """The nearest local ``name`` up the call stack that ``accept`` takes, or ``None``.
-
-    Every Keras trainer's ``fit`` holds ``callbacks`` (a CallbackList) and ``epoch_iterator``
-    as locals while it calls the hooks.
-    """
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            value = frame.f_locals.get(name)
-            if value is not None and accept(value):
-                return value
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
-
-
 def _sibling_callbacks(callback: keras.callbacks.Callback) -> list[Any]:
     """The other callbacks of the running ``fit``."""
-    found = _fit_local(
-        "callbacks",
-        lambda value: (
-            isinstance(value, keras.callbacks.CallbackList)
-            and any(c is callback for c in value.callbacks)
-        ),
-    )
-    return [] if found is None else [c for c in found.callbacks if c is not callback]
+    return [c for c in fit_callbacks(callback) if c is not callback]
 
 
 def _warn_if_order_is_not_replayed(batch: int) -> None:
     """Says once when the resumed run cannot see the data in the original order."""
-    iterator = _fit_local("epoch_iterator", lambda value: hasattr(value, "data_adapter"))
+    iterator = fit_local("epoch_iterator", lambda value: hasattr(value, "data_adapter"))
     if iterator is not None and type(iterator.data_adapter).__name__ == "TFDatasetAdapter":
         # A tf.data shuffle order depends on how often this process iterated the pipeline.
         warnings.warn(
@@ -484,7 +467,7 @@ def _warn_if_order_is_not_replayed(batch: int) -> None:
             stacklevel=3,
         )
         return
-    shuffle = _fit_local("shuffle", lambda value: isinstance(value, (bool, str)))
+    shuffle = fit_local("shuffle", lambda value: isinstance(value, (bool, str)))
     if batch and shuffle and keras.backend.backend() == "tensorflow" and _global_seed() is None:
         # TensorFlow shuffles NumPy inputs with its own seeded op: replayable only when seeded.
         warnings.warn(
@@ -611,6 +594,7 @@ class BackupAndRestore(ResumeFromLatest):
     """
 
     filename_template = "backup-epoch{epoch:04d}-step{step:08d}.weights.h5"
+    event_name = None  # Keras's BackupAndRestore adds nothing to the logs
 
     def __init__(
         self,
