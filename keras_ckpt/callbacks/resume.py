@@ -203,7 +203,7 @@ class ResumeFromLatest(StoreCallback):
         if self._trained and not self._stopped_by_signal:
             self._save(self._epochs_done, 0, metrics=self._epoch_end_metrics, finished=True)
             self._epoch_end_metrics = None
-            self._settle()
+            self._settle(announce=True)
             self._after_finish()
         self._settle(announce=True)  # when fit returns, every checkpoint is on disk
 
