@@ -275,16 +275,6 @@ class StoreCallback(keras.callbacks.Callback):
         self._run = state.get("run") or None
         self._start_batches = int(state.get("start_batches", 0))
 
-    def _partition(
-        self, store: CheckpointStore, policy: RetentionPolicy
-    ) -> tuple[list[CheckpointRecord], list[str]]:
-        """This run's own checkpoints that ``policy`` keeps, and the file names it drops."""
-        own = self._own_records(store)
-        flags = policy.keep(own)
-        kept = [record for record, keep in zip(own, flags, strict=True) if keep]
-        dropped = [record.filename for record, keep in zip(own, flags, strict=True) if not keep]
-        return kept, dropped
-
     def _own_records(self, store: CheckpointStore) -> list[CheckpointRecord]:
         """This run's checkpoints that this callback keeps, oldest first."""
         WRITER.wait()  # as committed, with the save in flight

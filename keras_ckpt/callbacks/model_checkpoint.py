@@ -230,16 +230,19 @@ class ModelCheckpoint(Resumable, StoreCallback):
                 f"Filepath used is an existing directory: {filepath}"
             )
         self._warn_if_replacing_earlier_file(store, filename)
-        retention = (
-            None
-            if self.save_top_k is None
-            else KeepBest(self.save_top_k, self.monitor, self._mode())
-        )
+        dropped: list[str] = []
+        if self.save_top_k is not None:
+            _, dropped = self._retention_plan(
+                store,
+                KeepBest(self.save_top_k, self.monitor, self._mode()),
+                filename,
+                epoch=epoch,
+                batch=batch,
+                metrics=metrics,
+            )
 
         def tidy(record: CheckpointRecord) -> None:
-            if retention is not None:
-                _, dropped = self._partition(store, retention)
-                store.release(self.keeper, dropped)
+            store.release(self.keeper, dropped)
             if self.verbose > 0:
                 print(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 

@@ -243,21 +243,30 @@ class ResumeFromLatest(StoreCallback):
         filename = self._render_filename(
             store, self.filename_template, max(record_epoch, 0), None, metrics or {}
         )
+        batch_index = None if batch == 0 else batch - 1
+        _, dropped = self._retention_plan(
+            store,
+            KeepLatest(self.keep_last),
+            filename,
+            epoch=max(record_epoch, 0),
+            batch=batch_index,
+            metrics=metrics or {},
+        )
         protected = {filename}
         if self.resumed_from is not None:
-            protected.add(self.resumed_from.filename)
+            protected.add(self.resumed_from.filename)  # never rotated out from under a rerun
+        dropped = [name for name in dropped if name not in protected]
 
         def tidy(record: CheckpointRecord) -> None:
             store.set_alias(LATEST_ALIAS, record.filename)
-            _, dropped = self._partition(store, KeepLatest(self.keep_last))
-            store.release(self.keeper, [name for name in dropped if name not in protected])
+            store.release(self.keeper, dropped)
             self._say(f"saved {record.filename} (step {record.step})", record.epoch - 1)
 
         self._commit(
             store,
             filename,
             epoch=max(record_epoch, 0),
-            batch=None if batch == 0 else batch - 1,
+            batch=batch_index,
             metrics=metrics or {},
             state=state,
             then=tidy,
