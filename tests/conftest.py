@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 collect_ignore = [
     "backend_child.py",
     "crash_child.py",
+    "distribution_child.py",
     "resume_child.py",
     "resume_setup.py",
     "snapshot_child.py",
