@@ -12,6 +12,7 @@ from conftest import assert_weights_equal, run_child_script
 from resume_setup import make_resume_model, resume_data
 
 import keras_ckpt
+from keras_ckpt.writer import WRITER
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -42,9 +43,21 @@ class Crash(keras.callbacks.Callback):
 
 def fit(model, data, callbacks, epochs=5, **kwargs):
     x, y = data
-    return model.fit(
-        x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks, **kwargs
-    )
+    try:
+        return model.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=epochs,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+            **kwargs,
+        )
+    finally:
+        # A simulated crash skips on_train_end: let the save in flight land, as the writer
+        # thread would before the interpreter exits, so the directory is the same every time.
+        WRITER.wait()
 
 
 def reference_weights(data, epochs=5):
@@ -352,6 +365,10 @@ def test_exact_resume_on_other_backends(tmp_path, backend):
     ]
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="JAX and PyTorch replay an unseeded shuffle: nothing to warn about",
+)
 def test_unseeded_shuffled_mid_epoch_resume_warns(tmp_path, data):
     from keras.src.backend.common import global_state
 
