@@ -253,14 +253,27 @@ class CheckpointStore:
     Args:
         directory: Where the checkpoints live; created if missing.
         keras_version: Recorded with every checkpoint.
+        read_only: Only read: no directory is created, nothing is recovered, and every change
+            raises. What the processes other than the chief of a multi-process run use: they
+            see the committed state the chief writes.
 
     Raises:
         ValueError: If the directory cannot be created or written.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], keras_version: str = "unknown"):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        keras_version: str = "unknown",
+        *,
+        read_only: bool = False,
+    ):
         self.directory = os.path.abspath(os.fspath(directory))
         self.keras_version = keras_version
+        self.read_only = read_only
+        self._lock = _directory_lock(self.directory)
+        if read_only:
+            return
         try:
             os.makedirs(self.directory, exist_ok=True)
             probe = os.path.join(self.directory, f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}")
@@ -271,13 +284,13 @@ class CheckpointStore:
             raise ValueError(
                 f"Checkpoint directory {self.directory!r} cannot be written: {error}"
             ) from None
-        self._lock = _directory_lock(self.directory)
         self.recover()
 
     # Reading -----------------------------------------------------------------------------
 
     def manifest(self) -> Manifest:
-        return read_manifest(self.directory)
+        # A reader settles a commit in flight in memory, as the writer's recovery would.
+        return read_committed(self.directory) if self.read_only else read_manifest(self.directory)
 
     def records(self) -> list[CheckpointRecord]:
         """Committed checkpoints, oldest first."""
@@ -307,6 +320,7 @@ class CheckpointStore:
         A same-named committed file is replaced only at the instant of the atomic rename; if
         ``write`` raises, nothing on disk or in the manifest changes.
         """
+        self._check_writable()
         if os.path.basename(filename) != filename or filename.startswith(TEMP_PREFIX):
             raise ValueError(f"Checkpoint file name must be a plain name. Received: {filename!r}")
         temporary = self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{filename}")
@@ -364,6 +378,7 @@ class CheckpointStore:
 
         Returns the names of the files deleted.
         """
+        self._check_writable()
         names = set(filenames)
         if not names:
             return []
@@ -394,6 +409,7 @@ class CheckpointStore:
         A hard link, so the alias costs no second write and no disk space; a copy where the file
         system cannot link. Returns the alias's path.
         """
+        self._check_writable()
         with self._lock:
             manifest = self.manifest()
             if manifest.find(target_filename) is None:
@@ -411,6 +427,7 @@ class CheckpointStore:
 
     def remove_if_empty(self) -> bool:
         """Removes the directory when it holds no checkpoint and nothing but the manifest."""
+        self._check_writable()
         with self._lock:
             if self.records() or set(os.listdir(self.directory)) - {MANIFEST_NAME}:
                 return False
@@ -422,6 +439,7 @@ class CheckpointStore:
 
     def recover(self) -> None:
         """Finishes or undoes whatever a killed process left half done."""
+        self._check_writable()
         with self._lock:
             manifest = self.manifest()
             changed = False
@@ -475,7 +493,12 @@ class CheckpointStore:
         _fsync_directory(self.directory)
         return alias_path
 
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise RuntimeError(f"This store of {self.directory} is read-only.")
+
     def _write_manifest(self, manifest: Manifest) -> None:
+        self._check_writable()
         path = self.path(MANIFEST_NAME)
         temporary = self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{MANIFEST_NAME}")
         with open(temporary, "w", encoding="utf-8") as file:

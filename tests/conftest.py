@@ -16,6 +16,7 @@ collect_ignore = [
     "backend_child.py",
     "crash_child.py",
     "distribution_child.py",
+    "multiprocess_child.py",
     "resume_child.py",
     "resume_setup.py",
     "snapshot_child.py",

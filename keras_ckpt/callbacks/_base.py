@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
+import numpy as np
 
 from keras_ckpt import naming, ranking, validation
 from keras_ckpt.callbacks._monitor import batches_trained, log_learning_rates
@@ -55,6 +56,36 @@ def fit_callbacks(callback: keras.callbacks.Callback) -> list[Any]:
     return [] if found is None else list(found.callbacks)
 
 
+def process_index() -> int:
+    """This process's index among those training together; 0, the chief, alone writes
+    checkpoints. One process (TensorFlow's strategies in one process included) is 0."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return int(jax.process_index())
+    if backend == "torch":
+        import torch.distributed
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return int(torch.distributed.get_rank())
+    return 0
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is set in any process of a multi-process JAX run (a collective every
+    process must enter); ``flag`` itself in a single process."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            flags = multihost_utils.process_allgather(np.array(flag, dtype=np.int32))
+            return bool(np.any(flags))
+    return flag
+
+
 class StoreCallback(keras.callbacks.Callback):
     """Base of the saving callbacks: a thin adapter from ``fit``'s hooks to a CheckpointStore."""
 
@@ -87,7 +118,11 @@ class StoreCallback(keras.callbacks.Callback):
         self._start_batches = batches_trained(self.model)
 
     def _open_store(self, directory: str) -> CheckpointStore:
-        return CheckpointStore(directory, keras_version=keras.__version__)
+        # Only the chief of a multi-process run writes; the others read what it commits, take
+        # the same decisions and write nothing.
+        return CheckpointStore(
+            directory, keras_version=keras.__version__, read_only=process_index() != 0
+        )
 
     def _say(self, message: str, epoch: int | None = None) -> None:
         """One short line when ``verbose``: "Epoch 3: BestCheckpoint saved ..."."""
@@ -132,6 +167,12 @@ class StoreCallback(keras.callbacks.Callback):
         self._settle()
         model, weights_only = self.model, self.save_weights_only
         snapshot = take_snapshot(model, filename, weights_only)
+        if store.read_only:
+            # Not the chief, which writes this checkpoint. The snapshot is still taken: Keras's
+            # saving walk may enter collectives (it creates variables) that every process must.
+            if snapshot is not None:
+                snapshot.discard()
+            return
         if snapshot is None:
             # A legacy .h5 model, or a Keras without the saving internals: Keras writes it now.
             def write(path: str) -> None:

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from keras_ckpt import validation
-from keras_ckpt.callbacks._base import StoreCallback, fit_callbacks, fit_local
+from keras_ckpt.callbacks._base import StoreCallback, any_process, fit_callbacks, fit_local
 from keras_ckpt.callbacks._monitor import plain_metrics
 from keras_ckpt.policies import KeepLatest
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
@@ -171,7 +171,11 @@ class ResumeFromLatest(StoreCallback):
         self._epoch_begin_generators = _host_generators()
 
     def _on_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._signal_received.is_set() and not self._stopped_by_signal:
+        signalled = self._signal_received.is_set()
+        if self.handle_signals:
+            # Every process of a multi-process run stops at the same batch, whichever got it.
+            signalled = any_process(signalled)
+        if signalled and not self._stopped_by_signal:
             self._stopped_by_signal = True
             self._save(self._epoch, batch)
             self._epoch_saves += 1
@@ -639,7 +643,7 @@ class BackupAndRestore(ResumeFromLatest):
         self.delete_checkpoint = delete_checkpoint
 
     def _after_finish(self) -> None:
-        if not self.delete_checkpoint or self._store is None:
+        if not self.delete_checkpoint or self._store is None or self._store.read_only:
             return
         store = self._store
         store.release(self.keeper, [r.filename for r in self._own_records(store)])
