@@ -332,3 +332,22 @@ def test_recovery_leaves_a_write_in_flight_alone(tmp_path):
     assert len(in_flight) == 2  # the checkpoint's temporary file and the one beside it
     assert [r.filename for r in store.records()] == ["a.weights.h5"]
     assert files(tmp_path) == ["a.weights.h5", MANIFEST_NAME]
+
+
+def test_a_read_only_store_reads_and_never_writes(tmp_path):
+    reader = CheckpointStore(tmp_path / "not-yet", read_only=True)
+    assert reader.records() == [] and not (tmp_path / "not-yet").exists()
+    writer = CheckpointStore(tmp_path / "run")
+    commit(writer, "a.weights.h5")
+    reader = CheckpointStore(tmp_path / "run", read_only=True)
+    assert [r.filename for r in reader.records()] == ["a.weights.h5"]
+    before = files(tmp_path / "run")
+    for change in (
+        lambda: commit(reader, "b.weights.h5"),
+        lambda: reader.release("A", ["a.weights.h5"]),
+        lambda: reader.set_alias("best", "a.weights.h5"),
+        reader.recover,
+    ):
+        with pytest.raises(RuntimeError, match="read-only"):
+            change()
+    assert files(tmp_path / "run") == before
