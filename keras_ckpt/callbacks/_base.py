@@ -72,18 +72,22 @@ def process_index() -> int:
     return 0
 
 
-def any_process(flag: bool) -> bool:
-    """Whether ``flag`` is set in any process of a multi-process JAX run (a collective every
-    process must enter); ``flag`` itself in a single process."""
+def process_count() -> int:
+    """How many processes train together (JAX's multi-process runs; otherwise 1)."""
     if keras.backend.backend() == "jax":
         import jax
 
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+        return int(jax.process_count())
+    return 1
 
-            flags = multihost_utils.process_allgather(np.array(flag, dtype=np.int32))
-            return bool(np.any(flags))
-    return flag
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is set in any process of a multi-process JAX run: a collective that
+    every process must enter. Call it only where ``process_count() > 1``."""
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.array(flag, dtype=np.int32))
+    return bool(np.any(flags))
 
 
 class StoreCallback(keras.callbacks.Callback):

@@ -17,7 +17,13 @@ import keras
 import numpy as np
 
 from keras_ckpt import validation
-from keras_ckpt.callbacks._base import StoreCallback, any_process, fit_callbacks, fit_local
+from keras_ckpt.callbacks._base import (
+    StoreCallback,
+    any_process,
+    fit_callbacks,
+    fit_local,
+    process_count,
+)
 from keras_ckpt.callbacks._monitor import plain_metrics
 from keras_ckpt.policies import KeepLatest
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
@@ -122,6 +128,7 @@ class ResumeFromLatest(StoreCallback):
         self._epoch = 0
         self._epoch_start_step = 0
         self._signal_received = threading.Event()
+        self._several_processes = False
         self._previous_handlers: dict[int, Any] = {}
         self._stopped_by_signal = False
         self._epochs_done = 0
@@ -137,6 +144,7 @@ class ResumeFromLatest(StoreCallback):
         self._settle()
         self._warn_if_tensorboard_comes_first()
         self._store = self._open_store(self.directory)
+        self._several_processes = process_count() > 1
         self._stopped_by_signal = False
         self._epoch_saves = 0
         self._signal_received.clear()
@@ -172,7 +180,7 @@ class ResumeFromLatest(StoreCallback):
 
     def _on_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         signalled = self._signal_received.is_set()
-        if self.handle_signals:
+        if self.handle_signals and self._several_processes:
             # Every process of a multi-process run stops at the same batch, whichever got it.
             signalled = any_process(signalled)
         if signalled and not self._stopped_by_signal:
