@@ -14,16 +14,12 @@ import keras
 import numpy as np
 
 from keras_ckpt import naming, ranking, validation
-from keras_ckpt.callbacks._monitor import batches_trained, log_learning_rates
+from keras_ckpt.callbacks._monitor import EVENT_PREFIX, batches_trained, log_learning_rates
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
 from keras_ckpt.snapshot import take_snapshot, write_now
 from keras_ckpt.store import CheckpointStore, reserved_alias_filenames
 from keras_ckpt.writer import WRITER
-
-# Checkpoint events go into ``logs`` under this prefix (and from there into TensorBoard's event
-# files and History); they are never taken for metrics.
-EVENT_PREFIX = "ckpt/"
 
 
 def fit_local(name: str, accept: Callable[[Any], bool]) -> Any:

@@ -11,13 +11,17 @@ import numpy as np
 
 from keras_ckpt import ranking
 
+# Checkpoint events go into ``logs`` under this prefix (and from there into TensorBoard's event
+# files and History); they are never taken for metrics.
+EVENT_PREFIX = "ckpt/"
+
 
 def plain_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
     """The scalar entries of ``logs`` as Python floats (tensors and arrays converted), without
     the checkpoint events keras_ckpt's callbacks add (``ckpt/...``)."""
     metrics = {}
     for name, value in (logs or {}).items():
-        if name.startswith("ckpt/"):
+        if name.startswith(EVENT_PREFIX):
             continue
         try:
             array = np.asarray(keras.ops.convert_to_numpy(value))
