@@ -48,6 +48,19 @@ def test_all_is_complete_and_sorted():
         assert getattr(keras_ckpt, name) is not None
 
 
+def test_every_public_class_and_function_has_its_docstring():
+    # A class attribute above the docstring silently makes __doc__ None (help() shows nothing).
+    import keras_ckpt.schedules
+
+    undocumented = [
+        f"{module.__name__}.{name}"
+        for module in (keras_ckpt, keras_ckpt.schedules)
+        for name in getattr(module, "__all__", dir(module))
+        if callable(getattr(module, name)) and not (getattr(module, name).__doc__ or "").strip()
+    ]
+    assert undocumented == []
+
+
 # Ranking --------------------------------------------------------------------------------
 
 

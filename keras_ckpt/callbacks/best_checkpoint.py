@@ -16,7 +16,6 @@ from keras_ckpt.store import CheckpointStore, check_directory_usable
 
 
 class BestCheckpoint(StoreCallback):
-    event_name = "best"
     """Keeps the ``top_k`` best checkpoints of a training run by a monitored metric.
 
     At the end of each epoch whose ``monitor`` value would rank among the ``top_k`` best of the
@@ -55,6 +54,8 @@ class BestCheckpoint(StoreCallback):
         >>> import keras_ckpt
         >>> best = keras_ckpt.BestCheckpoint("runs/best", monitor="val_loss", top_k=3)
     """
+
+    event_name = "best"
 
     def __init__(
         self,

@@ -21,7 +21,6 @@ DEFAULT_FILENAME = "epoch{epoch:03d}-step{step:06d}"
 
 
 class IntervalCheckpoint(StoreCallback):
-    event_name = "interval"
     """Saves at regular intervals and keeps what the retention rules say.
 
     Triggers combine: a save happens when any is due, once per step. With none given, every
@@ -63,6 +62,8 @@ class IntervalCheckpoint(StoreCallback):
         >>> interval = keras_ckpt.IntervalCheckpoint(
         ...     "runs/interval", every_steps=500, keep_last=3, keep_every=5000)
     """
+
+    event_name = "interval"
 
     def __init__(
         self,

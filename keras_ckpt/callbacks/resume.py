@@ -35,10 +35,6 @@ STATE_VERSION = 1
 
 
 class ResumeFromLatest(StoreCallback):
-    event_name = "resume"
-    filename_template = FILENAME
-    _saves_at_epoch_end = True
-
     """Saves everything a run needs to continue, and continues from it when the script reruns.
 
     The first run trains and saves; a rerun of the same script, with the same ``model.fit``
@@ -85,6 +81,10 @@ class ResumeFromLatest(StoreCallback):
         >>> import keras_ckpt
         >>> resume = keras_ckpt.ResumeFromLatest("runs/resume", save_freq=500)
     """
+
+    event_name = "resume"
+    filename_template = FILENAME
+    _saves_at_epoch_end = True
 
     def __init__(
         self,
