@@ -12,6 +12,7 @@ from conftest import assert_weights_equal, run_child_script
 from resume_setup import make_resume_model, resume_data
 
 import keras_ckpt
+from keras_ckpt.schedules import WarmupCosine
 from keras_ckpt.writer import WRITER
 
 
@@ -104,6 +105,34 @@ def test_finished_run_does_not_train_again(tmp_path, data, capsys):
     history = fit(model, data, [keras_ckpt.ResumeFromLatest(tmp_path)], epochs=7)
     assert history.epoch == list(range(7))  # History continues too
     assert_weights_equal(model.get_weights(), reference_weights(data, epochs=7))
+
+
+def test_step_schedules_and_step_triggers_continue_exactly_in_a_resumed_epoch(tmp_path, data):
+    """Per-step learning rates and every-N-steps saves follow the uninterrupted run's steps in
+    the epoch a run resumes midway, whose trained batches fit reads again without training."""
+
+    def callbacks(run, crash=None):
+        return [
+            keras_ckpt.ResumeFromLatest(tmp_path / run / "resume", save_freq=3),
+            keras_ckpt.IntervalCheckpoint(tmp_path / run / "interval", every_steps=4),
+            keras_ckpt.LearningRateScheduler(WarmupCosine(0.05, 25, warmup_steps=5), per="step"),
+            *([Crash(crash)] if crash else []),
+        ]
+
+    reference = make_model()
+    expected = fit(reference, data, callbacks("whole"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(make_model(), data, callbacks("resumed", crash=13))  # resumes after batch 12
+    model = make_model(seed=1)
+    history = fit(model, data, callbacks("resumed"))
+    assert history.history["learning_rate"] == expected.history["learning_rate"]
+    assert_weights_equal(model.get_weights(), reference.get_weights())
+
+    def steps(run):
+        return [r.step for r in keras_ckpt.list_checkpoints(tmp_path / run / "interval")]
+
+    assert steps("whole") == [4, 8, 12, 16, 20, 24, 25]
+    assert sorted(steps("resumed")) == steps("whole")
 
 
 @pytest.mark.parametrize("stop_first", [True, False], ids=["stop-before", "stop-after"])

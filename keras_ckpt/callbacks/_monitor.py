@@ -89,6 +89,22 @@ def batches_trained(model: keras.Model | None) -> int:
     return int((optimizer.iterations if counter is None else counter).numpy())
 
 
+# Set on the model by ResumeFromLatest while fit replays (reads without training) the batches of
+# the resumed epoch that the interrupted run had trained.
+_REPLAYED = "_keras_ckpt_replayed_batches"
+
+
+def epoch_start_batches(model: keras.Model | None) -> int:
+    """``batches_trained`` as the current epoch began, for ``on_epoch_begin``; batch ``b`` of
+    the epoch is then step ``epoch_start_batches + b``, also in an epoch resumed midway."""
+    return batches_trained(model) - int(getattr(model, _REPLAYED, 0))
+
+
+def set_replayed_batches(model: keras.Model, batches: int) -> None:
+    """Tells ``epoch_start_batches`` that ``batches`` of the coming epoch were trained before."""
+    setattr(model, _REPLAYED, batches)
+
+
 def learning_rate_optimizers(model: keras.Model) -> list[Any]:
     """The optimizers a model trains with (several for a multi-optimizer), unwrapped from a
     mixed-precision ``LossScaleOptimizer``, which keeps the schedule on its inner optimizer."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from keras_ckpt import naming, validation
 from keras_ckpt.callbacks._base import StoreCallback
-from keras_ckpt.callbacks._monitor import plain_metrics
+from keras_ckpt.callbacks._monitor import epoch_start_batches, plain_metrics
 from keras_ckpt.policies import AnyOf, KeepAll, KeepEvery, KeepLatest, RetentionPolicy
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import CheckpointStore, check_directory_usable
@@ -166,7 +166,7 @@ class IntervalCheckpoint(StoreCallback):
         self._current_epoch = epoch
         self._epoch_saves = self._epoch_deleted = 0
         if self.every_steps is not None or self.every_seconds is not None:
-            self._epoch_start_step = self._step()
+            self._epoch_start_step = epoch_start_batches(self.model) - self._start_batches
 
     def _check_mid_epoch(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # `batch` batches of this epoch are done; batch 0's state was handled at the epoch end.

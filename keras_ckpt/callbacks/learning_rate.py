@@ -12,8 +12,8 @@ import numpy as np
 
 from keras_ckpt import ranking, validation
 from keras_ckpt.callbacks._monitor import (
-    batches_trained,
     current_learning_rate,
+    epoch_start_batches,
     keras_mode,
     learning_rate_optimizers,
     log_learning_rates,
@@ -218,7 +218,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.per == "step":
             # The optimizer's own batch count: a resumed model continues the curve.
-            self._epoch_start_step = batches_trained(self.model)
+            self._epoch_start_step = epoch_start_batches(self.model)
             return
         for optimizer in learning_rate_optimizers(self.model):
             rate = self._rate_for_epoch(optimizer, epoch)

@@ -24,7 +24,7 @@ from keras_ckpt.callbacks._base import (
     fit_local,
     process_count,
 )
-from keras_ckpt.callbacks._monitor import plain_metrics
+from keras_ckpt.callbacks._monitor import epoch_start_batches, plain_metrics, set_replayed_batches
 from keras_ckpt.policies import KeepLatest
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import CheckpointCorruptedError, check_directory_usable, verify
@@ -171,7 +171,7 @@ class ResumeFromLatest(StoreCallback):
             _restore_history(_sibling_callbacks(self), self._history_to_restore)
         self._history_to_restore = None
         self._epoch = epoch
-        self._epoch_start_step = self._step()
+        self._epoch_start_step = epoch_start_batches(self.model) - self._start_batches
         # Python's and NumPy's generators as the epoch starts, before the data pipeline draws
         # from them (JAX and PyTorch shuffle NumPy inputs with np.random; a PyDataset may augment
         # with either). A mid-epoch resume restores these, and the pipeline then replays the
@@ -212,6 +212,7 @@ class ResumeFromLatest(StoreCallback):
         self._restore_signal_handlers()
         # Keras's BackupAndRestore leaves this set, so a later plain fit starts midway.
         self.model._initial_epoch = None
+        set_replayed_batches(self.model, 0)  # a fit stopped while it replayed
         if self._trained and not self._stopped_by_signal:
             self._save(self._epochs_done, 0, metrics=self._epoch_end_metrics, finished=True)
             self._epoch_end_metrics = None
@@ -328,11 +329,15 @@ class ResumeFromLatest(StoreCallback):
         _warn_if_order_is_not_replayed(batch)
         if batch:
             torch_now = state.get("random", {}).get("torch_now")
-            _skip_trained_batches(
-                self.model,
-                batch,
-                on_done=(lambda: _set_torch_generators(torch_now)) if torch_now else lambda: None,
-            )
+            model = self.model
+
+            def skipped() -> None:
+                set_replayed_batches(model, 0)
+                if torch_now:
+                    _set_torch_generators(torch_now)
+
+            set_replayed_batches(model, batch)
+            _skip_trained_batches(model, batch, on_done=skipped)
         _load_callback_states(_sibling_callbacks(self), state.get("callbacks", {}))
         # History resets in its own on_train_begin, which runs after this one: refill it when
         # the first epoch begins.
