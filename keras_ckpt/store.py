@@ -20,8 +20,9 @@ Deletion is recorded the same way: the manifest drops the records and lists the 
 *trash* before they are unlinked.
 
 The saving itself is a callable ``write(path)`` supplied by the caller, so the store knows
-nothing of Keras; an asynchronous writer or a "chief process only" rule wraps this class rather
-than changing it.
+nothing of Keras; an asynchronous writer wraps this class rather than changing it. In a
+multi-process run only the chief writes; the other processes use a ``FollowerStore``, which
+takes the same changes in memory.
 """
 
 from __future__ import annotations
@@ -231,6 +232,32 @@ def _add_record(manifest: Manifest, record: CheckpointRecord) -> None:
     manifest.records.append(record)
 
 
+def _drop_keeper(manifest: Manifest, keeper: str, names: set[str]) -> tuple[list[str], list[str]]:
+    """Takes ``keeper`` off the records of ``names`` in ``manifest``; drops those nobody keeps
+    any more, and the aliases that named them. Returns the checkpoints dropped, and every file
+    name that goes with them (the checkpoints and the dropped aliases' files)."""
+    remaining, deleted = [], []
+    for record in manifest.records:
+        if record.filename in names:
+            record = record.without_keeper(keeper)
+            if not record.kept_by:
+                deleted.append(record.filename)
+                continue
+        remaining.append(record)
+    manifest.records = remaining
+    files = list(deleted)
+    for alias, target in list(manifest.aliases.items()):
+        if target in deleted:
+            del manifest.aliases[alias]
+            files.append(alias_filename(alias, target))
+    return deleted, files
+
+
+def _check_plain_name(filename: str) -> None:
+    if os.path.basename(filename) != filename or filename.startswith(TEMP_PREFIX):
+        raise ValueError(f"Checkpoint file name must be a plain name. Received: {filename!r}")
+
+
 def reserved_alias_filenames() -> list[str]:
     """File names the aliases use; the native callbacks never name a checkpoint like this."""
     return [alias + ext for alias in ALIASES for ext in (".keras", ".weights.h5", ".h5")]
@@ -253,9 +280,6 @@ class CheckpointStore:
     Args:
         directory: Where the checkpoints live; created if missing.
         keras_version: Recorded with every checkpoint.
-        read_only: Only read: no directory is created, nothing is recovered, and every change
-            raises. What the processes other than the chief of a multi-process run use: they
-            see the committed state the chief writes.
 
     Raises:
         ValueError: If the directory cannot be created or written.
@@ -265,15 +289,10 @@ class CheckpointStore:
         self,
         directory: str | os.PathLike[str],
         keras_version: str = "unknown",
-        *,
-        read_only: bool = False,
     ):
         self.directory = os.path.abspath(os.fspath(directory))
         self.keras_version = keras_version
-        self.read_only = read_only
         self._lock = _directory_lock(self.directory)
-        if read_only:
-            return
         try:
             os.makedirs(self.directory, exist_ok=True)
             probe = os.path.join(self.directory, f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}")
@@ -289,8 +308,7 @@ class CheckpointStore:
     # Reading -----------------------------------------------------------------------------
 
     def manifest(self) -> Manifest:
-        # A reader settles a commit in flight in memory, as the writer's recovery would.
-        return read_committed(self.directory) if self.read_only else read_manifest(self.directory)
+        return read_manifest(self.directory)
 
     def records(self) -> list[CheckpointRecord]:
         """Committed checkpoints, oldest first."""
@@ -298,6 +316,10 @@ class CheckpointStore:
 
     def path(self, filename: str) -> str:
         return os.path.join(self.directory, filename)
+
+    def filenames(self) -> set[str]:
+        """The names in the directory (checkpoints of every run, aliases, anything else)."""
+        return set(os.listdir(self.directory))
 
     # Writing -----------------------------------------------------------------------------
 
@@ -320,9 +342,7 @@ class CheckpointStore:
         A same-named committed file is replaced only at the instant of the atomic rename; if
         ``write`` raises, nothing on disk or in the manifest changes.
         """
-        self._check_writable()
-        if os.path.basename(filename) != filename or filename.startswith(TEMP_PREFIX):
-            raise ValueError(f"Checkpoint file name must be a plain name. Received: {filename!r}")
+        _check_plain_name(filename)
         temporary = self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{filename}")
         with _locks_guard:
             _writing.add(temporary)
@@ -335,20 +355,8 @@ class CheckpointStore:
             with _locks_guard:
                 _writing.discard(temporary)
             raise
-        record = CheckpointRecord(
-            path=self.path(filename),
-            epoch=epoch,
-            batch=batch,
-            step=step,
-            metrics=dict(metrics),
-            time=time.time(),
-            size=size,
-            sha256=sha256,
-            keras_version=self.keras_version,
-            kind=kind,
-            run=run,
-            kept_by=(keeper,),
-            state=None if state is None else dict(state),
+        record = self._new_record(
+            filename, size, sha256, epoch, batch, step, metrics, kind, run, keeper, state
         )
         with self._lock:
             manifest = self.manifest()
@@ -378,26 +386,12 @@ class CheckpointStore:
 
         Returns the names of the files deleted.
         """
-        self._check_writable()
         names = set(filenames)
         if not names:
             return []
         with self._lock:
             manifest = self.manifest()
-            remaining, deleted = [], []
-            for record in manifest.records:
-                if record.filename in names:
-                    record = record.without_keeper(keeper)
-                    if not record.kept_by:
-                        deleted.append(record.filename)
-                        continue
-                remaining.append(record)
-            manifest.records = remaining
-            manifest.trash = list(deleted)
-            for alias, target in list(manifest.aliases.items()):
-                if target in deleted:
-                    del manifest.aliases[alias]
-                    manifest.trash.append(alias_filename(alias, target))
+            deleted, manifest.trash = _drop_keeper(manifest, keeper, names)
             self._write_manifest(manifest)
             if manifest.trash:
                 self._empty_trash(manifest)
@@ -409,7 +403,6 @@ class CheckpointStore:
         A hard link, so the alias costs no second write and no disk space; a copy where the file
         system cannot link. Returns the alias's path.
         """
-        self._check_writable()
         with self._lock:
             manifest = self.manifest()
             if manifest.find(target_filename) is None:
@@ -427,7 +420,6 @@ class CheckpointStore:
 
     def remove_if_empty(self) -> bool:
         """Removes the directory when it holds no checkpoint and nothing but the manifest."""
-        self._check_writable()
         with self._lock:
             if self.records() or set(os.listdir(self.directory)) - {MANIFEST_NAME}:
                 return False
@@ -439,7 +431,6 @@ class CheckpointStore:
 
     def recover(self) -> None:
         """Finishes or undoes whatever a killed process left half done."""
-        self._check_writable()
         with self._lock:
             manifest = self.manifest()
             changed = False
@@ -462,6 +453,36 @@ class CheckpointStore:
                 self._write_manifest(manifest)
 
     # Internals ---------------------------------------------------------------------------
+
+    def _new_record(
+        self,
+        filename: str,
+        size: int,
+        sha256: str,
+        epoch: int,
+        batch: int | None,
+        step: int,
+        metrics: Mapping[str, float],
+        kind: str,
+        run: str,
+        keeper: str,
+        state: Mapping[str, Any] | None,
+    ) -> CheckpointRecord:
+        return CheckpointRecord(
+            path=self.path(filename),
+            epoch=epoch,
+            batch=batch,
+            step=step,
+            metrics=dict(metrics),
+            time=time.time(),
+            size=size,
+            sha256=sha256,
+            keras_version=self.keras_version,
+            kind=kind,
+            run=run,
+            kept_by=(keeper,),
+            state=None if state is None else dict(state),
+        )
 
     def _empty_trash(self, manifest: Manifest) -> None:
         listed = {record.filename for record in manifest.records}
@@ -493,12 +514,7 @@ class CheckpointStore:
         _fsync_directory(self.directory)
         return alias_path
 
-    def _check_writable(self) -> None:
-        if self.read_only:
-            raise RuntimeError(f"This store of {self.directory} is read-only.")
-
     def _write_manifest(self, manifest: Manifest) -> None:
-        self._check_writable()
         path = self.path(MANIFEST_NAME)
         temporary = self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{MANIFEST_NAME}")
         with open(temporary, "w", encoding="utf-8") as file:
@@ -507,3 +523,82 @@ class CheckpointStore:
             os.fsync(file.fileno())
         os.replace(temporary, path)
         _fsync_directory(self.directory)
+
+
+class FollowerStore(CheckpointStore):
+    """A checkpoint directory as a process other than the chief of a multi-process run sees it.
+
+    It reads the directory once, when opened, and from then on takes the same changes as the
+    chief's store (commits, aliases, releases) in memory only. So the process takes the chief's
+    decisions (what to save, under which name, what to drop) from the same state at the same
+    moments, without waiting for the chief's background writes and without touching a file.
+    The records it commits have no size and no checksum; ``write`` is never called.
+
+    Only the chief of a run may write into a directory, so the view stays what the chief has.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], keras_version: str = "unknown"):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.keras_version = keras_version
+        self._lock = _directory_lock(self.directory)
+        self._view = read_committed(self.directory)
+        self._view.trash = []
+        try:
+            self._names = set(os.listdir(self.directory))
+        except FileNotFoundError:
+            self._names = set()
+
+    def manifest(self) -> Manifest:
+        return Manifest(records=list(self._view.records), aliases=dict(self._view.aliases))
+
+    def filenames(self) -> set[str]:
+        return set(self._names)
+
+    def commit(
+        self,
+        filename: str,
+        write: Callable[[str], None],
+        *,
+        epoch: int,
+        step: int,
+        metrics: Mapping[str, float],
+        kind: str,
+        run: str,
+        keeper: str,
+        batch: int | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> CheckpointRecord:
+        _check_plain_name(filename)
+        record = self._new_record(
+            filename, 0, "", epoch, batch, step, metrics, kind, run, keeper, state
+        )
+        with self._lock:
+            _add_record(self._view, record)
+            self._names.add(filename)
+        return record
+
+    def release(self, keeper: str, filenames: Iterable[str]) -> list[str]:
+        with self._lock:
+            deleted, files = _drop_keeper(self._view, keeper, set(filenames))
+            self._names.difference_update(files)
+        return deleted
+
+    def set_alias(self, alias: str, target_filename: str) -> str:
+        with self._lock:
+            if self._view.find(target_filename) is None:
+                raise ValueError(f"{target_filename!r} is not a committed checkpoint.")
+            previous = self._view.aliases.get(alias)
+            if previous is not None and self._view.find(alias_filename(alias, previous)) is None:
+                self._names.discard(alias_filename(alias, previous))
+            self._view.aliases[alias] = target_filename
+            self._names.add(alias_filename(alias, target_filename))
+        return self.path(alias_filename(alias, target_filename))
+
+    def remove_if_empty(self) -> bool:
+        return False
+
+    def recover(self) -> None:
+        """Nothing: the chief recovers the directory."""
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        raise RuntimeError(f"A follower of {self.directory} writes nothing.")

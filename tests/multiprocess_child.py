@@ -1,12 +1,19 @@
 """One of two JAX processes training together on 127.0.0.1: run by test_multiprocess.py.
 
 Usage: python multiprocess_child.py PROCESS_ID PORT DIRECTORY MODE
-  MODE  "train": 4 epochs with ResumeFromLatest(save_freq=3) and BestCheckpoint;
+  MODE  "train": 4 epochs with ResumeFromLatest(save_freq=3), BestCheckpoint, an
+        IntervalCheckpoint(every_seconds) whose clock says "due" at every check in process 1
+        and never in process 0, and a per-step WarmupCosine LearningRateScheduler;
         "crash": the same, raising before batch 11 (mid-epoch 3) in both processes;
-        "signal": the same, and process 1 sends itself SIGTERM before batch 6.
-Prints "commits=<n> epochs=<list> resumed=<file or None> weights=<sum>".
+        "kill0" / "kill1": the same, process 0 / 1 SIGKILLs itself before batch 11;
+        "signal": the same, and process 1 sends itself SIGTERM before batch 6;
+        "stop": the same with EarlyStopping(patience=1) that no epoch after the first improves.
+Prints one line "report=<JSON>": commits per directory, epochs trained, the checkpoint resumed
+from, the sum of the weights' magnitudes, and History's checkpoint events and learning rates.
 """
 
+import collections
+import json
 import os
 import signal
 import sys
@@ -24,6 +31,7 @@ import numpy as np  # noqa: E402
 
 import keras_ckpt  # noqa: E402
 from keras_ckpt import store  # noqa: E402
+from keras_ckpt.schedules import WarmupCosine  # noqa: E402
 
 keras.distribution.initialize(
     job_addresses=f"127.0.0.1:{port}", num_processes=2, process_id=process_id
@@ -32,12 +40,12 @@ keras.distribution.set_distribution(
     keras.distribution.DataParallel(devices=jax.devices(), auto_shard_dataset=False)
 )
 
-commits = [0]
+commits = collections.Counter()
 original_commit = store.CheckpointStore.commit
 
 
 def counting_commit(self, *args, **kwargs):
-    commits[0] += 1
+    commits[os.path.basename(self.directory)] += 1
     return original_commit(self, *args, **kwargs)
 
 
@@ -53,8 +61,21 @@ class Interrupt(keras.callbacks.Callback):
         self.batches += 1
         if mode == "crash" and self.batches == 11:
             raise RuntimeError("simulated crash")
+        if mode == f"kill{process_id}" and self.batches == 11:
+            os.kill(os.getpid(), signal.SIGKILL)
         if mode == "signal" and process_id == 1 and self.batches == 6:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SkewedClock:
+    """Process 1's clock jumps an hour at every reading; process 0's stands still."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 3600.0 if process_id == 1 else 0.0
+        return self.now
 
 
 x = np.random.default_rng(0).normal(size=(128, 4)).astype("float32")
@@ -63,14 +84,37 @@ keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
 model.compile(optimizer="adam", loss="mse")
 resume = keras_ckpt.ResumeFromLatest(os.path.join(directory, "resume"), save_freq=3)
-callbacks = [resume, keras_ckpt.BestCheckpoint(os.path.join(directory, "best"), monitor="loss")]
+callbacks = [
+    resume,
+    keras_ckpt.BestCheckpoint(os.path.join(directory, "best"), monitor="loss", top_k=2),
+    keras_ckpt.IntervalCheckpoint(
+        os.path.join(directory, "interval"),
+        every_seconds=3600,
+        keep_last=2,
+        clock=SkewedClock(),
+    ),
+    keras_ckpt.LearningRateScheduler(
+        WarmupCosine(0.05, total_steps=16, warmup_steps=4), per="step"
+    ),
+    Interrupt(),
+]
+if mode == "stop":
+    callbacks.append(keras_ckpt.EarlyStopping(monitor="loss", min_delta=1e9, patience=1))
 try:
-    history = model.fit(
-        x, y, batch_size=32, epochs=4, verbose=0, callbacks=[*callbacks, Interrupt()]
-    )
+    history = model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=callbacks)
     epochs = history.epoch
+    logged = {
+        key: [round(float(value), 9) for value in values]
+        for key, values in history.history.items()
+        if key.startswith("ckpt/") or key == "learning_rate"
+    }
 except RuntimeError:
-    epochs = "crashed"
-resumed = None if resume.resumed_from is None else resume.resumed_from.filename
-weights = sum(float(np.abs(w).sum()) for w in model.get_weights())
-print(f"commits={commits[0]} epochs={epochs} resumed={resumed} weights={weights:.6f}", flush=True)
+    epochs, logged = "crashed", {}
+report = {
+    "commits": dict(commits),
+    "epochs": epochs,
+    "resumed": None if resume.resumed_from is None else resume.resumed_from.filename,
+    "weights": round(sum(float(np.abs(w).sum()) for w in model.get_weights()), 6),
+    "logged": logged,
+}
+print("report=" + json.dumps(report, sort_keys=True), flush=True)

@@ -1,19 +1,22 @@
 """Two JAX processes train together on 127.0.0.1 (CPU collectives through gloo): only process 0
-writes, both resume from the same checkpoint, a signal to one stops both at the same batch."""
+writes, both take the same decisions, both resume from the same checkpoint after either one is
+killed, and a signal to one stops both at the same batch."""
 
+import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 import keras_ckpt
+from keras_ckpt.store import verify
 
-MANIFEST = "keras_ckpt.json"
 CHILD = os.path.join(os.path.dirname(__file__), "multiprocess_child.py")
+DIRECTORIES = ("resume", "best", "interval")
 
 
 def free_port():
@@ -23,7 +26,10 @@ def free_port():
 
 
 def run_pair(directory, mode):
-    """Both processes' report lines; they are killed if they outlive the timeout."""
+    """Both processes' reports (``None`` for one that died), as a launcher runs them: once one
+    process fails, the other, which waits for it in a collective, is killed a second later (as
+    torchrun or SLURM do; JAX's own heartbeat would end it only after 100 s). Processes still
+    alive at the timeout are killed too."""
     port = free_port()
     processes = [
         subprocess.Popen(
@@ -34,47 +40,83 @@ def run_pair(directory, mode):
         )
         for index in (0, 1)
     ]
-    reports = []
     try:
-        for process in processes:
-            stdout, stderr = process.communicate(timeout=240)
-            assert process.returncode == 0, stderr[-3000:]
-            [line] = [line for line in stdout.splitlines() if line.startswith("commits=")]
-            reports.append(dict(re.findall(r"(\w+)=(\[[^\]]*\]|\S+)", line)))
+        deadline, failed_at = time.monotonic() + 240, None
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            if failed_at is None and any(p.poll() not in (None, 0) for p in processes):
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() > failed_at + 1:
+                break
+            time.sleep(0.05)
     finally:
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
-                process.wait()
+    reports = []
+    for process in processes:
+        stdout, stderr = process.communicate()
+        lines = [line for line in stdout.splitlines() if line.startswith("report=")]
+        if mode == "train" or process.returncode == 0:
+            assert process.returncode == 0 and lines, stderr[-3000:]
+        reports.append(json.loads(lines[0][len("report=") :]) if lines else None)
     return reports
 
 
+def assert_same_decisions(chief, other):
+    """Both processes logged the same checkpoint events and rates, and only process 0 wrote."""
+    assert chief["logged"] == other["logged"]
+    assert chief["epochs"] == other["epochs"] and chief["weights"] == other["weights"]
+    assert other["commits"] == {}
+
+
 @pytest.mark.slow
-def test_two_processes_write_once_resume_together_and_stop_together(tmp_path):
+def test_two_processes_write_once_take_the_same_decisions_and_resume_together(tmp_path):
     [chief, other] = run_pair(tmp_path / "uninterrupted", "train")
-    assert int(chief["commits"]) > 0 and other["commits"] == "0"  # one writer
-    assert chief["weights"] == other["weights"] and chief["epochs"] == "[0, 1, 2, 3]"
-    uninterrupted = chief["weights"]
-    records = keras_ckpt.list_checkpoints(tmp_path / "uninterrupted" / "resume")
-    assert len(records) == 2 and records[-1].state["finished"] == 4
-    assert (
-        len({r.filename for r in records})
-        == len(os.listdir(tmp_path / "uninterrupted" / "resume")) - 2
-    )
+    assert_same_decisions(chief, other)
+    assert chief["epochs"] == [0, 1, 2, 3]
+    uninterrupted, logged = chief["weights"], chief["logged"]
+    # Every decision counted in the logs was carried out once, by process 0.
+    assert chief["commits"] == {
+        "resume": sum(logged["ckpt/resume_saved"]),
+        "best": sum(logged["ckpt/best_saved"]),
+        "interval": sum(logged["ckpt/interval_saved"]),
+    }
+    # Process 0's clock never says "due" and process 1's always does: they agree to save.
+    assert logged["ckpt/interval_saved"] == [4, 4, 4, 4]
+    for name in DIRECTORIES:
+        records = keras_ckpt.list_checkpoints(tmp_path / "uninterrupted" / name)
+        for record in records:
+            verify(record)  # raises if a file is not what the manifest says
+    assert len(keras_ckpt.list_checkpoints(tmp_path / "uninterrupted" / "best")) == 2
+    assert len(keras_ckpt.list_checkpoints(tmp_path / "uninterrupted" / "interval")) == 2
+    resume_records = keras_ckpt.list_checkpoints(tmp_path / "uninterrupted" / "resume")
+    assert resume_records[-1].state["finished"] == 4
 
-    # Killed in both (a crash in epoch 3), rerun: both resume from the same checkpoint, and end
-    # where the uninterrupted pair ended.
-    run_pair(tmp_path / "interrupted", "crash")
-    [chief, other] = run_pair(tmp_path / "interrupted", "train")
-    assert chief["resumed"] == other["resumed"] != "None"
-    assert chief["weights"] == other["weights"] == uninterrupted
-    assert other["commits"] == "0"
+    # One process is SIGKILLed before batch 11 (mid-epoch 3) and the launcher kills the other:
+    # rerun, both resume from the same checkpoint and end where the uninterrupted pair ended.
+    for killed in (0, 1):
+        run = tmp_path / f"kill{killed}"
+        reports = run_pair(run, f"kill{killed}")
+        assert reports[killed] is None
+        [chief, other] = run_pair(run, "train")
+        assert chief["resumed"] == other["resumed"] is not None
+        assert chief["weights"] == other["weights"] == uninterrupted
+        assert chief["logged"]["learning_rate"] == logged["learning_rate"]
+        assert other["commits"] == {}
 
+
+@pytest.mark.slow
+def test_a_signal_or_early_stopping_in_two_processes_stops_both_at_the_same_point(tmp_path):
     # SIGTERM to process 1 only: both stop at the same batch, one checkpoint says where.
     # The signal comes before the 6th batch (epoch 2's second) and is seen before the third.
     [chief, other] = run_pair(tmp_path / "signal", "signal")
-    assert chief["epochs"] == other["epochs"] == "[0, 1]"
-    assert chief["weights"] == other["weights"]
+    assert_same_decisions(chief, other)
+    assert chief["epochs"] == [0, 1]
     resume_records = keras_ckpt.list_checkpoints(tmp_path / "signal" / "resume")
     assert (resume_records[-1].state["epoch"], resume_records[-1].state["batch"]) == (1, 2)
     assert resume_records[-1].state["finished"] is None
+
+    # No epoch after the first improves by min_delta: both stop after epoch 2 (patience 1).
+    [chief, other] = run_pair(tmp_path / "stop", "stop")
+    assert_same_decisions(chief, other)
+    assert chief["epochs"] == [0, 1]

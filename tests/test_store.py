@@ -12,6 +12,7 @@ from keras_ckpt.store import (
     TEMP_PREFIX,
     CheckpointCorruptedError,
     CheckpointStore,
+    FollowerStore,
     check_directory_usable,
     read_manifest,
     verify,
@@ -334,20 +335,49 @@ def test_recovery_leaves_a_write_in_flight_alone(tmp_path):
     assert files(tmp_path) == ["a.weights.h5", MANIFEST_NAME]
 
 
-def test_a_read_only_store_reads_and_never_writes(tmp_path):
-    reader = CheckpointStore(tmp_path / "not-yet", read_only=True)
-    assert reader.records() == [] and not (tmp_path / "not-yet").exists()
-    writer = CheckpointStore(tmp_path / "run")
-    commit(writer, "a.weights.h5")
-    reader = CheckpointStore(tmp_path / "run", read_only=True)
-    assert [r.filename for r in reader.records()] == ["a.weights.h5"]
-    before = files(tmp_path / "run")
-    for change in (
-        lambda: commit(reader, "b.weights.h5"),
-        lambda: reader.release("A", ["a.weights.h5"]),
-        lambda: reader.set_alias("best", "a.weights.h5"),
-        reader.recover,
-    ):
-        with pytest.raises(RuntimeError, match="read-only"):
-            change()
-    assert files(tmp_path / "run") == before
+def test_a_follower_takes_the_chiefs_changes_in_memory_and_writes_nothing(tmp_path):
+    follower = FollowerStore(tmp_path / "not-yet")
+    assert follower.records() == [] and not (tmp_path / "not-yet").exists()
+    chief = CheckpointStore(tmp_path / "run")
+    commit(chief, "a.weights.h5")
+    commit(chief, "other-run.weights.h5", run="r0")
+    follower = FollowerStore(tmp_path / "run")
+    assert [r.filename for r in follower.records()] == ["a.weights.h5", "other-run.weights.h5"]
+
+    def unwritten(path):
+        raise AssertionError("a follower never writes")
+
+    def changes(store, write):
+        store.commit(
+            "b.weights.h5",
+            write,
+            epoch=2,
+            step=20,
+            metrics={"val_loss": 0.4},
+            kind="weights",
+            run="r1",
+            keeper="A",
+        )
+        store.set_alias("best", "b.weights.h5")
+        store.set_alias("latest", "b.weights.h5")
+        assert store.release("A", ["a.weights.h5"]) == ["a.weights.h5"]
+        store.set_alias("best", "other-run.weights.h5")
+        assert store.release("A", ["b.weights.h5"]) == ["b.weights.h5"]  # "latest" goes too
+        assert not store.remove_if_empty()
+        manifest = store.manifest()
+        return [(r.filename, r.epoch, r.step, r.kept_by) for r in manifest.records], (
+            manifest.aliases
+        )
+
+    assert changes(chief, writer(b"b")) == changes(follower, unwritten)
+    assert follower.filenames() == chief.filenames()
+    assert chief.filenames() == {"other-run.weights.h5", "best.weights.h5", MANIFEST_NAME}
+
+    on_disk = {name: (tmp_path / "run" / name).read_bytes() for name in files(tmp_path / "run")}
+    follower.recover()
+    commit(follower, "c.weights.h5")
+    with pytest.raises(ValueError, match="plain name"):
+        commit(follower, "../c.weights.h5")
+    with pytest.raises(ValueError, match="not a committed"):
+        follower.set_alias("best", "missing.weights.h5")
+    assert {n: (tmp_path / "run" / n).read_bytes() for n in files(tmp_path / "run")} == on_disk

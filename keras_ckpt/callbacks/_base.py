@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import os
 import time
 import uuid
 import warnings
@@ -18,7 +17,8 @@ from keras_ckpt.callbacks._monitor import EVENT_PREFIX, batches_trained, log_lea
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
 from keras_ckpt.snapshot import take_snapshot, write_now
-from keras_ckpt.store import CheckpointStore, reserved_alias_filenames
+from keras_ckpt.store import CheckpointStore, FollowerStore, reserved_alias_filenames
+from keras_ckpt.triggers import IntervalTrigger
 from keras_ckpt.writer import WRITER
 
 
@@ -78,12 +78,23 @@ def process_count() -> int:
 
 
 def any_process(flag: bool) -> bool:
-    """Whether ``flag`` is set in any process of a multi-process JAX run: a collective that
-    every process must enter. Call it only where ``process_count() > 1``."""
+    """Whether ``flag`` is set in any process training together: for a decision taken from
+    something each process sees on its own (a signal, its clock), so that all take it alike.
+
+    With several processes this is a collective: every process calls it at the same point.
+    """
+    if process_count() == 1:
+        return flag
     from jax.experimental import multihost_utils
 
     flags = multihost_utils.process_allgather(np.array(flag, dtype=np.int32))
     return bool(np.any(flags))
+
+
+def agreed_due(trigger: IntervalTrigger, due: bool) -> bool:
+    """``trigger``'s verdict, the same on every process: with ``every_seconds`` each process
+    reads its own clock, so a multi-process run saves when any process's clock says so."""
+    return due if trigger.every_seconds is None else any_process(due)
 
 
 class StoreCallback(keras.callbacks.Callback):
@@ -118,15 +129,15 @@ class StoreCallback(keras.callbacks.Callback):
         self._start_batches = batches_trained(self.model)
 
     def _open_store(self, directory: str) -> CheckpointStore:
-        # Only the chief of a multi-process run writes; the others read what it commits, take
-        # the same decisions and write nothing.
-        return CheckpointStore(
-            directory, keras_version=keras.__version__, read_only=process_index() != 0
-        )
+        # Only the chief of a multi-process run writes; the others follow it in memory, taking
+        # the same decisions from the same state, and write nothing.
+        if process_index() != 0:
+            return FollowerStore(directory, keras_version=keras.__version__)
+        return CheckpointStore(directory, keras_version=keras.__version__)
 
     def _say(self, message: str, epoch: int | None = None) -> None:
         """One short line when ``verbose``: "Epoch 3: BestCheckpoint saved ..."."""
-        if getattr(self, "verbose", 0):
+        if getattr(self, "verbose", 0) and process_index() == 0:  # the chief, which saves
             where = "" if epoch is None else f"Epoch {epoch + 1}: "
             print(f"\n{where}{type(self).__name__} {message}", flush=True)
 
@@ -167,14 +178,15 @@ class StoreCallback(keras.callbacks.Callback):
         self._settle()
         model, weights_only = self.model, self.save_weights_only
         snapshot = take_snapshot(model, filename, weights_only)
-        if store.read_only:
-            # Not the chief, which writes this checkpoint. The snapshot is still taken: Keras's
-            # saving walk may enter collectives (it creates variables) that every process must.
-            if snapshot is not None:
-                snapshot.discard()
-            return
+        if isinstance(store, FollowerStore) and snapshot is not None:
+            # Not the chief, which writes this checkpoint: the store commits in memory only,
+            # right here. The snapshot is still taken: Keras's saving walk may enter collectives
+            # (it creates variables) that every process must enter.
+            snapshot.discard()
+            snapshot = None
         if snapshot is None:
-            # A legacy .h5 model, or a Keras without the saving internals: Keras writes it now.
+            # A legacy .h5 model, or a Keras without the saving internals: Keras writes it now
+            # (a FollowerStore never calls ``write``).
             def write(path: str) -> None:
                 write_now(model, path, weights_only)
         else:
@@ -294,7 +306,7 @@ class StoreCallback(keras.callbacks.Callback):
                 f"provide. Received: filename={template!r}. Fields available: {sorted(values)}"
             ) from None
         own = {record.filename for record in self._own_records(store)}
-        taken = (set(os.listdir(store.directory)) - own) | set(reserved_alias_filenames())
+        taken = (store.filenames() - own) | set(reserved_alias_filenames())
         return naming.next_free_name(filename, taken)
 
     def _replaces_a_better_own_file(

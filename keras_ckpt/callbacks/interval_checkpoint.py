@@ -10,7 +10,7 @@ from numbers import Real
 from typing import Any
 
 from keras_ckpt import naming, validation
-from keras_ckpt.callbacks._base import StoreCallback
+from keras_ckpt.callbacks._base import StoreCallback, agreed_due
 from keras_ckpt.callbacks._monitor import epoch_start_batches, plain_metrics
 from keras_ckpt.policies import AnyOf, KeepAll, KeepEvery, KeepLatest, RetentionPolicy
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
@@ -170,13 +170,17 @@ class IntervalCheckpoint(StoreCallback):
 
     def _check_mid_epoch(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # `batch` batches of this epoch are done; batch 0's state was handled at the epoch end.
-        if batch and self._trigger.due_mid_epoch(self._epoch_start_step + batch, self._clock()):
+        if not batch:
+            return
+        due = self._trigger.due_mid_epoch(self._epoch_start_step + batch, self._clock())
+        if agreed_due(self._trigger, due):
             self._save(self._current_epoch, batch - 1, {})
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_ended += 1
         self._last_metrics = plain_metrics(logs)
-        if self._trigger.due_at_epoch_end(epoch + 1, self._step(), self._clock()):
+        due = self._trigger.due_at_epoch_end(epoch + 1, self._step(), self._clock())
+        if agreed_due(self._trigger, due):
             self._save(epoch, None, self._last_metrics)
         self._log_events(
             logs, saved=self._epoch_saves, kept=self._kept, deleted=self._epoch_deleted

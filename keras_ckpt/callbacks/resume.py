@@ -19,6 +19,7 @@ import numpy as np
 from keras_ckpt import validation
 from keras_ckpt.callbacks._base import (
     StoreCallback,
+    agreed_due,
     any_process,
     fit_callbacks,
     fit_local,
@@ -190,7 +191,10 @@ class ResumeFromLatest(StoreCallback):
             self.model.stop_training = True
             self._say("received a signal: saved, stopping", self._epoch)
             return
-        if batch and self._trigger.due_mid_epoch(self._epoch_start_step + batch, self._clock()):
+        if not batch:
+            return
+        due = self._trigger.due_mid_epoch(self._epoch_start_step + batch, self._clock())
+        if agreed_due(self._trigger, due):
             self._save(self._epoch, batch)
             self._epoch_saves += 1
 
@@ -198,9 +202,8 @@ class ResumeFromLatest(StoreCallback):
         self._epochs_done = epoch + 1
         self._trained = True
         # The epoch was cut short by a signal: the mid-epoch save is the one to resume from.
-        if not self._stopped_by_signal and self._trigger.due_at_epoch_end(
-            epoch + 1, self._step(), self._clock()
-        ):
+        due = self._trigger.due_at_epoch_end(epoch + 1, self._step(), self._clock())
+        if not self._stopped_by_signal and agreed_due(self._trigger, due):
             self._epoch_end_metrics = plain_metrics(logs)
             self._epoch_saves += 1  # taken as the next epoch begins (or as training ends)
         resumed = self.resumed_from
@@ -656,7 +659,7 @@ class BackupAndRestore(ResumeFromLatest):
         self.delete_checkpoint = delete_checkpoint
 
     def _after_finish(self) -> None:
-        if not self.delete_checkpoint or self._store is None or self._store.read_only:
+        if not self.delete_checkpoint or self._store is None:
             return
         store = self._store
         store.release(self.keeper, [r.filename for r in self._own_records(store)])
