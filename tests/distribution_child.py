@@ -6,9 +6,12 @@ Usage: python distribution_child.py ENGINE DIRECTORY
 Prints "replicas=<n>", then "exact max_diff=<float>" (interrupted and resumed under the engine,
 against an uninterrupted run under it) and "cross max_diff=<float>" (interrupted on one device,
 resumed under the engine, against an uninterrupted single-device run; no Dropout). Leaves the best
-checkpoint's weights as loaded under the engine in DIRECTORY/best_weights.npz.
+checkpoint's weights as loaded under the engine in DIRECTORY/best_weights.npz. Last, for
+"single" and "engine", "behaviour <where>=<JSON>": what BestCheckpoint, IntervalCheckpoint, a
+per-step WarmupCosine and EarlyStopping did in the same run on one device and under the engine.
 """
 
+import json
 import os
 import shutil
 import sys
@@ -49,6 +52,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_ckpt  # noqa: E402
+from keras_ckpt.schedules import WarmupCosine  # noqa: E402
 
 x = np.random.default_rng(0).normal(size=(128, 4)).astype("float32")
 y = x.sum(axis=1, keepdims=True)
@@ -121,3 +125,40 @@ fit(make_model(dropout=0.0), "cross", crash=True)  # one device
 with distributed():
     resumed = fit(make_model(dropout=0.0), "cross")  # goes on under the engine
 print(f"cross max_diff={max_diff(resumed, single)}", flush=True)
+
+
+def behaviour(where):
+    """One run with the task callbacks; the rate reaches 0 after epoch 3, so EarlyStopping
+    (patience 1) stops after epoch 4, which cannot improve."""
+    run = os.path.join(directory, "behaviour-" + where)
+    model = make_model(dropout=0.0)
+    history = model.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=8,
+        verbose=0,
+        validation_data=(x, y),
+        callbacks=[
+            keras_ckpt.BestCheckpoint(os.path.join(run, "best"), top_k=2),
+            keras_ckpt.IntervalCheckpoint(
+                os.path.join(run, "interval"), every_steps=3, keep_last=2
+            ),
+            keras_ckpt.LearningRateScheduler(WarmupCosine(0.05, 12, warmup_steps=2), per="step"),
+            keras_ckpt.EarlyStopping(patience=1),
+        ],
+    )
+    report = {
+        "epochs": history.epoch,
+        "learning_rate": history.history["learning_rate"],
+        "val_loss": history.history["val_loss"],
+        "best": [r.epoch for r in keras_ckpt.list_checkpoints(os.path.join(run, "best"))],
+        "interval": [r.step for r in keras_ckpt.list_checkpoints(os.path.join(run, "interval"))],
+        "weights": [w.tolist() for w in model.get_weights()],
+    }
+    print(f"behaviour {where}={json.dumps(report)}", flush=True)
+
+
+behaviour("single")
+with distributed():
+    behaviour("engine")

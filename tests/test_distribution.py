@@ -5,6 +5,7 @@ single-device checkpoint resumes under it (within float tolerance); the files it
 this plain single-device process.
 """
 
+import json
 import re
 
 import keras
@@ -37,3 +38,13 @@ def test_checkpoints_under_a_distribution(tmp_path, engine):
     model.compile(optimizer="adam", loss="mse")
     keras_ckpt.load_checkpoint(latest, model)
     assert int(model.optimizer.iterations) == 16  # 4 epochs of 4 batches
+
+    # The task callbacks take the same decisions under the engine as on one device.
+    behaviours = dict(re.findall(r"^behaviour (single|engine)=(.*)$", result.stdout, re.M))
+    single, engine = (json.loads(behaviours[where]) for where in ("single", "engine"))
+    assert engine["epochs"] == single["epochs"] == [0, 1, 2, 3]  # EarlyStopping after epoch 4
+    assert engine["best"] == single["best"] and engine["interval"] == single["interval"]
+    assert engine["learning_rate"] == pytest.approx(single["learning_rate"], rel=1e-6)
+    assert engine["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
+    for a, b in zip(engine["weights"], single["weights"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
