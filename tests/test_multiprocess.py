@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import keras
+import numpy as np
 import pytest
 
 import keras_ckpt
@@ -91,6 +93,14 @@ def test_two_processes_write_once_take_the_same_decisions_and_resume_together(tm
     assert len(keras_ckpt.list_checkpoints(tmp_path / "uninterrupted" / "interval")) == 2
     resume_records = keras_ckpt.list_checkpoints(tmp_path / "uninterrupted" / "resume")
     assert resume_records[-1].state["finished"] == 4
+    # What the pair wrote loads here, in one plain process on one device.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    keras_ckpt.load_checkpoint(resume_records[-1], model)
+    assert sum(float(np.abs(w).sum()) for w in model.get_weights()) == pytest.approx(
+        chief["weights"], abs=1e-5
+    )
+    assert int(model.optimizer.iterations) == 16
 
     # One process is SIGKILLed before batch 11 (mid-epoch 3) and the launcher kills the other:
     # rerun, both resume from the same checkpoint and end where the uninterrupted pair ended.
