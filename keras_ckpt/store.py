@@ -356,7 +356,17 @@ class CheckpointStore:
                 _writing.discard(temporary)
             raise
         record = self._new_record(
-            filename, size, sha256, epoch, batch, step, metrics, kind, run, keeper, state
+            filename,
+            size,
+            sha256,
+            epoch=epoch,
+            batch=batch,
+            step=step,
+            metrics=metrics,
+            kind=kind,
+            run=run,
+            keeper=keeper,
+            state=state,
         )
         with self._lock:
             manifest = self.manifest()
@@ -459,29 +469,23 @@ class CheckpointStore:
         filename: str,
         size: int,
         sha256: str,
-        epoch: int,
-        batch: int | None,
-        step: int,
+        *,
         metrics: Mapping[str, float],
-        kind: str,
-        run: str,
         keeper: str,
-        state: Mapping[str, Any] | None,
+        state: Mapping[str, Any] | None = None,
+        **fields: Any,
     ) -> CheckpointRecord:
+        """The record of ``filename`` from ``commit``'s arguments (epoch, step, kind, ...)."""
         return CheckpointRecord(
             path=self.path(filename),
-            epoch=epoch,
-            batch=batch,
-            step=step,
             metrics=dict(metrics),
             time=time.time(),
             size=size,
             sha256=sha256,
             keras_version=self.keras_version,
-            kind=kind,
-            run=run,
             kept_by=(keeper,),
             state=None if state is None else dict(state),
+            **fields,
         )
 
     def _empty_trash(self, manifest: Manifest) -> None:
@@ -555,23 +559,12 @@ class FollowerStore(CheckpointStore):
         return set(self._names)
 
     def commit(
-        self,
-        filename: str,
-        write: Callable[[str], None],
-        *,
-        epoch: int,
-        step: int,
-        metrics: Mapping[str, float],
-        kind: str,
-        run: str,
-        keeper: str,
-        batch: int | None = None,
-        state: Mapping[str, Any] | None = None,
+        self, filename: str, write: Callable[[str], None], **fields: Any
     ) -> CheckpointRecord:
+        """Commits in memory what the chief commits; ``write`` is never called. Takes
+        ``CheckpointStore.commit``'s arguments."""
         _check_plain_name(filename)
-        record = self._new_record(
-            filename, 0, "", epoch, batch, step, metrics, kind, run, keeper, state
-        )
+        record = self._new_record(filename, 0, "", **fields)
         with self._lock:
             _add_record(self._view, record)
             self._names.add(filename)
