@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from keras_ckpt.records import (
@@ -532,59 +532,71 @@ class CheckpointStore:
 class FollowerStore(CheckpointStore):
     """A checkpoint directory as a process other than the chief of a multi-process run sees it.
 
-    It reads the directory once, when opened, and from then on takes the same changes as the
-    chief's store (commits, aliases, releases) in memory only. So the process takes the chief's
-    decisions (what to save, under which name, what to drop) from the same state at the same
-    moments, without waiting for the chief's background writes and without touching a file.
-    The records it commits have no size and no checksum; ``write`` is never called.
+    Opening it reads the directory, which must be settled (the chief's saves on disk, its
+    recovery done). From then on it takes the same changes as the chief's stores (commits,
+    aliases, releases) in memory only. So the process takes the chief's decisions (what to save,
+    under which name, what to drop) from the same state at the same moments, without waiting
+    for the chief's background writes and without touching a file. The records it commits have
+    no size and no checksum; ``write`` is never called. All followers of one directory in a
+    process share one view, as the chief's stores share the directory; each opening reads it
+    afresh.
 
-    Only the chief of a run may write into a directory, so the view stays what the chief has.
+    Args:
+        directory: The chief's checkpoint directory (on a file system every process sees).
+        keras_version: Recorded with every checkpoint, as by ``CheckpointStore``.
     """
 
     def __init__(self, directory: str | os.PathLike[str], keras_version: str = "unknown"):
         self.directory = os.path.abspath(os.fspath(directory))
         self.keras_version = keras_version
         self._lock = _directory_lock(self.directory)
-        self._view = read_committed(self.directory)
-        self._view.trash = []
+        manifest = read_committed(self.directory)
+        manifest.trash = []
         try:
-            self._names = set(os.listdir(self.directory))
+            names = {n for n in os.listdir(self.directory) if not n.startswith(TEMP_PREFIX)}
         except FileNotFoundError:
-            self._names = set()
+            names = set()
+        with self._lock:
+            self._view = _followed.setdefault(self.directory, _FollowedDirectory())
+            self._view.manifest, self._view.names = manifest, names
 
     def manifest(self) -> Manifest:
-        return Manifest(records=list(self._view.records), aliases=dict(self._view.aliases))
+        with self._lock:
+            view = self._view.manifest
+            return Manifest(records=list(view.records), aliases=dict(view.aliases))
 
     def filenames(self) -> set[str]:
-        return set(self._names)
+        with self._lock:
+            return set(self._view.names)
 
     def commit(
         self, filename: str, write: Callable[[str], None], **fields: Any
     ) -> CheckpointRecord:
         """Commits in memory what the chief commits; ``write`` is never called. Takes
-        ``CheckpointStore.commit``'s arguments."""
+        ``CheckpointStore.commit``'s keyword arguments (``epoch``, ``step``, ``metrics``, ...)."""
         _check_plain_name(filename)
         record = self._new_record(filename, 0, "", **fields)
         with self._lock:
-            _add_record(self._view, record)
-            self._names.add(filename)
+            _add_record(self._view.manifest, record)
+            self._view.names.add(filename)
         return record
 
     def release(self, keeper: str, filenames: Iterable[str]) -> list[str]:
         with self._lock:
-            deleted, files = _drop_keeper(self._view, keeper, set(filenames))
-            self._names.difference_update(files)
+            deleted, files = _drop_keeper(self._view.manifest, keeper, set(filenames))
+            self._view.names.difference_update(files)
         return deleted
 
     def set_alias(self, alias: str, target_filename: str) -> str:
         with self._lock:
-            if self._view.find(target_filename) is None:
+            manifest = self._view.manifest
+            if manifest.find(target_filename) is None:
                 raise ValueError(f"{target_filename!r} is not a committed checkpoint.")
-            previous = self._view.aliases.get(alias)
-            if previous is not None and self._view.find(alias_filename(alias, previous)) is None:
-                self._names.discard(alias_filename(alias, previous))
-            self._view.aliases[alias] = target_filename
-            self._names.add(alias_filename(alias, target_filename))
+            previous = manifest.aliases.get(alias)
+            if previous is not None and manifest.find(alias_filename(alias, previous)) is None:
+                self._view.names.discard(alias_filename(alias, previous))
+            manifest.aliases[alias] = target_filename
+            self._view.names.add(alias_filename(alias, target_filename))
         return self.path(alias_filename(alias, target_filename))
 
     def remove_if_empty(self) -> bool:
@@ -593,5 +605,13 @@ class FollowerStore(CheckpointStore):
     def recover(self) -> None:
         """Nothing: the chief recovers the directory."""
 
-    def _write_manifest(self, manifest: Manifest) -> None:
-        raise RuntimeError(f"A follower of {self.directory} writes nothing.")
+
+@dataclass
+class _FollowedDirectory:
+    """What the followers of one directory in this process see: the manifest and file names."""
+
+    manifest: Manifest = field(default_factory=Manifest)
+    names: set[str] = field(default_factory=set)
+
+
+_followed: dict[str, _FollowedDirectory] = {}

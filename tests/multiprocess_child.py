@@ -1,22 +1,26 @@
 """One of two JAX processes training together on 127.0.0.1: run by test_multiprocess.py.
 
 Usage: python multiprocess_child.py PROCESS_ID PORT DIRECTORY MODE
-  MODE  "train": 4 epochs with ResumeFromLatest(save_freq=3), BestCheckpoint, an
-        IntervalCheckpoint(every_seconds) whose clock says "due" at every check in process 1
-        and never in process 0, and a per-step WarmupCosine LearningRateScheduler;
-        "crash": the same, raising before batch 11 (mid-epoch 3) in both processes;
-        "kill0" / "kill1": the same, process 0 / 1 SIGKILLs itself before batch 11;
+  MODE  "train": 4 epochs with ResumeFromLatest(save_freq=3), BestCheckpoint and a
+        ModelCheckpoint sharing its directory, an IntervalCheckpoint(every_seconds) whose clock
+        says "due" at every check in process 1 and never in process 0, and a per-step
+        WarmupCosine LearningRateScheduler;
+        "kill0" / "kill1": the same, process 0 / 1 SIGKILLs itself before batch 11 (mid-epoch 3);
+        "twice": fit(epochs=2), then fit(epochs=4) continues it; process 0 commits slowly;
         "signal": the same, and process 1 sends itself SIGTERM before batch 6;
         "stop": the same with EarlyStopping(patience=1) that no epoch after the first improves.
-Prints one line "report=<JSON>": commits per directory, epochs trained, the checkpoint resumed
-from, the sum of the weights' magnitudes, and History's checkpoint events and learning rates.
+Prints one line "report=<JSON>": commits per callback, calls that changed something under
+DIRECTORY, epochs trained, the checkpoint resumed from, the sum of the weights' magnitudes, and
+History's checkpoint events and learning rates.
 """
 
+import builtins
 import collections
 import json
 import os
 import signal
 import sys
+import time
 
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,11 +49,48 @@ original_commit = store.CheckpointStore.commit
 
 
 def counting_commit(self, *args, **kwargs):
-    commits[os.path.basename(self.directory)] += 1
+    commits[kwargs["keeper"].split("[")[0]] += 1
+    if mode == "twice":
+        time.sleep(0.3)  # on the background writer: process 1 is ahead of what is on disk
     return original_commit(self, *args, **kwargs)
 
 
 store.CheckpointStore.commit = counting_commit
+
+# Every call that could change something under DIRECTORY, counted.
+changes = [0]
+inside = os.path.abspath(directory)
+
+
+original_open = builtins.open
+
+
+def counting(function, *path_arguments):
+    def counted(*args, **kwargs):
+        paths = [os.path.abspath(os.fspath(args[i])) for i in path_arguments if i < len(args)]
+        if function is original_open:
+            opened = kwargs.get("mode", args[1] if len(args) > 1 else "r")
+            if not any(letter in opened for letter in "wax+"):
+                paths = []  # read only
+        if any(path.startswith(inside) for path in paths):
+            changes[0] += 1
+        return function(*args, **kwargs)
+
+    return counted
+
+
+for name, arguments in [
+    ("replace", (0, 1)),
+    ("rename", (0, 1)),
+    ("link", (0, 1)),
+    ("remove", (0,)),
+    ("unlink", (0,)),
+    ("rmdir", (0,)),
+    ("mkdir", (0,)),
+    ("makedirs", (0,)),
+]:
+    setattr(os, name, counting(getattr(os, name), *arguments))
+builtins.open = counting(original_open, 0)
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -59,8 +100,6 @@ class Interrupt(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self.batches += 1
-        if mode == "crash" and self.batches == 11:
-            raise RuntimeError("simulated crash")
         if mode == f"kill{process_id}" and self.batches == 11:
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "signal" and process_id == 1 and self.batches == 6:
@@ -87,6 +126,13 @@ resume = keras_ckpt.ResumeFromLatest(os.path.join(directory, "resume"), save_fre
 callbacks = [
     resume,
     keras_ckpt.BestCheckpoint(os.path.join(directory, "best"), monitor="loss", top_k=2),
+    # Opens its store (the same directory) at its first save, with BestCheckpoint's in flight.
+    keras_ckpt.ModelCheckpoint(
+        os.path.join(directory, "best", "model.weights.h5"),
+        monitor="loss",
+        save_best_only=True,
+        save_weights_only=True,
+    ),
     keras_ckpt.IntervalCheckpoint(
         os.path.join(directory, "interval"),
         every_seconds=3600,
@@ -100,19 +146,18 @@ callbacks = [
 ]
 if mode == "stop":
     callbacks.append(keras_ckpt.EarlyStopping(monitor="loss", min_delta=1e9, patience=1))
-try:
-    history = model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=callbacks)
-    epochs = history.epoch
-    logged = {
-        key: [round(float(value), 9) for value in values]
-        for key, values in history.history.items()
-        if key.startswith("ckpt/") or key == "learning_rate"
-    }
-except RuntimeError:
-    epochs, logged = "crashed", {}
+if mode == "twice":
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=callbacks)
+history = model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=callbacks)
+logged = {
+    key: [round(float(value), 9) for value in values]
+    for key, values in history.history.items()
+    if key.startswith("ckpt/") or key == "learning_rate"
+}
 report = {
     "commits": dict(commits),
-    "epochs": epochs,
+    "changes": changes[0],
+    "epochs": history.epoch,
     "resumed": None if resume.resumed_from is None else resume.resumed_from.filename,
     "weights": round(sum(float(np.abs(w).sum()) for w in model.get_weights()), 6),
     "logged": logged,

@@ -114,7 +114,7 @@ def test_step_schedules_and_step_triggers_continue_exactly_in_a_resumed_epoch(tm
     def callbacks(run, crash=None):
         return [
             keras_ckpt.ResumeFromLatest(tmp_path / run / "resume", save_freq=3),
-            keras_ckpt.IntervalCheckpoint(tmp_path / run / "interval", every_steps=4),
+            keras_ckpt.IntervalCheckpoint(tmp_path / run / "interval", every_steps=2),
             keras_ckpt.LearningRateScheduler(WarmupCosine(0.05, 25, warmup_steps=5), per="step"),
             *([Crash(crash)] if crash else []),
         ]
@@ -122,7 +122,8 @@ def test_step_schedules_and_step_triggers_continue_exactly_in_a_resumed_epoch(tm
     reference = make_model()
     expected = fit(reference, data, callbacks("whole"))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(make_model(), data, callbacks("resumed", crash=13))  # resumes after batch 12
+        # Resumes after batch 18: epoch 4's first 3 batches are read again without training.
+        fit(make_model(), data, callbacks("resumed", crash=19))
     model = make_model(seed=1)
     history = fit(model, data, callbacks("resumed"))
     assert history.history["learning_rate"] == expected.history["learning_rate"]
@@ -131,8 +132,40 @@ def test_step_schedules_and_step_triggers_continue_exactly_in_a_resumed_epoch(tm
     def steps(run):
         return [r.step for r in keras_ckpt.list_checkpoints(tmp_path / run / "interval")]
 
-    assert steps("whole") == [4, 8, 12, 16, 20, 24, 25]
+    assert steps("whole") == list(range(2, 26, 2)) + [25]
     assert sorted(steps("resumed")) == steps("whole")
+    # Nothing is saved while batches are read again (that state is the one resumed from): in
+    # epoch 4 (steps 16 to 20) the rerun saves only what comes after step 18.
+    assert expected.history["ckpt/interval_saved"][3] == 3  # steps 16, 18 and 20
+    assert history.history["ckpt/interval_saved"][3] == 1  # step 20
+    assert expected.history["ckpt/resume_saved"][3] == 2  # steps 18 and 20
+    assert history.history["ckpt/resume_saved"][3] == 1  # step 20
+
+
+def test_only_one_resuming_callback_per_fit(tmp_path, data):
+    callbacks = [
+        keras_ckpt.ResumeFromLatest(tmp_path / "a"),
+        keras_ckpt.BackupAndRestore(tmp_path / "b"),
+    ]
+    with pytest.raises(ValueError, match=r"Only one ResumeFromLatest or BackupAndRestore"):
+        fit(make_model(), data, callbacks)
+
+
+def test_a_fit_that_stops_during_the_replay_leaves_the_model_as_it_was(tmp_path, data):
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3), Crash(4)])
+
+    class StopAtOnce(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.model.stop_training = True  # during the replay of batches 1 to 3
+
+    model = make_model()
+    fit(model, data, [keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3), StopAtOnce()])
+    before = model.get_weights()
+    history = fit(model, data, [], epochs=1)  # a plain fit afterwards trains every batch
+    assert int(model.optimizer.iterations) == 3 + 5
+    assert history.epoch == [0]
+    assert not all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
 @pytest.mark.parametrize("stop_first", [True, False], ids=["stop-before", "stop-after"])

@@ -381,3 +381,18 @@ def test_a_follower_takes_the_chiefs_changes_in_memory_and_writes_nothing(tmp_pa
     with pytest.raises(ValueError, match="not a committed"):
         follower.set_alias("best", "missing.weights.h5")
     assert {n: (tmp_path / "run" / n).read_bytes() for n in files(tmp_path / "run")} == on_disk
+
+
+def test_followers_of_one_directory_share_one_view_read_afresh_at_each_opening(tmp_path):
+    # As two callbacks of the chief share a directory through the disk, two of a follower share
+    # it in memory: a name one of them takes is taken for the other.
+    chief = CheckpointStore(tmp_path)
+    commit(chief, "a.weights.h5")
+    best, interval = FollowerStore(tmp_path), FollowerStore(tmp_path)
+    commit(best, "b.weights.h5", keeper="B")
+    assert "b.weights.h5" in interval.filenames()
+    assert [r.filename for r in interval.records()] == ["a.weights.h5", "b.weights.h5"]
+    # Opening again (a new fit, once the chief's saves are on disk) reads the directory.
+    commit(chief, "c.weights.h5")
+    FollowerStore(tmp_path)
+    assert [r.filename for r in best.records()] == ["a.weights.h5", "c.weights.h5"]

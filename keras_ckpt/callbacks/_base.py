@@ -77,24 +77,44 @@ def process_count() -> int:
     return 1
 
 
-def any_process(flag: bool) -> bool:
-    """Whether ``flag`` is set in any process training together: for a decision taken from
-    something each process sees on its own (a signal, its clock), so that all take it alike.
+def any_process(*flags: bool) -> tuple[bool, ...]:
+    """Each flag as set in any process training together: for decisions taken from something
+    each process sees on its own (a signal, its clock), so that all take them alike.
 
-    With several processes this is a collective: every process calls it at the same point.
+    With several processes this is one collective: every process calls it at the same point.
     """
     if process_count() == 1:
-        return flag
+        return tuple(bool(flag) for flag in flags)
     from jax.experimental import multihost_utils
 
-    flags = multihost_utils.process_allgather(np.array(flag, dtype=np.int32))
-    return bool(np.any(flags))
+    gathered = multihost_utils.process_allgather(np.array(flags, dtype=np.int32))
+    return tuple(bool(flag) for flag in np.any(np.asarray(gathered).reshape(-1, len(flags)), 0))
+
+
+def chief_text(text: str) -> str:
+    """``text`` (ASCII, the same length on every process) as process 0 has it: one collective
+    with several processes."""
+    if process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int32)
+    chief = np.asarray(multihost_utils.broadcast_one_to_all(codes))
+    return bytes(chief.astype(np.uint8)).decode("ascii")
+
+
+def sync_processes(name: str) -> None:
+    """Waits until every process training together has called this with ``name``."""
+    if process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def agreed_due(trigger: IntervalTrigger, due: bool) -> bool:
     """``trigger``'s verdict, the same on every process: with ``every_seconds`` each process
     reads its own clock, so a multi-process run saves when any process's clock says so."""
-    return due if trigger.every_seconds is None else any_process(due)
+    return due if trigger.every_seconds is None else any_process(due)[0]
 
 
 class StoreCallback(keras.callbacks.Callback):
@@ -125,15 +145,24 @@ class StoreCallback(keras.callbacks.Callback):
         """
         if continue_run and self._run is not None:
             return
-        self._run = uuid.uuid4().hex[:12]
+        # One run id on every process: the others' records of the run are the chief's.
+        self._run = chief_text(uuid.uuid4().hex[:12])
         self._start_batches = batches_trained(self.model)
 
     def _open_store(self, directory: str) -> CheckpointStore:
-        # Only the chief of a multi-process run writes; the others follow it in memory, taking
-        # the same decisions from the same state, and write nothing.
+        """Only the chief (process 0) of a multi-process run writes; the others follow its
+        directory in memory, taking the same decisions from the same state, and write nothing.
+
+        They read the directory once the chief's saves have reached it and its recovery has
+        run: every process opens the store at the same point of ``fit``, and waits there.
+        """
         if process_index() != 0:
+            sync_processes("keras_ckpt: the checkpoint directory is settled")
             return FollowerStore(directory, keras_version=keras.__version__)
-        return CheckpointStore(directory, keras_version=keras.__version__)
+        WRITER.wait()
+        store = CheckpointStore(directory, keras_version=keras.__version__)
+        sync_processes("keras_ckpt: the checkpoint directory is settled")
+        return store
 
     def _say(self, message: str, epoch: int | None = None) -> None:
         """One short line when ``verbose``: "Epoch 3: BestCheckpoint saved ..."."""

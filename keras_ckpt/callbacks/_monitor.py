@@ -94,15 +94,21 @@ def batches_trained(model: keras.Model | None) -> int:
 _REPLAYED = "_keras_ckpt_replayed_batches"
 
 
-def epoch_start_batches(model: keras.Model | None) -> int:
-    """``batches_trained`` as the current epoch began, for ``on_epoch_begin``; batch ``b`` of
-    the epoch is then step ``epoch_start_batches + b``, also in an epoch resumed midway."""
-    return batches_trained(model) - int(getattr(model, _REPLAYED, 0))
+def replayed_batches(model: keras.Model | None) -> int:
+    """How many of the current epoch's first batches ``fit`` reads again without training (an
+    epoch resumed midway; 0 otherwise). Read in ``on_epoch_begin``; hooks of those batches
+    should neither save nor count them."""
+    return int(getattr(model, _REPLAYED, 0))
 
 
 def set_replayed_batches(model: keras.Model, batches: int) -> None:
-    """Tells ``epoch_start_batches`` that ``batches`` of the coming epoch were trained before."""
     setattr(model, _REPLAYED, batches)
+
+
+def epoch_start_batches(model: keras.Model | None) -> int:
+    """``batches_trained`` as the current epoch began, for ``on_epoch_begin``; batch ``b`` of
+    the epoch is then step ``epoch_start_batches + b``, also in an epoch resumed midway."""
+    return batches_trained(model) - replayed_batches(model)
 
 
 def learning_rate_optimizers(model: keras.Model) -> list[Any]:

@@ -23,9 +23,14 @@ from keras_ckpt.callbacks._base import (
     any_process,
     fit_callbacks,
     fit_local,
-    process_count,
+    process_index,
 )
-from keras_ckpt.callbacks._monitor import epoch_start_batches, plain_metrics, set_replayed_batches
+from keras_ckpt.callbacks._monitor import (
+    epoch_start_batches,
+    plain_metrics,
+    replayed_batches,
+    set_replayed_batches,
+)
 from keras_ckpt.policies import KeepLatest
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import CheckpointCorruptedError, check_directory_usable, verify
@@ -128,8 +133,9 @@ class ResumeFromLatest(StoreCallback):
         self._store = None
         self._epoch = 0
         self._epoch_start_step = 0
+        self._replayed = 0
+        self._end_replay: Callable[[], None] = lambda: None
         self._signal_received = threading.Event()
-        self._several_processes = False
         self._previous_handlers: dict[int, Any] = {}
         self._stopped_by_signal = False
         self._epochs_done = 0
@@ -144,8 +150,9 @@ class ResumeFromLatest(StoreCallback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._settle()
         self._warn_if_tensorboard_comes_first()
+        self._check_alone_in_fit()
+        self._end_replay()  # of an earlier fit that failed during its replay
         self._store = self._open_store(self.directory)
-        self._several_processes = process_count() > 1
         self._stopped_by_signal = False
         self._epoch_saves = 0
         self._signal_received.clear()
@@ -173,6 +180,7 @@ class ResumeFromLatest(StoreCallback):
         self._history_to_restore = None
         self._epoch = epoch
         self._epoch_start_step = epoch_start_batches(self.model) - self._start_batches
+        self._replayed = replayed_batches(self.model)
         # Python's and NumPy's generators as the epoch starts, before the data pipeline draws
         # from them (JAX and PyTorch shuffle NumPy inputs with np.random; a PyDataset may augment
         # with either). A mid-epoch resume restores these, and the pipeline then replays the
@@ -180,21 +188,23 @@ class ResumeFromLatest(StoreCallback):
         self._epoch_begin_generators = _host_generators()
 
     def _on_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if batch < self._replayed:
+            return  # read again without training: the state is still the one resumed from
         signalled = self._signal_received.is_set()
-        if self.handle_signals and self._several_processes:
-            # Every process of a multi-process run stops at the same batch, whichever got it.
-            signalled = any_process(signalled)
+        due = batch > self._replayed and self._trigger.due_mid_epoch(
+            self._epoch_start_step + batch, self._clock()
+        )
+        if self.handle_signals or self._trigger.every_seconds is not None:
+            # What one process alone sees (a signal, its clock), all processes agree on, so
+            # they save and stop at the same batch: one gather, only with several processes.
+            signalled, due = any_process(signalled, due)
         if signalled and not self._stopped_by_signal:
             self._stopped_by_signal = True
             self._save(self._epoch, batch)
             self._epoch_saves += 1
             self.model.stop_training = True
             self._say("received a signal: saved, stopping", self._epoch)
-            return
-        if not batch:
-            return
-        due = self._trigger.due_mid_epoch(self._epoch_start_step + batch, self._clock())
-        if agreed_due(self._trigger, due):
+        elif due:
             self._save(self._epoch, batch)
             self._epoch_saves += 1
 
@@ -215,13 +225,26 @@ class ResumeFromLatest(StoreCallback):
         self._restore_signal_handlers()
         # Keras's BackupAndRestore leaves this set, so a later plain fit starts midway.
         self.model._initial_epoch = None
-        set_replayed_batches(self.model, 0)  # a fit stopped while it replayed
+        self._end_replay()  # a fit that stopped during the replay
         if self._trained and not self._stopped_by_signal:
             self._save(self._epochs_done, 0, metrics=self._epoch_end_metrics, finished=True)
             self._epoch_end_metrics = None
             self._settle(announce=True)
             self._after_finish()
         self._settle(announce=True)  # when fit returns, every checkpoint is on disk
+
+    def _check_alone_in_fit(self) -> None:
+        others = [
+            type(c).__name__
+            for c in fit_callbacks(self)
+            if isinstance(c, ResumeFromLatest) and c is not self
+        ]
+        if others:
+            raise ValueError(
+                "Only one ResumeFromLatest or BackupAndRestore may train in a fit: each restores "
+                "the model and replays the batches already trained. Received callbacks: "
+                f"{[type(self).__name__, *others]}"
+            )
 
     def _after_finish(self) -> None:
         """What happens to the checkpoints once training completed (BackupAndRestore deletes)."""
@@ -320,10 +343,11 @@ class ResumeFromLatest(StoreCallback):
         epoch = int(state["epoch"])
         finished = state.get("finished")
         if finished is not None and epochs is not None and epochs <= finished:
-            print(
-                f"ResumeFromLatest: training in {self.directory} already finished "
-                f"({epoch} epochs); restored the final weights and not training again."
-            )
+            if process_index() == 0:
+                print(
+                    f"ResumeFromLatest: training in {self.directory} already finished "
+                    f"({epoch} epochs); restored the final weights and not training again."
+                )
             self.model._initial_epoch = epochs
             self._epochs_done = epoch
             return
@@ -332,15 +356,11 @@ class ResumeFromLatest(StoreCallback):
         _warn_if_order_is_not_replayed(batch)
         if batch:
             torch_now = state.get("random", {}).get("torch_now")
-            model = self.model
-
-            def skipped() -> None:
-                set_replayed_batches(model, 0)
-                if torch_now:
-                    _set_torch_generators(torch_now)
-
-            set_replayed_batches(model, batch)
-            _skip_trained_batches(model, batch, on_done=skipped)
+            self._end_replay = _replay_trained_batches(
+                self.model,
+                batch,
+                on_done=(lambda: _set_torch_generators(torch_now)) if torch_now else lambda: None,
+            )
         _load_callback_states(_sibling_callbacks(self), state.get("callbacks", {}))
         # History resets in its own on_train_begin, which runs after this one: refill it when
         # the first epoch begins.
@@ -559,24 +579,30 @@ def _load_callback_states(callbacks: list[Any], states: dict[str, Any]) -> None:
             callback.load_state_dict(copy.deepcopy(states[key]))
 
 
-def _skip_trained_batches(
+def _replay_trained_batches(
     model: keras.Model, batches: int, on_done: Callable[[], None] = lambda: None
-) -> None:
+) -> Callable[[], None]:
     """Makes the next calls of ``model.train_function`` read their batches without training.
 
     ``fit`` calls the train function once per execution of ``steps_per_execution`` batches,
     with the backend's own arguments; the wrapper consumes the same data and returns no logs,
-    then puts the real function back and calls ``on_done``.
+    then puts the real function back and calls ``on_done``. Until then ``replayed_batches``
+    tells the other callbacks. Returns what ends the replay early (a fit that stops during it).
     """
     original = model.train_function
     per_execution = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
     remaining = [-(-batches // per_execution)]  # executions to skip
     backend = keras.backend.backend()
 
+    def end() -> None:
+        set_replayed_batches(model, 0)
+        if model.train_function is skip:
+            model.train_function = original
+
     def skip(*args: Any) -> Any:
         remaining[0] -= 1
         if remaining[0] <= 0:
-            model.train_function = original
+            end()
             on_done()
         if backend == "jax":
             state, iterator = args
@@ -589,7 +615,9 @@ def _skip_trained_batches(
                 next(iterator, None)
         return {}
 
+    set_replayed_batches(model, batches)
     model.train_function = skip
+    return end
 
 
 class BackupAndRestore(ResumeFromLatest):
