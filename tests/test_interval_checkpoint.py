@@ -135,7 +135,7 @@ def test_custom_retention_policy(tmp_path, make_model, data):
     assert [epoch for epoch, _, _ in saved(tmp_path)] == [2, 4, 5]
 
 
-@pytest.mark.parametrize("async_save, most_files", [(False, 5), (True, 6)])
+@pytest.mark.parametrize("async_save, most_files", [(False, 5), (True, 7)])
 def test_disk_use_stays_bounded_over_a_long_run(tmp_path, make_model, data, async_save, most_files):
     class CountFiles(keras.callbacks.Callback):
         counts = []
@@ -148,9 +148,10 @@ def test_disk_use_stays_bounded_over_a_long_run(tmp_path, make_model, data, asyn
         tmp_path, keep_last=3, save_weights_only=True, async_save=async_save
     )
     fit(make_model(), data, [callback, counter], epochs=50)
-    # 3 checkpoints + the latest alias + the manifest at every epoch end; with async saving,
-    # one more while the previous epoch's save is in flight (its temporary file, or the new
-    # checkpoint committed before the oldest is deleted).
+    # 3 checkpoints + the latest alias + the manifest at every epoch end. With async saving the
+    # previous epoch's save may be in flight, which adds two at most: its checkpoint (temporary,
+    # or committed before the oldest is released) and one temporary file of the store's own
+    # (the manifest's or the alias's, written beside it and renamed over it).
     assert max(counter.counts) <= most_files
     assert len(os.listdir(tmp_path)) == 5  # fit returned: nothing in flight
     assert [epoch for epoch, _, _ in saved(tmp_path)] == [48, 49, 50]
