@@ -206,6 +206,17 @@ def read_committed(directory: str) -> Manifest:
     return manifest
 
 
+def contents_digest(store: CheckpointStore) -> str:
+    """What ``store`` holds, as 64 ASCII characters: the number of committed checkpoints
+    (8 digits), then a digest of their names, checksums and the aliases. Processes that read the
+    same directory get the same text."""
+    manifest = store.manifest()
+    entries = sorted([record.filename, record.sha256] for record in manifest.records)
+    text = json.dumps([entries, sorted(manifest.aliases.items())])
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return f"{len(manifest.records):08d}{digest[:56]}"
+
+
 def _resolve_pending(manifest: Manifest, directory: str) -> None:
     """Settles ``manifest.pending`` in memory: completed if its rename happened, else dropped.
 

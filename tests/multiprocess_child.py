@@ -8,7 +8,8 @@ Usage: python multiprocess_child.py PROCESS_ID PORT DIRECTORY MODE
         "kill0" / "kill1": the same, process 0 / 1 SIGKILLs itself before batch 11 (mid-epoch 3);
         "twice": fit(epochs=2), then fit(epochs=4) continues it; process 0 commits slowly;
         "signal": the same, and process 1 sends itself SIGTERM before batch 6;
-        "stop": the same with EarlyStopping(patience=1) that no epoch after the first improves.
+        "stop": the same with EarlyStopping(patience=1) that no epoch after the first improves;
+        "unshared": "train", but process 1 uses DIRECTORY-elsewhere (no shared file system).
 Prints one line "report=<JSON>": commits per callback, calls that changed something under
 DIRECTORY, epochs trained, the checkpoint resumed from, the sum of the weights' magnitudes, and
 History's checkpoint events and learning rates.
@@ -25,6 +26,8 @@ import time
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 process_id, port, directory, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+if mode == "unshared" and process_id == 1:
+    directory += "-elsewhere"
 
 import jax  # noqa: E402
 

@@ -27,11 +27,11 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def run_pair(directory, mode):
-    """Both processes' reports (``None`` for one that died), as a launcher runs them: once one
-    process fails, the other, which waits for it in a collective, is killed a second later (as
-    torchrun or SLURM do; JAX's own heartbeat would end it only after 100 s). Processes still
-    alive at the timeout are killed too."""
+def launch_pair(directory, mode):
+    """Both processes' (return code, stdout, stderr), as a launcher runs them: once one process
+    fails, the other, which waits for it in a collective, is killed a second later (as torchrun
+    or SLURM do; JAX's own heartbeat would end it only after 100 s). Processes still alive at
+    the timeout are killed too."""
     port = free_port()
     processes = [
         subprocess.Popen(
@@ -54,12 +54,18 @@ def run_pair(directory, mode):
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
+    outputs = [process.communicate() for process in processes]
+    return [(p.returncode, *output) for p, output in zip(processes, outputs, strict=True)]
+
+
+def run_pair(directory, mode):
+    """Both processes' reports (``None`` for one that died); with mode "train", both must
+    finish."""
     reports = []
-    for process in processes:
-        stdout, stderr = process.communicate()
+    for returncode, stdout, stderr in launch_pair(directory, mode):
         lines = [line for line in stdout.splitlines() if line.startswith("report=")]
-        if mode == "train" or process.returncode == 0:
-            assert process.returncode == 0 and lines, stderr[-3000:]
+        if mode == "train" or returncode == 0:
+            assert returncode == 0 and lines, stderr[-3000:]
         reports.append(json.loads(lines[0][len("report=") :]) if lines else None)
     return reports
 
@@ -144,3 +150,39 @@ def test_a_signal_or_early_stopping_in_two_processes_stops_both_at_the_same_poin
     [chief, other] = run_pair(tmp_path / "stop", "stop")
     assert_same_decisions(chief, other)
     assert chief["epochs"] == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_directory_one_process_cannot_open_or_sees_otherwise_fails_every_process(tmp_path):
+    # Process 0 cannot open the directory (a damaged manifest): both raise at once. (Before,
+    # process 1 waited in the barrier for process 0, and process 0 in JAX's shutdown at exit
+    # for process 1, until both were killed at the 240 s deadline.)
+    damaged = tmp_path / "damaged" / "resume"
+    damaged.mkdir(parents=True)
+    (damaged / keras_ckpt.store.MANIFEST_NAME).write_text("{not json")
+    [(code0, _, error0), (code1, _, error1)] = launch_pair(tmp_path / "damaged", "train")
+    assert (code0, code1) == (1, 1), (error0[-2000:], error1[-2000:])
+    assert "is not valid JSON" in error0
+    assert "process 0 could not open the checkpoint directory" in error1
+
+    # Process 1's directory is not the one process 0 writes to (no shared file system): both
+    # raise before anything is resumed or saved.
+    chief_only = keras_ckpt.store.CheckpointStore(tmp_path / "unshared" / "resume")
+    chief_only.commit(
+        "resume-epoch0001-step00000004.weights.h5",
+        lambda path: open(path, "wb").close(),
+        epoch=1,
+        step=4,
+        metrics={},
+        kind="weights",
+        run="earlier",
+        keeper="ResumeFromLatest",
+    )
+    [(code0, _, error0), (code1, _, error1)] = launch_pair(tmp_path / "unshared", "unshared")
+    assert (code0, code1) == (1, 1), (error0[-2000:], error1[-2000:])
+    assert "(process 0: 1 checkpoint)" in error0
+    assert "(process 0: 1 checkpoint, process 1: 0 checkpoints)" in error1
+    assert chief_only.filenames() == {
+        "resume-epoch0001-step00000004.weights.h5",
+        keras_ckpt.store.MANIFEST_NAME,
+    }

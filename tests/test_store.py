@@ -14,6 +14,7 @@ from keras_ckpt.store import (
     CheckpointStore,
     FollowerStore,
     check_directory_usable,
+    contents_digest,
     read_manifest,
     verify,
 )
@@ -381,6 +382,20 @@ def test_a_follower_takes_the_chiefs_changes_in_memory_and_writes_nothing(tmp_pa
     with pytest.raises(ValueError, match="not a committed"):
         follower.set_alias("best", "missing.weights.h5")
     assert {n: (tmp_path / "run" / n).read_bytes() for n in files(tmp_path / "run")} == on_disk
+
+
+def test_contents_digest_is_what_a_follower_compares_with_the_chief(tmp_path):
+    chief = CheckpointStore(tmp_path / "shared")
+    commit(chief, "a.weights.h5")
+    chief.set_alias("best", "a.weights.h5")
+    digest = contents_digest(chief)
+    assert len(digest) == 64 and digest.isascii() and digest.startswith("00000001")
+    assert contents_digest(FollowerStore(tmp_path / "shared")) == digest
+    # Another directory (a host's own disk): no checkpoint, or another one of the same name.
+    assert contents_digest(FollowerStore(tmp_path / "elsewhere")).startswith("00000000")
+    commit(CheckpointStore(tmp_path / "other"), "a.weights.h5", content=b"other weights")
+    assert contents_digest(FollowerStore(tmp_path / "other"))[:8] == digest[:8]
+    assert contents_digest(FollowerStore(tmp_path / "other")) != digest
 
 
 def test_followers_of_one_directory_share_one_view_read_afresh_at_each_opening(tmp_path):

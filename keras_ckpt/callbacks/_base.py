@@ -17,7 +17,12 @@ from keras_ckpt.callbacks._monitor import EVENT_PREFIX, batches_trained, log_lea
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
 from keras_ckpt.snapshot import take_snapshot, write_now
-from keras_ckpt.store import CheckpointStore, FollowerStore, reserved_alias_filenames
+from keras_ckpt.store import (
+    CheckpointStore,
+    FollowerStore,
+    contents_digest,
+    reserved_alias_filenames,
+)
 from keras_ckpt.triggers import IntervalTrigger
 from keras_ckpt.writer import WRITER
 
@@ -103,18 +108,59 @@ def chief_text(text: str) -> str:
     return bytes(chief.astype(np.uint8)).decode("ascii")
 
 
-def sync_processes(name: str) -> None:
-    """Waits until every process training together has called this with ``name``."""
-    if process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 def agreed_due(trigger: IntervalTrigger, due: bool) -> bool:
     """``trigger``'s verdict, the same on every process: with ``every_seconds`` each process
     reads its own clock, so a multi-process run saves when any process's clock says so."""
     return due if trigger.every_seconds is None else any_process(due)[0]
+
+
+_UNOPENED = "-" * 64  # in place of a contents digest: the directory could not be opened
+
+
+def _checkpoints(digest: str) -> str:
+    count = int(digest[:8])
+    return f"{count} checkpoint" + ("" if count == 1 else "s")
+
+
+def _open_store_together(directory: str, chief: bool) -> CheckpointStore:
+    """Opens ``directory`` in a multi-process run, where every process opens it at the same
+    point of ``fit``: the chief first, once its saves are on disk and its recovery has run, then
+    the others, which must find what the chief found. Two collectives; if any process cannot
+    open the directory, or sees other contents, every process raises instead of waiting.
+    """
+    store, error = None, None
+    if chief:
+        WRITER.wait()
+        try:
+            store = CheckpointStore(directory, keras_version=keras.__version__)
+        except Exception as caught:
+            error = caught
+    chief_sees = chief_text(_UNOPENED if store is None else contents_digest(store))
+    if chief_sees == _UNOPENED:
+        if error is not None:
+            raise error
+        raise RuntimeError(
+            f"keras_ckpt: process 0 could not open the checkpoint directory {directory}; "
+            "its own error says why."
+        )
+    if not chief:
+        try:
+            store = FollowerStore(directory, keras_version=keras.__version__)
+        except Exception as caught:
+            error = caught
+    sees = _UNOPENED if store is None else contents_digest(store)
+    (differs,) = any_process(sees != chief_sees)
+    if error is not None:
+        raise error
+    if differs:
+        here = "" if chief else f", process {process_index()}: {_checkpoints(sees)}"
+        raise RuntimeError(
+            f"keras_ckpt: not every process training together sees in {directory} what "
+            f"process 0 sees (process 0: {_checkpoints(chief_sees)}{here}). Every "
+            "process reads the checkpoints it resumes and ranks from, so the directory must be "
+            "on a file system all of them share, under the same path."
+        )
+    return store
 
 
 class StoreCallback(keras.callbacks.Callback):
@@ -152,17 +198,14 @@ class StoreCallback(keras.callbacks.Callback):
     def _open_store(self, directory: str) -> CheckpointStore:
         """Only the chief (process 0) of a multi-process run writes; the others follow its
         directory in memory, taking the same decisions from the same state, and write nothing.
-
-        They read the directory once the chief's saves have reached it and its recovery has
-        run: every process opens the store at the same point of ``fit``, and waits there.
         """
-        if process_index() != 0:
-            sync_processes("keras_ckpt: the checkpoint directory is settled")
+        chief = process_index() == 0
+        if process_count() > 1:
+            return _open_store_together(directory, chief)
+        if not chief:  # a torch.distributed rank: nothing is agreed (see the README)
             return FollowerStore(directory, keras_version=keras.__version__)
         WRITER.wait()
-        store = CheckpointStore(directory, keras_version=keras.__version__)
-        sync_processes("keras_ckpt: the checkpoint directory is settled")
-        return store
+        return CheckpointStore(directory, keras_version=keras.__version__)
 
     def _say(self, message: str, epoch: int | None = None) -> None:
         """One short line when ``verbose``: "Epoch 3: BestCheckpoint saved ..."."""
