@@ -151,7 +151,8 @@ def test_only_one_resuming_callback_per_fit(tmp_path, data):
         fit(make_model(), data, callbacks)
 
 
-def test_a_fit_that_stops_during_the_replay_leaves_the_model_as_it_was(tmp_path, data):
+@pytest.mark.parametrize("ending", ["stops", "raises"])
+def test_a_fit_that_ends_during_the_replay_leaves_the_model_as_it_was(tmp_path, data, ending):
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3), Crash(4)])
 
@@ -160,7 +161,12 @@ def test_a_fit_that_stops_during_the_replay_leaves_the_model_as_it_was(tmp_path,
             self.model.stop_training = True  # during the replay of batches 1 to 3
 
     model = make_model()
-    fit(model, data, [keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3), StopAtOnce()])
+    resume = keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3)
+    if ending == "stops":
+        fit(model, data, [resume, StopAtOnce()])
+    else:  # no on_train_end: Keras has no hook for a fit that raises
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            fit(model, data, [resume, Crash(0)])
     before = model.get_weights()
     history = fit(model, data, [], epochs=1)  # a plain fit afterwards trains every batch
     assert int(model.optimizer.iterations) == 3 + 5

@@ -588,11 +588,14 @@ def _replay_trained_batches(
     with the backend's own arguments; the wrapper consumes the same data and returns no logs,
     then puts the real function back and calls ``on_done``. Until then ``replayed_batches``
     tells the other callbacks. Returns what ends the replay early (a fit that stops during it).
+    Called from another ``fit`` (this one raised during the replay), the wrapper ends the
+    replay and trains.
     """
     original = model.train_function
     per_execution = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
     remaining = [-(-batches // per_execution)]  # executions to skip
     backend = keras.backend.backend()
+    this_fit = fit_local("epoch_iterator", lambda value: hasattr(value, "data_adapter"))
 
     def end() -> None:
         set_replayed_batches(model, 0)
@@ -600,6 +603,12 @@ def _replay_trained_batches(
             model.train_function = original
 
     def skip(*args: Any) -> Any:
+        if (
+            this_fit is not None
+            and fit_local("epoch_iterator", lambda value: value is this_fit) is None
+        ):
+            end()
+            return original(*args)
         remaining[0] -= 1
         if remaining[0] <= 0:
             end()
