@@ -504,9 +504,14 @@ def _sibling_callbacks(callback: keras.callbacks.Callback) -> list[Any]:
     return [c for c in fit_callbacks(callback) if c is not callback]
 
 
+def _fit_epoch_iterator() -> Any:
+    """The running ``fit``'s epoch iterator (one per ``fit``), or ``None``."""
+    return fit_local("epoch_iterator", lambda value: hasattr(value, "data_adapter"))
+
+
 def _warn_if_order_is_not_replayed(batch: int) -> None:
     """Says once when the resumed run cannot see the data in the original order."""
-    iterator = fit_local("epoch_iterator", lambda value: hasattr(value, "data_adapter"))
+    iterator = _fit_epoch_iterator()
     if iterator is not None and type(iterator.data_adapter).__name__ == "TFDatasetAdapter":
         # A tf.data shuffle order depends on how often this process iterated the pipeline.
         warnings.warn(
@@ -595,7 +600,7 @@ def _replay_trained_batches(
     per_execution = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
     remaining = [-(-batches // per_execution)]  # executions to skip
     backend = keras.backend.backend()
-    this_fit = fit_local("epoch_iterator", lambda value: hasattr(value, "data_adapter"))
+    this_fit = _fit_epoch_iterator()
 
     def end() -> None:
         set_replayed_batches(model, 0)
