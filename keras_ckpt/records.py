@@ -8,19 +8,59 @@ checkpoint, whatever its name.
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 MANIFEST_NAME = "keras_ckpt.json"
 MANIFEST_FORMAT = "keras_ckpt.manifest"
 MANIFEST_VERSION = 1
+# The advisory lock a writing process holds on its directory (see keras_ckpt.store).
+LOCK_NAME = ".keras_ckpt.lock"
+# Files keras_ckpt is writing right now; only names of this pattern are ever removed as leftovers.
+TEMP_PREFIX = ".keras_ckpt-tmp-"
+TEMP_PATTERN = re.compile(re.escape(TEMP_PREFIX) + r"(?:[0-9a-f]{12}-|probe-)")
 
 BEST_ALIAS = "best"
 LATEST_ALIAS = "latest"
+ALIASES = (BEST_ALIAS, LATEST_ALIAS)
 
 KIND_MODEL = "model"
 KIND_WEIGHTS = "weights"
+
+
+class ManifestError(ValueError):
+    """A manifest that keras_ckpt cannot trust: refused whole, nothing is acted on because of it.
+
+    Checkpoint directories are untrusted input (downloaded, shared), so every name a manifest
+    gives must be a plain file name inside the directory, and every field must have its type.
+    """
+
+
+def name_problem(name: Any) -> str | None:
+    """Why ``name`` is not a plain file name inside a directory, or ``None`` if it is one.
+
+    Example:
+        >>> name_problem("epoch003.keras") is None
+        True
+        >>> name_problem("../victim.txt")
+        'has a path separator'
+    """
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a string"
+    if name in ("", ".", ".."):
+        return "is not a file name"
+    if "\x00" in name:
+        return "has a NUL character"
+    # Both separators everywhere: a manifest written on one system is read on others.
+    if "/" in name or "\\" in name or os.path.isabs(name) or os.path.splitdrive(name)[0]:
+        return "has a path separator"
+    if name in (MANIFEST_NAME, LOCK_NAME):
+        return "is a name keras_ckpt reserves for itself"
+    return None
 
 
 @dataclass(frozen=True)
@@ -83,26 +123,106 @@ class CheckpointRecord:
             "kind": self.kind,
             "run": self.run,
             "kept_by": list(self.kept_by),
-            "state": self.state,
+            "state": None if self.state is None else encode_non_finite(self.state),
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], directory: str) -> CheckpointRecord:
+    def from_json(cls, data: Any, directory: str, where: str = "a checkpoint") -> CheckpointRecord:
+        """The record of a manifest entry, checked field by field.
+
+        Raises:
+            ManifestError: If the entry is not an object, its ``file`` is not a plain file name
+                (a path separator, ``..``, a NUL, a reserved or temporary name), or a field has
+                the wrong type. The message names the entry and the field.
+        """
+        entry = _Entry(data, where)
+        filename = entry.name("file")
+        if filename.startswith(TEMP_PREFIX):
+            raise ManifestError(
+                f"{where} has file={filename!r}: a temporary name, not a checkpoint"
+            )
+        entry.where = f"{where} ({filename!r})"
+        kept_by = entry.get("kept_by", list, [])
+        metrics = entry.get("metrics", dict, {})
         return cls(
-            path=os.path.join(directory, data["file"]),
-            epoch=int(data["epoch"]),
-            batch=data.get("batch"),
-            step=int(data["step"]),
-            metrics={name: float(value) for name, value in data.get("metrics", {}).items()},
-            time=float(data["time"]),
-            size=int(data["size"]),
-            sha256=data["sha256"],
-            keras_version=data.get("keras_version", "unknown"),
-            kind=data.get("kind", KIND_MODEL),
-            run=data.get("run", ""),
-            kept_by=tuple(data.get("kept_by", ())),
-            state=data.get("state"),
+            path=os.path.join(directory, filename),
+            epoch=entry.integer("epoch"),
+            batch=entry.integer("batch", optional=True),
+            step=entry.integer("step"),
+            metrics={
+                str(name): entry.number(f"metrics.{name}", value) for name, value in metrics.items()
+            },
+            time=entry.number("time", entry.get("time", numbers.Real)),
+            size=entry.integer("size"),
+            sha256=entry.get("sha256", str),
+            keras_version=entry.get("keras_version", str, "unknown"),
+            kind=entry.choice("kind", (KIND_MODEL, KIND_WEIGHTS), KIND_MODEL),
+            run=entry.get("run", str, ""),
+            kept_by=tuple(entry.text(f"kept_by[{i}]", keeper) for i, keeper in enumerate(kept_by)),
+            state=entry.get("state", dict, None),
         )
+
+
+class _Entry:
+    """Reads the fields of one manifest object, raising ``ManifestError`` naming what is wrong."""
+
+    def __init__(self, data: Any, where: str):
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where} is a {type(data).__name__}, not an object")
+        self.data, self.where = data, where
+
+    def fail(self, field_name: str, value: Any, expected: str) -> ManifestError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return ManifestError(f"{self.where} has {field_name}={shown}: expected {expected}")
+
+    def get(self, key: str, kind: Any, default: Any = ...) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise ManifestError(f"{self.where} has no {key!r} field")
+            return default
+        value = self.data[key]
+        if value is None and default is None:
+            return None
+        if kind is object:
+            return value
+        if not isinstance(value, kind) or isinstance(value, bool):
+            expected = {dict: "an object", list: "a list", str: "a string"}.get(kind, "a number")
+            raise self.fail(key, value, expected)
+        return value
+
+    def name(self, key: str) -> str:
+        value = self.get(key, object)
+        problem = name_problem(value)
+        if problem is not None:
+            raise self.fail(key, value, f"a plain file name in the directory (it {problem})")
+        return value
+
+    def text(self, field_name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail(field_name, value, "a string")
+        return value
+
+    def integer(self, key: str, optional: bool = False) -> Any:
+        value = self.get(key, object, None if optional else ...)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.fail(key, value, "an integer >= 0")
+        return value
+
+    def number(self, field_name: str, value: Any) -> float:
+        if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(field_name, value, "a number (or 'nan', 'inf', '-inf')")
+        return float(value)
+
+    def choice(self, key: str, allowed: tuple[str, ...], default: str) -> str:
+        value = self.get(key, str, default)
+        if value not in allowed:
+            raise self.fail(key, value, f"one of {allowed}")
+        return value
 
 
 def encode_float(value: float) -> float | str:
@@ -110,6 +230,23 @@ def encode_float(value: float) -> float | str:
     if math.isfinite(value):
         return value
     return str(value)  # "nan", "inf", "-inf"
+
+
+def encode_non_finite(value: Any) -> Any:
+    """``value`` (JSON-like data) with every NaN or infinite float as the string ``float()``
+    reads back, so that no state can make the manifest unwritable (JSON has no NaN).
+
+    Example:
+        >>> encode_non_finite({"loss": [0.5, float("nan")], "best": float("inf")})
+        {'loss': [0.5, 'nan'], 'best': 'inf'}
+    """
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return encode_float(float(value))
+    if isinstance(value, Mapping):
+        return {key: encode_non_finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_non_finite(item) for item in value]
+    return value
 
 
 @dataclass
@@ -137,18 +274,59 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], directory: str) -> Manifest:
+    def from_json(cls, data: Any, directory: str) -> Manifest:
+        """The manifest of ``directory`` from its parsed JSON, every entry checked.
+
+        Raises:
+            ManifestError: If anything in it is not what keras_ckpt writes: the message names
+                the manifest, the entry and the field. Nothing is deleted, linked or loaded
+                because of a manifest that is refused.
+        """
+        path = os.path.join(directory, MANIFEST_NAME)
+        try:
+            return cls._checked(data, directory)
+        except ManifestError as error:
+            raise ManifestError(
+                f"The manifest {path} is refused: {error}. keras_ckpt wrote no such entry, so "
+                "the directory was changed by something else; nothing was read, deleted or "
+                "linked because of it."
+            ) from None
+
+    @classmethod
+    def _checked(cls, data: Any, directory: str) -> Manifest:
+        top = _Entry(data, "the manifest")
         if data.get("format") != MANIFEST_FORMAT:
-            raise ValueError(
-                f"{os.path.join(directory, MANIFEST_NAME)} is not a keras_ckpt manifest "
-                f"(format={data.get('format')!r})."
+            raise ManifestError(f"it is not a keras_ckpt manifest (format={data.get('format')!r})")
+        if data.get("version", MANIFEST_VERSION) != MANIFEST_VERSION:
+            raise top.fail(
+                "version", data.get("version"), f"{MANIFEST_VERSION} (a newer keras_ckpt?)"
             )
-        return cls(
-            records=[CheckpointRecord.from_json(item, directory) for item in data["checkpoints"]],
-            aliases=dict(data.get("aliases", {})),
-            pending=data.get("pending"),
-            trash=list(data.get("trash", [])),
-        )
+        entries = top.get("checkpoints", list)
+        records = [
+            CheckpointRecord.from_json(item, directory, f"checkpoints[{index}]")
+            for index, item in enumerate(entries)
+        ]
+        seen: set[str] = set()
+        for record in records:
+            if record.filename in seen:
+                raise top.fail("checkpoints", record.filename, "each file listed once")
+            seen.add(record.filename)
+        aliases = top.get("aliases", dict, {})
+        for alias, target in aliases.items():
+            if alias not in ALIASES:
+                raise top.fail("aliases", alias, f"an alias among {ALIASES}")
+            _Entry({"target": target}, f"aliases[{alias!r}]").name("target")
+        pending = top.get("pending", dict, None)
+        if pending is not None:
+            entry = _Entry(pending, "pending")
+            temporary = entry.name("temp")
+            if not TEMP_PATTERN.match(temporary):
+                raise entry.fail("temp", temporary, f"a temporary name ({TEMP_PREFIX}...)")
+            CheckpointRecord.from_json(entry.get("record", dict), directory, "pending.record")
+        trash = top.get("trash", list, [])
+        for index, name in enumerate(trash):
+            _Entry({"name": name}, f"trash[{index}]").name("name")
+        return cls(records=records, aliases=dict(aliases), pending=pending, trash=list(trash))
 
     def find(self, filename: str) -> CheckpointRecord | None:
         for record in self.records:

@@ -19,6 +19,14 @@ are removed. Readers (``list_checkpoints``) see only what the manifest lists.
 Deletion is recorded the same way: the manifest drops the records and lists the files as
 *trash* before they are unlinked.
 
+A directory is untrusted input (runs are downloaded and shared). The manifest is checked as a
+whole when it is parsed (``keras_ckpt.records``): every name in it must be a plain file name in
+the directory, or it is refused. Files are opened without following symbolic links, and a
+checkpoint that is not a regular file counts as damaged. Recovery removes only names of the
+temporary-file pattern. One process at a time writes into a directory: a writing store holds an
+advisory lock (``flock`` on ``.keras_ckpt.lock``), which the kernel releases when the process
+ends, so a crash never leaves a stale lock.
+
 The saving itself is a callable ``write(path)`` supplied by the caller, so the store knows
 nothing of Keras; an asynchronous writer wraps this class rather than changing it. In a
 multi-process run only the chief writes; the other processes use a ``FollowerStore``, which
@@ -29,28 +37,53 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
+import errno
 import hashlib
 import json
 import os
 import shutil
+import socket
+import stat
 import threading
 import time
 import uuid
+import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from keras_ckpt.records import (
-    BEST_ALIAS,
-    LATEST_ALIAS,
+    ALIASES,
+    LOCK_NAME,
     MANIFEST_NAME,
+    TEMP_PATTERN,
+    TEMP_PREFIX,
     CheckpointRecord,
     Manifest,
+    ManifestError,
+    name_problem,
 )
 
-TEMP_PREFIX = ".keras_ckpt-tmp-"
-ALIASES = (BEST_ALIAS, LATEST_ALIAS)
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer per directory is then up to you
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "ALIASES",
+    "TEMP_PREFIX",
+    "CheckpointCorruptedError",
+    "CheckpointStore",
+    "DirectoryLockedError",
+    "FollowerStore",
+    "ManifestError",
+]
+
 _HASH_CHUNK = 1 << 20
+# Opening a file never follows a symbolic link (O_NOFOLLOW where the system has it).
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 _locks_guard = threading.Lock()
 _directory_locks: dict[str, threading.RLock] = {}
@@ -67,7 +100,42 @@ def _directory_lock(directory: str) -> threading.RLock:
 
 
 class CheckpointCorruptedError(ValueError):
-    """A checkpoint file does not match the size or SHA-256 its manifest recorded."""
+    """A checkpoint file does not match the size or SHA-256 its manifest recorded, is missing,
+    or is not a regular file (a symbolic link or a directory: never followed)."""
+
+
+class DirectoryLockedError(RuntimeError):
+    """Another process is writing checkpoints into the directory."""
+
+
+def open_regular(path: str) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file: a symbolic link is
+    refused, not followed (it could point anywhere outside the directory).
+
+    Raises:
+        CheckpointCorruptedError: If ``path`` is missing, a link, a directory or another
+            special file.
+    """
+    try:
+        # Non-blocking: opening a named pipe planted under a checkpoint's name must not hang.
+        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise CheckpointCorruptedError(f"Checkpoint {path} is missing.") from None
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.EMLINK) or os.path.islink(path):
+            raise CheckpointCorruptedError(
+                f"Checkpoint {path} is a symbolic link; keras_ckpt never follows one."
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointCorruptedError(f"Checkpoint {path} is not a regular file.")
+    return fd
+
+
+def check_regular_file(path: str) -> None:
+    """Raises ``CheckpointCorruptedError`` unless ``path`` is a regular file (``os.lstat``)."""
+    os.close(open_regular(path))
 
 
 def check_directory_usable(directory: str | os.PathLike[str], argument: str) -> str:
@@ -137,8 +205,9 @@ def _fsync_and_hash(path: str) -> tuple[int, str]:
 
 
 def file_sha256(path: str) -> str:
+    """The SHA-256 of ``path``, a regular file (see ``open_regular``)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
+    with os.fdopen(open_regular(path), "rb") as file:
         while chunk := file.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -152,20 +221,22 @@ def read_manifest(directory: str) -> Manifest:
     """
     path = os.path.join(directory, MANIFEST_NAME)
     try:
-        with open(path, "rb") as file:
+        with os.fdopen(open_regular(path), "rb") as file:
             raw = file.read()
-    except FileNotFoundError:
-        return Manifest()
+    except CheckpointCorruptedError as error:
+        if not os.path.lexists(path):
+            return Manifest()
+        raise ManifestError(f"The manifest {path} is refused: {_problem_of(error)}.") from None
     with _locks_guard:
         cached = _parsed.get(path)
     if cached is None or cached[0] != raw:
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(
-                f"The manifest {path} is not valid JSON ({error}). keras_ckpt never writes a "
-                "partial manifest, so something else changed it; move it away to start a fresh "
-                "store."
+        except (ValueError, RecursionError) as error:  # bad JSON, bad UTF-8, too deep
+            raise ManifestError(
+                f"The manifest {path} is not valid JSON ({type(error).__name__}: {error}). "
+                "keras_ckpt never writes a partial manifest, so something else changed it; move "
+                "it away to start a fresh store."
             ) from None
         cached = (raw, Manifest.from_json(data, directory))
         with _locks_guard:
@@ -180,17 +251,25 @@ def read_manifest(directory: str) -> Manifest:
     )
 
 
+def _problem_of(error: CheckpointCorruptedError) -> str:
+    """ "Checkpoint X is a symbolic link; ..." as "it is a symbolic link; ..."."""
+    text = str(error)
+    return "it" + text[text.index(" is ") :].rstrip(".") if " is " in text else text
+
+
 def verify(record: CheckpointRecord) -> None:
-    """Raises ``CheckpointCorruptedError`` unless the file matches its recorded size and SHA-256."""
-    try:
-        size = os.path.getsize(record.path)
-    except FileNotFoundError:
-        raise CheckpointCorruptedError(f"Checkpoint {record.path} is missing.") from None
-    if size != record.size:
-        raise CheckpointCorruptedError(
-            f"Checkpoint {record.path} has {size} bytes; its manifest recorded {record.size}."
-        )
-    if file_sha256(record.path) != record.sha256:
+    """Raises ``CheckpointCorruptedError`` unless the file is a regular file (not a link) that
+    matches its recorded size and SHA-256."""
+    with os.fdopen(open_regular(record.path), "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size != record.size:
+            raise CheckpointCorruptedError(
+                f"Checkpoint {record.path} has {size} bytes; its manifest recorded {record.size}."
+            )
+        digest = hashlib.sha256()
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+    if digest.hexdigest() != record.sha256:
         raise CheckpointCorruptedError(
             f"Checkpoint {record.path} does not match the SHA-256 its manifest recorded."
         )
@@ -265,8 +344,25 @@ def _drop_keeper(manifest: Manifest, keeper: str, names: set[str]) -> tuple[list
 
 
 def _check_plain_name(filename: str) -> None:
-    if os.path.basename(filename) != filename or filename.startswith(TEMP_PREFIX):
-        raise ValueError(f"Checkpoint file name must be a plain name. Received: {filename!r}")
+    problem = name_problem(filename)
+    if problem is None and filename.startswith(TEMP_PREFIX):
+        problem = f"starts with {TEMP_PREFIX!r}, which keras_ckpt reserves for temporary files"
+    if problem is not None:
+        raise ValueError(
+            f"Checkpoint file name must be a plain name in the directory ({filename!r} {problem}). "
+            f"Received: {filename!r}"
+        )
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    """Hard-links ``source`` (never through a symbolic link) as ``destination``; copies and
+    fsyncs where the file system cannot link."""
+    try:
+        os.link(source, destination, follow_symlinks=False)
+    except OSError:
+        with os.fdopen(open_regular(source), "rb") as reader, open(destination, "xb") as writer:
+            shutil.copyfileobj(reader, writer)
+        _fsync_and_hash(destination)
 
 
 def reserved_alias_filenames() -> list[str]:
@@ -282,11 +378,88 @@ def alias_filename(alias: str, target_filename: str) -> str:
     return alias
 
 
+class _HeldLock:
+    """This process's hold on one directory's lock file: shared by its stores, counted."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.holders = 1
+
+
+_held_locks: dict[str, _HeldLock] = {}
+_warned_unlockable: set[str] = set()
+
+
+def _acquire_directory(directory: str) -> None:
+    """Takes the directory's writer lock for this process (again, if it holds it already).
+
+    Raises:
+        DirectoryLockedError: If another process holds it, naming that process.
+        ManifestError: If the lock file is a symbolic link or not a regular file.
+        OSError: If the lock file cannot be created (a read-only directory).
+    """
+    with _locks_guard:
+        held = _held_locks.get(directory)
+        if held is not None:
+            held.holders += 1
+            return
+        path = os.path.join(directory, LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW, 0o666)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EMLINK, errno.EISDIR):
+                raise ManifestError(
+                    f"{path} is not a regular file (a symbolic link or a directory); keras_ckpt "
+                    "keeps its lock there and follows no link. Remove it to write here."
+                ) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ManifestError(f"{path} is not a regular file; remove it to write here.")
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "unknown"
+                os.close(fd)
+                raise DirectoryLockedError(
+                    f"Another process is writing checkpoints into {directory} ({holder}). Two "
+                    "writers would overwrite each other's manifest; wait until it ends, or use "
+                    "another directory. The lock is released when that process exits."
+                ) from None
+            except OSError as error:  # a file system without locks
+                if directory not in _warned_unlockable:
+                    _warned_unlockable.add(directory)
+                    warnings.warn(
+                        f"keras_ckpt: cannot lock {path} ({error}); make sure no other process "
+                        "writes checkpoints into this directory at the same time.",
+                        stacklevel=4,
+                    )
+        since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n".encode(), 0)
+        _held_locks[directory] = _HeldLock(fd)
+
+
+def _release_directory(directory: str) -> None:
+    with _locks_guard:
+        held = _held_locks.get(directory)
+        if held is None:
+            return
+        held.holders -= 1
+        if held.holders == 0:
+            del _held_locks[directory]
+            os.close(held.fd)  # the kernel drops the flock with the last descriptor
+
+
 class CheckpointStore:
     """A crash-safe directory of checkpoints with a manifest.
 
     Several stores (one per callback) may share a directory within a process: every change
     re-reads the manifest under a per-directory lock, so none overwrites another's records.
+    Another process cannot: an open store holds the directory's writer lock until ``close()``
+    (or until it is garbage-collected, or the process ends); a write after ``close()`` takes
+    the lock again.
 
     Args:
         directory: Where the checkpoints live; created if missing.
@@ -294,6 +467,9 @@ class CheckpointStore:
 
     Raises:
         ValueError: If the directory cannot be created or written.
+        DirectoryLockedError: If another process is writing into the directory.
+        ManifestError: If the directory's manifest is damaged or names anything that is not a
+            plain file in the directory.
     """
 
     def __init__(
@@ -304,17 +480,32 @@ class CheckpointStore:
         self.directory = os.path.abspath(os.fspath(directory))
         self.keras_version = keras_version
         self._lock = _directory_lock(self.directory)
+        self._release: weakref.finalize | None = None
+        self._take_directory()
+        try:
+            self.recover()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Lets other processes write into the directory (once no store of this process holds
+        it). Reading goes on working; the next write takes the lock again."""
+        if self._release is not None:
+            self._release()
+
+    def _take_directory(self) -> None:
+        """Holds the directory's writer lock while this store is open (see the class)."""
+        if self._release is not None and self._release.alive:
+            return
         try:
             os.makedirs(self.directory, exist_ok=True)
-            probe = os.path.join(self.directory, f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}")
-            with open(probe, "wb"):
-                pass
-            os.remove(probe)
+            _acquire_directory(self.directory)
         except OSError as error:
             raise ValueError(
                 f"Checkpoint directory {self.directory!r} cannot be written: {error}"
             ) from None
-        self.recover()
+        self._release = weakref.finalize(self, _release_directory, self.directory)
 
     # Reading -----------------------------------------------------------------------------
 
@@ -329,8 +520,9 @@ class CheckpointStore:
         return os.path.join(self.directory, filename)
 
     def filenames(self) -> set[str]:
-        """The names in the directory (checkpoints of every run, aliases, anything else)."""
-        return set(os.listdir(self.directory))
+        """The names in the directory (checkpoints of every run, aliases, anything else but the
+        writer lock)."""
+        return set(os.listdir(self.directory)) - {LOCK_NAME}
 
     # Writing -----------------------------------------------------------------------------
 
@@ -354,7 +546,8 @@ class CheckpointStore:
         ``write`` raises, nothing on disk or in the manifest changes.
         """
         _check_plain_name(filename)
-        temporary = self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{filename}")
+        self._take_directory()
+        temporary = self._temporary_path(filename)
         with _locks_guard:
             _writing.add(temporary)
         try:
@@ -410,6 +603,7 @@ class CheckpointStore:
         names = set(filenames)
         if not names:
             return []
+        self._take_directory()
         with self._lock:
             manifest = self.manifest()
             deleted, manifest.trash = _drop_keeper(manifest, keeper, names)
@@ -422,36 +616,72 @@ class CheckpointStore:
         """Points the file ``alias`` (+ the target's extension) at a committed checkpoint.
 
         A hard link, so the alias costs no second write and no disk space; a copy where the file
-        system cannot link. Returns the alias's path.
+        system cannot link. Returns the alias's path. If anything fails, the alias file and the
+        manifest are left as they were.
         """
+        if alias not in ALIASES:
+            raise ValueError(f"Argument `alias` must be one of {ALIASES}. Received: {alias!r}")
+        self._take_directory()
         with self._lock:
             manifest = self.manifest()
             if manifest.find(target_filename) is None:
                 raise ValueError(f"{target_filename!r} is not a committed checkpoint.")
-            alias_path = self._link_alias(manifest, alias, target_filename)
-            previous = manifest.aliases.get(alias)
+            alias_path = self.path(alias_filename(alias, target_filename))
+            # The alias file as it was, kept under a temporary name until the manifest is written.
+            backup = None
+            if os.path.isfile(alias_path) and not os.path.islink(alias_path):
+                backup = self._temporary_path(alias)
+                _link_or_copy(alias_path, backup)
+            try:
+                self._link_alias(manifest, alias, target_filename)
+                previous = manifest.aliases.get(alias)
+                manifest.aliases[alias] = target_filename
+                self._write_manifest(manifest)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    if backup is not None:
+                        os.replace(backup, alias_path)
+                    elif manifest.find(os.path.basename(alias_path)) is None:
+                        os.remove(alias_path)
+                raise
+            finally:
+                if backup is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(backup)
             if previous is not None:
                 stale = alias_filename(alias, previous)
                 if stale != os.path.basename(alias_path) and manifest.find(stale) is None:
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(self.path(stale))
-            manifest.aliases[alias] = target_filename
-            self._write_manifest(manifest)
         return alias_path
 
     def remove_if_empty(self) -> bool:
-        """Removes the directory when it holds no checkpoint and nothing but the manifest."""
+        """Removes the directory when it holds no checkpoint and nothing but the manifest (and
+        the lock, which this store holds alone in this process)."""
+        self._take_directory()
         with self._lock:
-            if self.records() or set(os.listdir(self.directory)) - {MANIFEST_NAME}:
+            with _locks_guard:
+                held = _held_locks.get(self.directory)
+                if held is not None and held.holders > 1:
+                    return False  # another store of this process still writes here
+            if self.records() or set(os.listdir(self.directory)) - {MANIFEST_NAME, LOCK_NAME}:
                 return False
             os.remove(self.path(MANIFEST_NAME))
+            os.remove(self.path(LOCK_NAME))
             os.rmdir(self.directory)
-            return True
+        self.close()
+        return True
 
     # Recovery ----------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Finishes or undoes whatever a killed process left half done."""
+        """Finishes or undoes whatever a killed process left half done.
+
+        An alias whose checkpoint is gone or is no regular file (deleted by hand, replaced by a
+        link) is dropped with a warning; the checkpoint's record stays, and readers skip it as
+        damaged.
+        """
+        self._take_directory()
         with self._lock:
             manifest = self.manifest()
             changed = False
@@ -464,13 +694,38 @@ class CheckpointStore:
             with _locks_guard:
                 in_flight = tuple(_writing)  # with the files a writer makes beside them
             for name in os.listdir(self.directory):
-                if name.startswith(TEMP_PREFIX) and not self.path(name).startswith(in_flight):
+                path = self.path(name)
+                if TEMP_PATTERN.match(name) and not path.startswith(in_flight):
                     with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                        os.remove(self.path(name))
-            for alias, target in manifest.aliases.items():
-                if manifest.find(target) is not None:
+                        if not os.path.isdir(path) or os.path.islink(path):
+                            os.remove(path)
+            for alias, target in list(manifest.aliases.items()):
+                if manifest.find(target) is None:
+                    continue
+                try:
+                    check_regular_file(self.path(target))
+                except CheckpointCorruptedError as error:
+                    warnings.warn(
+                        f"keras_ckpt: dropping the {alias!r} alias of {self.directory}: {error}",
+                        stacklevel=2,
+                    )
+                    del manifest.aliases[alias]
+                    alias_file = alias_filename(alias, target)
+                    if manifest.find(alias_file) is None:
+                        manifest.trash.append(alias_file)
+                    changed = True
+                    continue
+                try:
                     self._link_alias(manifest, alias, target)
-            if changed:
+                except OSError as error:  # say a directory planted under the alias's name
+                    warnings.warn(
+                        f"keras_ckpt: cannot link the {alias!r} alias in {self.directory} "
+                        f"({error}); the manifest still names its checkpoint.",
+                        stacklevel=2,
+                    )
+            if manifest.trash:
+                self._empty_trash(manifest)
+            elif changed:
                 self._write_manifest(manifest)
 
     # Internals ---------------------------------------------------------------------------
@@ -499,13 +754,18 @@ class CheckpointStore:
             **fields,
         )
 
+    def _temporary_path(self, name: str) -> str:
+        """A fresh temporary name beside the checkpoints (recovery removes such leftovers)."""
+        return self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
+
     def _empty_trash(self, manifest: Manifest) -> None:
         listed = {record.filename for record in manifest.records}
         listed.update(alias_filename(a, t) for a, t in manifest.aliases.items())
         for name in manifest.trash:
-            if name not in listed:
+            path = self.path(name)
+            if name not in listed and not (os.path.isdir(path) and not os.path.islink(path)):
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.path(name))
+                    os.remove(path)
         manifest.trash = []
         self._write_manifest(manifest)
 
@@ -516,27 +776,35 @@ class CheckpointStore:
             # A checkpoint of its own has the alias's name (say ModelCheckpoint("d/best.keras")):
             # it is never overwritten; the alias then lives in the manifest only.
             return alias_path
+        check_regular_file(target)
         with contextlib.suppress(FileNotFoundError):
-            if os.path.samefile(alias_path, target):
-                return alias_path
-        temporary = self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{alias}")
+            here, there = os.lstat(alias_path), os.lstat(target)
+            if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+                return alias_path  # already this very file (never a link that leads to it)
+        temporary = self._temporary_path(alias)
         try:
-            os.link(target, temporary)
-        except OSError:
-            shutil.copyfile(target, temporary)
-            _fsync_and_hash(temporary)
-        os.replace(temporary, alias_path)
+            _link_or_copy(target, temporary)
+            os.replace(temporary, alias_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+            raise
         _fsync_directory(self.directory)
         return alias_path
 
     def _write_manifest(self, manifest: Manifest) -> None:
         path = self.path(MANIFEST_NAME)
-        temporary = self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{MANIFEST_NAME}")
-        with open(temporary, "w", encoding="utf-8") as file:
-            json.dump(manifest.to_json(), file, indent=1, allow_nan=False)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        temporary = self._temporary_path(MANIFEST_NAME)
+        try:
+            with open(temporary, "w", encoding="utf-8") as file:
+                json.dump(manifest.to_json(), file, indent=1, allow_nan=False)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:  # a full disk, say: the committed manifest stays as it was
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+            raise
         _fsync_directory(self.directory)
 
 
@@ -564,7 +832,11 @@ class FollowerStore(CheckpointStore):
         manifest = read_committed(self.directory)
         manifest.trash = []
         try:
-            names = {n for n in os.listdir(self.directory) if not n.startswith(TEMP_PREFIX)}
+            names = {
+                n
+                for n in os.listdir(self.directory)
+                if not n.startswith(TEMP_PREFIX) and n != LOCK_NAME
+            }
         except FileNotFoundError:
             names = set()
         with self._lock:
@@ -612,6 +884,9 @@ class FollowerStore(CheckpointStore):
 
     def remove_if_empty(self) -> bool:
         return False
+
+    def close(self) -> None:
+        """Nothing: a follower holds no lock."""
 
     def recover(self) -> None:
         """Nothing: the chief recovers the directory."""

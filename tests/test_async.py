@@ -17,7 +17,7 @@ import pytest
 from conftest import assert_weights_equal, run_child_script
 
 import keras_ckpt
-from keras_ckpt.records import MANIFEST_NAME
+from keras_ckpt.records import LOCK_NAME, MANIFEST_NAME
 from keras_ckpt.snapshot import ModelSnapshot, take_snapshot
 from keras_ckpt.store import TEMP_PREFIX
 from keras_ckpt.writer import BackgroundWriter
@@ -201,9 +201,10 @@ def test_async_files_and_manifest_match_the_sync_path(tmp_path, make_model, data
         )
     on, off = tmp_path / "asyncTrue", tmp_path / "asyncFalse"
     assert sorted(os.listdir(on)) == sorted(os.listdir(off))
-    assert len(os.listdir(on)) == 7  # 2 best + 2 interval + 2 aliases + the manifest
+    # 2 best + 2 interval + 2 aliases + the manifest + the writer lock
+    assert len(os.listdir(on)) == 8
     for name in os.listdir(on):
-        if name != MANIFEST_NAME:
+        if name not in (MANIFEST_NAME, LOCK_NAME):
             assert digest(on / name) == digest(off / name), name
     assert manifest_without_times(on) == manifest_without_times(off)
 
@@ -280,7 +281,7 @@ def test_a_failed_write_is_raised_in_fit_and_loses_nothing(
     assert record.epoch == 1  # the checkpoint before the failure is whole, not rotated out
     keras_ckpt.store.verify(record)
     assert sorted(os.listdir(tmp_path)) == sorted(
-        [MANIFEST_NAME, record.filename, "latest.weights.h5"]
+        [LOCK_NAME, MANIFEST_NAME, record.filename, "latest.weights.h5"]
     )
 
 

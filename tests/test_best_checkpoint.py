@@ -8,7 +8,7 @@ import pytest
 from conftest import assert_weights_equal
 
 import keras_ckpt
-from keras_ckpt.records import MANIFEST_NAME
+from keras_ckpt.records import LOCK_NAME, MANIFEST_NAME
 
 SEQUENCE = [0.9, 0.7, 0.8, 0.6, 0.95, 0.5, 0.65]
 
@@ -32,6 +32,7 @@ def test_top_k_set_for_a_scripted_sequence(tmp_path, make_model, data, scripted,
     fit(make_model(), data, [scripted(SEQUENCE), best, weights], epochs=len(SEQUENCE))
     assert kept_epochs(tmp_path) == [4, 6, 7]
     assert sorted(os.listdir(tmp_path)) == [
+        LOCK_NAME,
         "best.keras",
         "epoch004-val_loss0.6000.keras",
         "epoch006-val_loss0.5000.keras",
@@ -56,6 +57,7 @@ def test_weights_only_best_loads_into_a_model_with_its_optimizer(
     best = keras_ckpt.BestCheckpoint(tmp_path, save_weights_only=True, top_k=1)
     fit(model, data, [scripted([0.5, 0.3, 0.4]), best, weights], epochs=3)
     assert sorted(os.listdir(tmp_path)) == [
+        LOCK_NAME,
         "best.weights.h5",
         "epoch002-val_loss0.3000.weights.h5",
         MANIFEST_NAME,

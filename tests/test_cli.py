@@ -170,7 +170,13 @@ def test_prune_dry_run_deletes_nothing_and_prune_keeps_what_it_says(trained, tmp
     left = [r.filename for r in keras_ckpt.list_checkpoints(copy)]
     # The newest stays, and the best, which the best alias points at.
     assert left == [r.filename for r in records if r.filename in {records[-1].filename, best}]
-    assert set(os.listdir(copy)) == {*left, "best.keras", "latest.keras", "keras_ckpt.json"}
+    assert set(os.listdir(copy)) == {
+        *left,
+        "best.keras",
+        "latest.keras",
+        "keras_ckpt.json",
+        ".keras_ckpt.lock",
+    }
     assert keras_ckpt_command("verify", copy).returncode == 0
 
 

@@ -69,7 +69,11 @@ def test_sigkill_at_every_stage_of_saving(tmp_path):
         manifest = read_manifest(str(directory))
         assert manifest.pending is None and manifest.trash == []
         records = assert_every_entry_loads(directory, point)
-        listed = {r.filename for r in records} | {"best.keras", "keras_ckpt.json"}
+        listed = {r.filename for r in records} | {
+            "best.keras",
+            "keras_ckpt.json",
+            ".keras_ckpt.lock",
+        }
         assert set(os.listdir(directory)) <= listed, f"kill point {point}: stray files"
         if "best" in manifest.aliases:
             assert os.path.samefile(directory / "best.keras", directory / manifest.aliases["best"])

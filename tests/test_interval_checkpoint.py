@@ -9,7 +9,7 @@ from keras.src.utils.python_utils import is_default
 
 import keras_ckpt
 from keras_ckpt.policies import KeepEvery
-from keras_ckpt.records import MANIFEST_NAME
+from keras_ckpt.records import LOCK_NAME, MANIFEST_NAME
 
 # The fixtures' data: 96 samples in batches of 32, so 3 steps per epoch.
 
@@ -114,6 +114,7 @@ def test_keep_last_and_keep_every_by_epoch(tmp_path, make_model, data):
     fit(make_model(), data, [callback], epochs=7)
     assert [epoch for epoch, _, _ in saved(tmp_path)] == [3, 6, 7]
     assert sorted(os.listdir(tmp_path)) == [
+        LOCK_NAME,
         "epoch003-step000009.keras",
         "epoch006-step000018.keras",
         "epoch007-step000021.keras",
@@ -135,7 +136,7 @@ def test_custom_retention_policy(tmp_path, make_model, data):
     assert [epoch for epoch, _, _ in saved(tmp_path)] == [2, 4, 5]
 
 
-@pytest.mark.parametrize("async_save, most_files", [(False, 5), (True, 7)])
+@pytest.mark.parametrize("async_save, most_files", [(False, 6), (True, 8)])
 def test_disk_use_stays_bounded_over_a_long_run(tmp_path, make_model, data, async_save, most_files):
     class CountFiles(keras.callbacks.Callback):
         counts = []
@@ -148,12 +149,13 @@ def test_disk_use_stays_bounded_over_a_long_run(tmp_path, make_model, data, asyn
         tmp_path, keep_last=3, save_weights_only=True, async_save=async_save
     )
     fit(make_model(), data, [callback, counter], epochs=50)
-    # 3 checkpoints + the latest alias + the manifest at every epoch end. With async saving the
+    # 3 checkpoints + the latest alias + the manifest + the writer lock at every epoch end. With
+    # async saving the
     # previous epoch's save may be in flight, which adds two at most: its checkpoint (temporary,
     # or committed before the oldest is released) and one temporary file of the store's own
     # (the manifest's or the alias's, written beside it and renamed over it).
     assert max(counter.counts) <= most_files
-    assert len(os.listdir(tmp_path)) == 5  # fit returned: nothing in flight
+    assert len(os.listdir(tmp_path)) == 6  # fit returned: nothing in flight
     assert [epoch for epoch, _, _ in saved(tmp_path)] == [48, 49, 50]
 
 
@@ -171,7 +173,14 @@ def test_shares_a_directory_with_best_checkpoint(tmp_path, make_model, data, scr
     latest_record = keras_ckpt.latest_checkpoint(tmp_path)
     assert best_record.epoch == 2 and latest_record.epoch == 5
     assert sorted(os.listdir(tmp_path)) == sorted(
-        [best_record.filename, latest_record.filename, "best.keras", "latest.keras", MANIFEST_NAME]
+        [
+            best_record.filename,
+            latest_record.filename,
+            "best.keras",
+            "latest.keras",
+            MANIFEST_NAME,
+            LOCK_NAME,
+        ]
     )
     keras_ckpt.load_best(tmp_path)
     keras_ckpt.load_latest(tmp_path)

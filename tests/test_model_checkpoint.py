@@ -11,7 +11,7 @@ from conftest import assert_weights_equal
 from keras.src.utils.python_utils import is_default
 
 import keras_ckpt
-from keras_ckpt.records import MANIFEST_NAME
+from keras_ckpt.records import LOCK_NAME, MANIFEST_NAME
 
 
 def fit(model, data, callbacks, epochs=1, **kwargs):
@@ -254,7 +254,7 @@ def test_failed_save_leaves_earlier_checkpoint_intact(tmp_path, data):
             )
     finally:
         Unsaveable.broken = False
-    assert sorted(os.listdir(tmp_path)) == [MANIFEST_NAME, "model.keras"]
+    assert sorted(os.listdir(tmp_path)) == [LOCK_NAME, MANIFEST_NAME, "model.keras"]
     [record] = keras_ckpt.list_checkpoints(tmp_path)
     assert record.epoch == 1
     keras_ckpt.store.verify(record)

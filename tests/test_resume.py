@@ -332,7 +332,7 @@ def test_backup_and_restore_second_interruption_keeps_the_epoch(tmp_path, data):
 def test_backup_and_restore_leaves_other_files_alone(tmp_path, data):
     (tmp_path / "notes.txt").write_text("mine")
     fit(make_model(), data, [keras_ckpt.BackupAndRestore(tmp_path)], epochs=2)
-    assert sorted(os.listdir(tmp_path)) == ["keras_ckpt.json", "notes.txt"]
+    assert sorted(os.listdir(tmp_path)) == [".keras_ckpt.lock", "keras_ckpt.json", "notes.txt"]
 
 
 def test_backup_and_restore_double_checkpoint_keeps_two(tmp_path, data):

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import keras_ckpt
-from keras_ckpt.records import MANIFEST_NAME
+from keras_ckpt.records import LOCK_NAME, MANIFEST_NAME
 from keras_ckpt.store import (
     TEMP_PREFIX,
     CheckpointCorruptedError,
@@ -48,7 +48,7 @@ def files(directory):
 def test_commit_writes_file_and_manifest(tmp_path):
     store = CheckpointStore(tmp_path / "ckpt", keras_version="3.15.1")
     record = commit(store, "a.weights.h5", b"hello")
-    assert files(store.directory) == ["a.weights.h5", MANIFEST_NAME]
+    assert files(store.directory) == [LOCK_NAME, "a.weights.h5", MANIFEST_NAME]
     with open(record.path, "rb") as file:
         assert file.read() == b"hello"
     [listed] = read_manifest(store.directory).records
@@ -81,7 +81,7 @@ def test_failed_write_changes_nothing(tmp_path):
         )
     assert (tmp_path / "a.weights.h5").read_bytes() == b"good"
     assert (tmp_path / MANIFEST_NAME).read_bytes() == manifest_before
-    assert files(tmp_path) == ["a.weights.h5", MANIFEST_NAME]
+    assert files(tmp_path) == [LOCK_NAME, "a.weights.h5", MANIFEST_NAME]
 
 
 def test_same_name_commit_replaces_record(tmp_path):
@@ -95,7 +95,7 @@ def test_same_name_commit_replaces_record(tmp_path):
 def test_leftover_temporary_files_are_removed_and_never_listed(tmp_path):
     store = CheckpointStore(tmp_path)
     commit(store, "a.keras")
-    leftover = tmp_path / f"{TEMP_PREFIX}dead-b.keras"
+    leftover = tmp_path / f"{TEMP_PREFIX}0123456789ab-b.keras"
     leftover.write_bytes(b"partial")
     assert [r.filename for r in store.records()] == ["a.keras"]
     CheckpointStore(tmp_path)
@@ -110,7 +110,7 @@ def test_pending_commit_before_rename_is_undone(tmp_path):
     # A process killed after announcing a commit but before renaming: the old file stays.
     store = CheckpointStore(tmp_path)
     commit(store, "a.keras", b"old")
-    temporary = tmp_path / f"{TEMP_PREFIX}x-a.keras"
+    temporary = tmp_path / f"{TEMP_PREFIX}00000000000a-a.keras"
     temporary.write_bytes(b"new")
     data = _manifest_json(tmp_path)
     new_record = dict(data["checkpoints"][0], sha256=hashlib.sha256(b"new").hexdigest(), epoch=9)
@@ -119,7 +119,7 @@ def test_pending_commit_before_rename_is_undone(tmp_path):
     store = CheckpointStore(tmp_path)
     [record] = store.records()
     assert record.epoch == 1 and (tmp_path / "a.keras").read_bytes() == b"old"
-    assert files(tmp_path) == ["a.keras", MANIFEST_NAME]
+    assert files(tmp_path) == [LOCK_NAME, "a.keras", MANIFEST_NAME]
     assert read_manifest(str(tmp_path)).pending is None
 
 
@@ -132,7 +132,7 @@ def test_pending_commit_after_rename_is_completed(tmp_path):
     new_record = dict(
         data["checkpoints"][0], sha256=hashlib.sha256(b"new").hexdigest(), size=3, epoch=9
     )
-    data["pending"] = {"temp": f"{TEMP_PREFIX}gone-a.keras", "record": new_record}
+    data["pending"] = {"temp": f"{TEMP_PREFIX}abcdef012345-a.keras", "record": new_record}
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
     [record] = CheckpointStore(tmp_path).records()
     assert record.epoch == 9
@@ -146,7 +146,7 @@ def test_release_deletes_only_when_no_keeper_is_left(tmp_path):
     commit(store, "only_a.keras", keeper="A")
     deleted = store.release("A", ["shared.keras", "only_a.keras"])
     assert deleted == ["only_a.keras"]
-    assert files(tmp_path) == [MANIFEST_NAME, "shared.keras"]
+    assert files(tmp_path) == [LOCK_NAME, MANIFEST_NAME, "shared.keras"]
     [record] = store.records()
     assert record.kept_by == ("B",)
 
@@ -159,7 +159,7 @@ def test_trash_left_by_a_crash_is_emptied(tmp_path):
     data["trash"] = ["dropped.keras", "a.keras"]  # a.keras is still a checkpoint: kept
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
     CheckpointStore(tmp_path)
-    assert files(tmp_path) == ["a.keras", MANIFEST_NAME]
+    assert files(tmp_path) == [LOCK_NAME, "a.keras", MANIFEST_NAME]
 
 
 def test_alias_is_a_hard_link_that_follows_the_target(tmp_path):
@@ -182,7 +182,7 @@ def test_alias_falls_back_to_a_copy_where_links_fail(tmp_path, monkeypatch):
     store = CheckpointStore(tmp_path)
     commit(store, "e1.keras", b"one")
 
-    def no_links(*args):
+    def no_links(*args, **kwargs):
         raise OSError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_links)
@@ -333,7 +333,7 @@ def test_recovery_leaves_a_write_in_flight_alone(tmp_path):
     thread.join()
     assert len(in_flight) == 2  # the checkpoint's temporary file and the one beside it
     assert [r.filename for r in store.records()] == ["a.weights.h5"]
-    assert files(tmp_path) == ["a.weights.h5", MANIFEST_NAME]
+    assert files(tmp_path) == [LOCK_NAME, "a.weights.h5", MANIFEST_NAME]
 
 
 def test_a_follower_takes_the_chiefs_changes_in_memory_and_writes_nothing(tmp_path):

@@ -176,6 +176,7 @@ class StoreCallback(keras.callbacks.Callback):
         self._run: str | None = None
         self._start_batches = 0
         self._write_errors: list[BaseException] = []
+        self._open_stores: list[CheckpointStore] = []
 
     @property
     def keeper(self) -> str:
@@ -201,11 +202,25 @@ class StoreCallback(keras.callbacks.Callback):
         """
         chief = process_index() == 0
         if process_count() > 1:
-            return _open_store_together(directory, chief)
-        if not chief:  # a torch.distributed rank: nothing is agreed (see the README)
-            return FollowerStore(directory, keras_version=keras.__version__)
-        WRITER.wait()
-        return CheckpointStore(directory, keras_version=keras.__version__)
+            store = _open_store_together(directory, chief)
+        elif not chief:  # a torch.distributed rank: nothing is agreed (see the README)
+            store = FollowerStore(directory, keras_version=keras.__version__)
+        else:
+            WRITER.wait()
+            store = CheckpointStore(directory, keras_version=keras.__version__)
+        self._open_stores.append(store)
+        return store
+
+    def _finish_training(self, announce: bool = True) -> None:
+        """The end of ``fit``: every checkpoint on disk, then the directories this callback
+        opened are free for other processes to write into (a later save takes the lock again).
+        """
+        try:
+            self._settle(announce=announce)
+        finally:
+            for store in self._open_stores:
+                store.close()
+            self._open_stores.clear()
 
     def _say(self, message: str, epoch: int | None = None) -> None:
         """One short line when ``verbose``: "Epoch 3: BestCheckpoint saved ..."."""

@@ -161,7 +161,7 @@ class BestCheckpoint(StoreCallback):
         return 1, len(kept), len(dropped)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        self._settle(announce=True)  # when fit returns, every checkpoint is on disk
+        self._finish_training()  # when fit returns, every checkpoint is on disk
         if self._epochs_without_validation and not self.kept:
             warnings.warn(
                 f"BestCheckpoint saved nothing: {self.monitor!r} never appeared in the logs of "

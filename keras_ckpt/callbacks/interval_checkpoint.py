@@ -195,7 +195,7 @@ class IntervalCheckpoint(StoreCallback):
             and (self._last_saved_step is None or self._step() != self._last_saved_step)
         ):
             self._save(self._current_epoch, None, self._last_metrics)
-        self._settle(announce=True)  # when fit returns, every checkpoint is on disk
+        self._finish_training()  # when fit returns, every checkpoint is on disk
 
     # Results -----------------------------------------------------------------------------
 

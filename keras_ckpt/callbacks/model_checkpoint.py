@@ -153,7 +153,7 @@ class ModelCheckpoint(Resumable, StoreCallback):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._end_training()
-        self._settle()  # when fit returns, every checkpoint is on disk
+        self._finish_training(announce=False)  # when fit returns, every checkpoint is on disk
 
     def state_dict(self) -> dict[str, Any]:
         """The run and Keras's ``best``, so a resumed run continues ``save_best_only``."""

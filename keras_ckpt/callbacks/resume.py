@@ -231,7 +231,7 @@ class ResumeFromLatest(StoreCallback):
             self._epoch_end_metrics = None
             self._settle(announce=True)
             self._after_finish()
-        self._settle(announce=True)  # when fit returns, every checkpoint is on disk
+        self._finish_training()  # when fit returns, every checkpoint is on disk
 
     def _check_alone_in_fit(self) -> None:
         others = [
