@@ -128,7 +128,7 @@ class ResumeFromLatest(StoreCallback):
             every_steps=None if save_freq == "epoch" else int(save_freq),
             every_seconds=None if every_seconds is None else float(every_seconds),
         )
-        self._clock = clock
+        self._clock = validation.function("clock", clock, what="returning seconds")
         if save_freq != "epoch" or every_seconds is not None or handle_signals:
             self.on_train_batch_begin = self._on_batch_begin
         self._store = None
