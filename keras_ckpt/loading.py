@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from keras_ckpt import validation
 from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, LATEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import read_committed, verify
 
@@ -21,15 +22,16 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointRecord
 
     Raises:
         FileNotFoundError: If ``directory`` does not exist.
+        ValueError: If ``directory`` is not a non-empty path without NUL.
     """
-    path = os.path.abspath(os.fspath(directory))
+    path = os.path.abspath(validation.directory("directory", directory))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No checkpoint directory at {path}.")
     return read_committed(path).records
 
 
 def _aliased(directory: str | os.PathLike[str], alias: str, writer: str) -> CheckpointRecord:
-    path = os.path.abspath(os.fspath(directory))
+    path = os.path.abspath(validation.directory("directory", directory))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No checkpoint directory at {path}.")
     manifest = read_committed(path)

@@ -10,9 +10,23 @@ from typing import Any
 MODEL_EXTENSIONS = (".keras", ".h5")
 WEIGHTS_EXTENSION = ".weights.h5"
 
+# What the checkpoint store names for itself in a directory (``store.py``): its temporary files,
+# its manifest and its lock. No checkpoint may be named like them.
+TEMP_PREFIX = ".keras_ckpt-tmp-"
+RESERVED_NAMES = ("keras_ckpt.json", ".keras_ckpt.lock")
 
-def template_fields(template: str) -> list[str]:
+# The fields that are counters; every other field is a metric, a float in the logs.
+INTEGER_FIELDS = ("epoch", "step", "batch")
+_SAMPLE_INTEGER = 1
+_SAMPLE_METRIC = 0.5
+
+
+def template_fields(template: str, argument: str = "filename") -> list[str]:
     """The field names a template uses, in order.
+
+    Args:
+        template: A ``str.format`` template.
+        argument: The argument the template came in, named by the errors.
 
     Raises:
         ValueError: If the template is not valid ``str.format`` syntax, or uses a positional
@@ -26,8 +40,8 @@ def template_fields(template: str) -> list[str]:
         parsed = list(string.Formatter().parse(template))
     except ValueError as error:
         raise ValueError(
-            f"Argument `filename` is not a valid format template ({error}). "
-            f"Received: filename={template!r}"
+            f"Argument `{argument}` is not a valid format template ({error}). "
+            f"Received: {argument}={template!r}"
         ) from None
     names = []
     for _, field_name, _, _ in parsed:
@@ -36,11 +50,59 @@ def template_fields(template: str) -> list[str]:
         root = field_name.split(".")[0].split("[")[0]
         if not root or root.isdigit():
             raise ValueError(
-                "Argument `filename` must name its fields, like {epoch} or {val_loss}; "
-                f"positional fields are not allowed. Received: filename={template!r}"
+                f"Argument `{argument}` must name its fields, like {{epoch}} or {{val_loss}}; "
+                f"positional fields are not allowed. Received: {argument}={template!r}"
             )
         names.append(root)
     return names
+
+
+def check_renders(template: str, argument: str = "filename") -> str:
+    """Fills ``template`` once with sample values, so that a bad template fails now, not after
+    an epoch of training; returns the sample.
+
+    ``{epoch}``, ``{step}`` and ``{batch}`` get an int, every other field (a metric) a float, as
+    in training. The file name (the last path component) must not be one the checkpoint store
+    keeps for itself: a ``.keras_ckpt-tmp-`` prefix, ``keras_ckpt.json``, ``.keras_ckpt.lock``.
+
+    Raises:
+        ValueError: Naming ``argument``, if the template does not parse, a format spec or
+            conversion does not apply to its field's type (``{epoch:s}``, ``{val_loss:d}``), or
+            the name is reserved or holds a NUL.
+
+    Example:
+        >>> check_renders("epoch{epoch:03d}-{val_loss:.4f}.keras")
+        'epoch001-0.5000.keras'
+        >>> check_renders("e{epoch:s}.keras")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument `filename` has a format spec that does not apply to its field ...
+    """
+    samples = {
+        name: _SAMPLE_INTEGER if name in INTEGER_FIELDS else _SAMPLE_METRIC
+        for name in template_fields(template, argument)
+    }
+    try:
+        rendered = template.format(**samples)
+    except ValueError as error:
+        raise ValueError(
+            f"Argument `{argument}` has a format spec that does not apply to its field ({error}); "
+            "{epoch}, {step} and {batch} are integers, metrics are floats. "
+            f"Received: {argument}={template!r}"
+        ) from None
+    name = os.path.basename(rendered)
+    if "\0" in rendered:
+        raise ValueError(
+            f"Argument `{argument}` must not contain a NUL character. "
+            f"Received: {argument}={template!r}"
+        )
+    if name.startswith(TEMP_PREFIX) or name in RESERVED_NAMES:
+        reserved = ", ".join(repr(reserved) for reserved in (f"{TEMP_PREFIX}*", *RESERVED_NAMES))
+        raise ValueError(
+            f"Argument `{argument}` names a file that the checkpoint store keeps for itself "
+            f"({reserved}); choose another name. Received: {argument}={template!r}"
+        )
+    return rendered
 
 
 def format_filename(template: str, values: Mapping[str, Any]) -> str:
@@ -64,8 +126,30 @@ def format_filename(template: str, values: Mapping[str, Any]) -> str:
 
 
 def default_best_template(monitor: str) -> str:
-    """BestCheckpoint's default file name: the epoch and the monitored value."""
-    return "epoch{epoch:03d}-" + monitor + "{" + monitor + ":.4f}"
+    """BestCheckpoint's default file name: the epoch and the monitored value.
+
+    Raises:
+        ValueError: Naming ``monitor``, if the metric's name cannot be a field of a file name
+            template (it holds a path separator, a NUL, or one of ``{}:!.[]``).
+
+    Example:
+        >>> default_best_template("val_loss")
+        'epoch{epoch:03d}-val_loss{val_loss:.4f}'
+    """
+    template = "epoch{epoch:03d}-" + monitor + "{" + monitor + ":.4f}"
+    separators = {os.sep, os.altsep, "\0"} - {None}
+    try:
+        fits = template_fields(template) == ["epoch", monitor]
+    except ValueError:
+        fits = False
+    if not fits or any(character in monitor for character in separators):
+        raise ValueError(
+            "Argument `monitor` cannot go into the default file name "
+            "'epoch{epoch:03d}-<monitor>{<monitor>:.4f}': it holds a path separator, a NUL or "
+            "one of '{}:!.[]'. Pass `filename` (a template without it) to use this metric. "
+            f"Received: monitor={monitor!r}"
+        )
+    return template
 
 
 def with_extension(template: str, save_weights_only: bool) -> str:
@@ -114,6 +198,9 @@ def next_free_name(filename: str, taken: set[str]) -> str:
 def checked_template(filename: Any, save_weights_only: bool, varying_reason: str | None) -> str:
     """Validates a native callback's ``filename`` argument and adds the Keras extension.
 
+    The template is filled once with sample values (``check_renders``), so that a format spec
+    that cannot apply, or a name the store keeps for itself, is an error now.
+
     Args:
         filename: The template the user passed.
         save_weights_only: Which extension it must have.
@@ -134,6 +221,7 @@ def checked_template(filename: Any, save_weights_only: bool, varying_reason: str
             f"Received: filename={filename!r}"
         )
     template = with_extension(filename, save_weights_only)
+    check_renders(template, "filename")
     if not template_fields(template) and varying_reason:
         raise ValueError(
             f"Argument `filename` must contain a field such as {{epoch}} when {varying_reason}, "

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from keras_ckpt.ranking import ranked
-from keras_ckpt.validation import one_of
+from keras_ckpt import validation
+from keras_ckpt.ranking import MODES, ranked, resolve_mode
 
 
 class Record(Protocol):
@@ -45,16 +45,42 @@ class KeepBest:
 
     A record without the metric, or with a NaN, is never among the best. Ties keep the older one.
 
+    Args:
+        n: How many to keep, at least 1.
+        monitor: The metric to rank by.
+        mode: ``"min"``, ``"max"``, or ``"auto"``, which the callbacks' inference resolves from
+            the name (``loss`` and ``val_loss`` are minimized); the resolved ``"min"`` or
+            ``"max"`` is what ``mode`` holds afterwards.
+
+    Raises:
+        ValueError: On a bad argument, or ``mode="auto"`` for a metric whose name does not
+            tell whether higher or lower is better.
+
     Example:
         >>> from types import SimpleNamespace as R
         >>> records = [R(metrics={"val_loss": v}) for v in (0.5, 0.3, 0.4)]
-        >>> KeepBest(2, "val_loss", "min").keep(records)
+        >>> KeepBest(2, "val_loss").keep(records)
         [False, True, True]
+        >>> KeepBest(2, "val_loss")
+        KeepBest(n=2, monitor='val_loss', mode='min')
     """
 
     n: int
     monitor: str
-    mode: str
+    mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        validation.positive_int("n", self.n)
+        validation.non_empty_str("monitor", self.monitor)
+        validation.one_of("mode", self.mode, MODES)
+        resolved = resolve_mode(self.monitor, self.mode)
+        if resolved is None:
+            raise ValueError(
+                "Argument `mode` is 'auto', but the name of `monitor` does not tell whether a "
+                "lower or a higher value is better; pass mode='min' or mode='max'. "
+                f"Received: monitor={self.monitor!r}, mode={self.mode!r}"
+            )
+        object.__setattr__(self, "mode", resolved)  # frozen: set once, here
 
     def keep(self, records: Sequence[Record]) -> list[bool]:
         values = [record.metrics.get(self.monitor, math.nan) for record in records]
@@ -72,6 +98,9 @@ class KeepLatest:
     """
 
     n: int
+
+    def __post_init__(self) -> None:
+        validation.positive_int("n", self.n)
 
     def keep(self, records: Sequence[Record]) -> list[bool]:
         first_kept = max(len(records) - self.n, 0)
@@ -98,7 +127,8 @@ class KeepEvery:
     by: str = "step"
 
     def __post_init__(self) -> None:
-        one_of("by", self.by, ("epoch", "step"))
+        validation.positive_int("k", self.k)
+        validation.one_of("by", self.by, ("epoch", "step"))
 
     def keep(self, records: Sequence[Record]) -> list[bool]:
         flags = []
@@ -124,6 +154,13 @@ class AnyOf:
     policies: tuple[RetentionPolicy, ...]
 
     def __init__(self, *policies: RetentionPolicy):
+        if not policies:
+            raise ValueError(
+                "Argument `policies` must hold at least one retention policy (with none, AnyOf "
+                "would keep nothing). Received: policies=()"
+            )
+        for index, policy in enumerate(policies):
+            validation.retention_policy(f"policies[{index}]", policy)
         object.__setattr__(self, "policies", tuple(policies))
 
     def keep(self, records: Sequence[Record]) -> list[bool]:

@@ -13,7 +13,7 @@ int or a tensor.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -411,15 +411,22 @@ class Chain(_Schedule):
     """
 
     def __init__(self, schedules: Sequence[Any], milestones: Sequence[int]):
+        if isinstance(schedules, (str, bytes, dict)) or not isinstance(schedules, Iterable):
+            raise validation.ArgumentTypeError(
+                "Argument `schedules` must be a list of at least two schedules (callables of "
+                f"the step). Received: schedules={schedules!r}"
+            )
         resolved = [
             keras.optimizers.schedules.deserialize(s) if isinstance(s, dict) else s
             for s in schedules
         ]
-        if len(resolved) < 2 or not all(callable(s) for s in resolved):
+        if len(resolved) < 2:
             raise ValueError(
                 "Argument `schedules` must hold at least two schedules (callables of the step). "
                 f"Received: schedules={schedules!r}"
             )
+        for index, schedule in enumerate(resolved):
+            validation.function(f"schedules[{index}]", schedule, what="a schedule of the step")
         self.schedules = resolved
         self.milestones = _milestones("milestones", milestones)
         if len(self.milestones) != len(resolved) - 1:
@@ -470,6 +477,7 @@ def plot_schedule(schedule: Any, steps: int, ax: Any = None) -> Any:
     Example:
         >>> figure = plot_schedule(OneCycle(0.1, total_steps=1000), steps=1000)
     """
+    validation.function("schedule", schedule, what="a schedule of the step")
     steps = _steps("steps", steps)
     try:
         import matplotlib.pyplot as plt
@@ -499,10 +507,12 @@ class Scaled(_Schedule):
     """
 
     def __init__(self, schedule: Any, scale: float):
-        self.schedule = (
+        self.schedule = validation.function(
+            "schedule",
             keras.optimizers.schedules.deserialize(schedule)
             if isinstance(schedule, dict)
-            else schedule
+            else schedule,
+            what="a schedule of the step",
         )
         self.scale = _rate("scale", scale)
 

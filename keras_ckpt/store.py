@@ -141,10 +141,15 @@ def check_regular_file(path: str) -> None:
 def check_directory_usable(directory: str | os.PathLike[str], argument: str) -> str:
     """Checks, without creating anything, that ``directory`` can hold checkpoints.
 
-    Returns the absolute path. Raises ``ValueError`` naming ``argument`` when the path is a file,
-    or when the nearest existing parent is not a writable directory.
+    Returns the absolute path. Raises ``ValueError`` naming ``argument`` when ``directory`` is not
+    a non-empty ``str`` or ``os.PathLike`` without NUL (``validation.directory``), when the path
+    is a file, or when the nearest existing parent is not a writable directory.
     """
-    path = os.path.abspath(os.fspath(directory))
+    # Imported here so that this change stays inside this function while the rest of store.py
+    # is being rewritten; it belongs with the imports at the top once that lands.
+    from keras_ckpt import validation
+
+    path = os.path.abspath(validation.directory(argument, directory))
     probe = path
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)

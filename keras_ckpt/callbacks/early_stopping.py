@@ -234,7 +234,8 @@ def _best_directory(restore_best_weights: Any) -> str | None:
         return None
     directory = getattr(restore_best_weights, "directory", restore_best_weights)
     if isinstance(directory, (str, os.PathLike)):
-        return os.fspath(directory)
+        # A string is a directory here (Keras would take "" as False): an empty one is an error.
+        return validation.directory("restore_best_weights", directory)
     raise ValueError(
         "Argument `restore_best_weights` must be True, False, a BestCheckpoint or its "
         f"directory. Received: restore_best_weights={restore_best_weights!r}"

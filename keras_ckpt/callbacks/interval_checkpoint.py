@@ -105,16 +105,13 @@ class IntervalCheckpoint(StoreCallback):
                 "Pass either `retention` or `keep_last`/`keep_every`, not both. "
                 f"Received: retention={retention!r}, keep_last={keep_last!r}"
             )
-        if retention is not None and not callable(getattr(retention, "keep", None)):
-            raise ValueError(
-                "Argument `retention` must have a `keep(records)` method returning one flag per "
-                f"record. Received: retention={retention!r}"
-            )
+        if retention is not None:
+            validation.retention_policy("retention", retention)
         self.retention = retention if retention is not None else self._default_retention()
         self.filename = naming.checked_template(filename, self.save_weights_only, None)
         self._check_filename_varies()
         self._trigger = IntervalTrigger(self.every_epochs, self.every_steps, self.every_seconds)
-        self._clock = clock
+        self._clock = validation.function("clock", clock, what="returning seconds")
         if self.every_steps is not None or self.every_seconds is not None:
             self.on_train_batch_begin = self._check_mid_epoch
         self._store: CheckpointStore | None = None

@@ -181,7 +181,8 @@ class LearningRateScheduler(keras.callbacks.Callback):
         per: ``"epoch"`` (Keras's behaviour) or ``"step"``.
 
     Raises:
-        ValueError: If ``schedule`` is not callable or ``per`` is unknown.
+        ValueError: If ``schedule`` is not callable (or is a class; the error is also the
+            ``TypeError`` Keras raises when it calls it) or ``per`` is unknown.
 
     Example:
         >>> import keras_ckpt
@@ -191,11 +192,9 @@ class LearningRateScheduler(keras.callbacks.Callback):
 
     def __init__(self, schedule: Callable[..., Any], verbose: int = 0, *, per: str = "epoch"):
         super().__init__()
-        if not callable(schedule):
-            raise ValueError(
-                f"Argument `schedule` must be callable. Received: schedule={schedule!r}"
-            )
-        self.schedule = schedule
+        # Refused now, not at the first epoch as in Keras; the error is also the TypeError
+        # Keras raises there.
+        self.schedule = validation.function("schedule", schedule)
         self.verbose = verbose
         self.per = validation.one_of("per", per, ("epoch", "step"))
         if self.per == "step":

@@ -61,8 +61,12 @@ class ModelCheckpoint(Resumable, StoreCallback):
             always written synchronously.
 
     Raises:
-        ValueError: On a bad ``save_freq``, ``save_top_k`` or ``initial_value_threshold``, or a
-            ``filepath`` extension that does not match ``save_weights_only``.
+        ValueError: On a bad ``save_freq``, ``save_top_k`` or ``initial_value_threshold``, a
+            ``filepath`` extension that does not match ``save_weights_only``, or a ``filepath``
+            that cannot be filled in (a format spec such as ``{epoch:s}`` that does not apply,
+            a NUL, a name the checkpoint store keeps for itself).
+        AttributeError: On a ``filepath`` that is not a ``str`` or ``os.PathLike``, as in Keras
+            (the error is also a ``ValueError`` and a ``TypeError``).
 
     Example:
         >>> import keras_ckpt
@@ -86,7 +90,9 @@ class ModelCheckpoint(Resumable, StoreCallback):
     ):
         super().__init__(save_weights_only=save_weights_only, async_save=async_save)
         mode = keras_mode(type(self).__name__, mode)  # Keras warns, falls back
-        self.filepath = os.fspath(filepath)
+        self.filepath = validation.path(
+            "filepath", filepath, what="a file path template", type_error=_FilepathTypeError
+        )
         self.monitor = monitor
         self.mode = mode
         self.verbose = verbose
@@ -98,6 +104,8 @@ class ModelCheckpoint(Resumable, StoreCallback):
         self.save_top_k = (
             None if save_top_k is None else validation.positive_int("save_top_k", save_top_k)
         )
+        if self.save_top_k is not None:  # ours, so strict: it ranks by `monitor`
+            validation.non_empty_str("monitor", monitor)
         if save_freq != "epoch" and (
             isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
         ):
@@ -106,7 +114,8 @@ class ModelCheckpoint(Resumable, StoreCallback):
                 f"a positive integer number of batches. Received: save_freq={save_freq!r}"
             )
         self._check_extension()
-        fields = naming.template_fields(self.filepath)
+        naming.check_renders(self.filepath, "filepath")
+        fields = naming.template_fields(self.filepath, "filepath")
         if self.save_top_k is not None and self.save_top_k > 1 and not fields:
             raise ValueError(
                 "Argument `filepath` must contain a field such as {epoch} when `save_top_k` > 1, "
@@ -334,3 +343,8 @@ class ModelCheckpoint(Resumable, StoreCallback):
             "both.",
             stacklevel=4,
         )
+
+
+class _FilepathTypeError(validation.ArgumentTypeError, AttributeError):
+    """A ``filepath`` that is not a path. Keras 3.15's ModelCheckpoint raises ``AttributeError``
+    there (it calls ``filepath.endswith``), so the clearer error is one too."""

@@ -91,6 +91,7 @@ class ResumeFromLatest(StoreCallback):
     event_name = "resume"
     filename_template = FILENAME
     _saves_at_epoch_end = True
+    _directory_argument = "directory"  # the argument name that errors about the directory use
 
     def __init__(
         self,
@@ -105,7 +106,7 @@ class ResumeFromLatest(StoreCallback):
         clock: Callable[[], float] = time.monotonic,
     ):
         super().__init__(save_weights_only=True, async_save=async_save)
-        self.directory = check_directory_usable(directory, "directory")
+        self.directory = check_directory_usable(directory, self._directory_argument)
         if save_freq != "epoch":
             validation.positive_int("save_freq", save_freq)
         self.save_freq = save_freq
@@ -127,7 +128,7 @@ class ResumeFromLatest(StoreCallback):
             every_steps=None if save_freq == "epoch" else int(save_freq),
             every_seconds=None if every_seconds is None else float(every_seconds),
         )
-        self._clock = clock
+        self._clock = validation.function("clock", clock, what="returning seconds")
         if save_freq != "epoch" or every_seconds is not None or handle_signals:
             self.on_train_batch_begin = self._on_batch_begin
         self._store = None
@@ -661,11 +662,15 @@ class BackupAndRestore(ResumeFromLatest):
         async_save: Write checkpoints in the background (see ``ResumeFromLatest``).
 
     Raises:
-        ValueError: On an empty ``backup_dir`` or an invalid ``save_freq`` (Keras's messages).
+        ValueError: On an empty ``backup_dir`` or an invalid ``save_freq`` (Keras's messages), or
+            a ``backup_dir`` that cannot be a directory (a NUL in it, a file in the way).
+        TypeError: On a ``backup_dir`` that is not a ``str`` or ``os.PathLike``, as in Keras
+            (the error is also a ``ValueError``).
     """
 
     filename_template = "backup-epoch{epoch:04d}-step{step:08d}.weights.h5"
     event_name = None  # Keras's BackupAndRestore adds nothing to the logs
+    _directory_argument = "backup_dir"
 
     def __init__(
         self,
