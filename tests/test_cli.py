@@ -49,13 +49,20 @@ def test_bad_command_lines(argv, capsys):
 # The inspection commands, driven as a user would, on directories real training wrote ---------
 
 
+# The checkout whose keras_ckpt these tests imported: the command runs that code, not whichever
+# copy happens to be installed.
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(keras_ckpt.__file__)))
+
+
 def keras_ckpt_command(*args, cwd=None):
+    path = os.pathsep.join(p for p in (SOURCE_ROOT, os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "keras_ckpt", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=cwd,
+        env={**os.environ, "PYTHONPATH": path},
     )
 
 
