@@ -9,6 +9,7 @@ checkpoint, 2 on a usage error (a missing directory, an unknown checkpoint).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -43,6 +44,26 @@ class UsageError(Exception):
     """A problem with what the user asked for: printed without a traceback, exit status 2."""
 
 
+def _printable(text: object) -> str:
+    """``text`` with every character a terminal would act on (newline, escape, ...) escaped."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in str(text)
+    )
+
+
+def _one_line(text: object) -> str:
+    """``text`` as one printable line: runs of whitespace (newlines too) become one space."""
+    return _printable(" ".join(str(text).split()))
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad options give one line on stderr, in the same form as every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -54,7 +75,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keras-ckpt",
         description="Look at, check, prune and export keras_ckpt checkpoint directories.",
         epilog="Run 'keras-ckpt COMMAND --help' for a command's options.",
@@ -123,10 +144,38 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return _run(args)
+    except UsageError as error:
+        message = str(error)
+    except KeyboardInterrupt:
+        print(f"keras-ckpt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`keras-ckpt ls DIR | head`): stop quietly, as other tools do,
+        # and keep Python from complaining again when it flushes stdout at exit.
+        with contextlib.suppress(Exception):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as error:  # noqa: BLE001 - the last line of defence, see below
+        # A failure no command foresaw is still a bug of ours, but a user gets one line, not a
+        # traceback (the directory may be hostile, and the traceback would help nobody there).
+        message = (
+            f"unexpected {type(error).__name__}: {error} (this is a bug in keras_ckpt; please "
+            "report it with the command that caused it)"
+        )
+    print(f"keras-ckpt {args.command}: error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from keras_ckpt import demo
 
-        return demo.main(args.directory, args.epochs, args.top_k, args.seed)
+        try:
+            return demo.main(args.directory, args.epochs, args.top_k, args.seed)
+        except ValueError as error:  # an unusable --directory
+            raise UsageError(str(error)) from None
     command = {
         "ls": _ls,
         "show": _show,
@@ -135,11 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _export,
         "plot": _plot,
     }[args.command]
-    try:
-        return command(args)
-    except UsageError as error:
-        print(f"keras-ckpt {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return command(args)
 
 
 # Reading -----------------------------------------------------------------------------------

@@ -43,7 +43,9 @@ def test_bad_command_lines(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     assert exit_info.value.code == 2
-    assert "usage: keras-ckpt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("keras-ckpt") and ": error: " in err and "--help'" in err
+    assert err.count("\n") == 1  # one line, as every other error
 
 
 # The inspection commands, driven as a user would, on directories real training wrote ---------
@@ -260,3 +262,27 @@ def test_every_command_has_help(command, capsys):
         cli.main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: keras-ckpt {command}" in capsys.readouterr().out
+
+
+def run_in_process(capsys, argv):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "raised, code, message",
+    [
+        (ZeroDivisionError("division by zero"), 2, "error: unexpected ZeroDivisionError"),
+        (KeyError("x\ny"), 2, "error: unexpected KeyError"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
+def test_the_last_line_of_defence(tmp_path, capsys, monkeypatch, raised, code, message):
+    def broken(args):
+        raise raised
+
+    monkeypatch.setattr(cli, "_ls", broken)
+    result = run_in_process(capsys, ["ls", str(tmp_path)])
+    assert result[0] == code
+    assert message in result[2] and result[2].count("\n") == 1 and "Traceback" not in result[2]
