@@ -657,6 +657,8 @@ def _prune(args: argparse.Namespace) -> int:
         for r, keep in zip(manifest.records, flags, strict=True)
         if not keep and r.filename in protected
     ]
+    if not args.dry_run:
+        _check_before_deleting(manifest, dropped)
     if spared:
         print(f"keeping {', '.join(spared)}: the best/latest alias points at it")
     verb = "would delete" if args.dry_run else "deleting"
@@ -666,16 +668,46 @@ def _prune(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"dry run: {len(dropped)} would go ({_size(freed)}), {kept} stay; nothing deleted")
         return 0
-    store = CheckpointStore(path)
-    for record in dropped:
-        for keeper in record.kept_by:
-            store.release(keeper, [record.filename])
-    print(f"deleted {len(dropped)} ({_size(freed)}), {kept} kept")
+    deleted = []
+    try:
+        store = CheckpointStore(path)
+        for record in dropped:
+            # A record that no callback keeps (a manifest written by hand) goes on any release.
+            for keeper in record.kept_by or ("keras-ckpt prune",):
+                deleted += store.release(keeper, [record.filename])
+    except _EXPECTED_ERRORS as error:
+        done = f"after deleting {', '.join(deleted)}" if deleted else "with nothing deleted"
+        raise UsageError(f"prune stopped {done}: {_describe(error)}") from None
+    freed = sum(record.size for record in dropped if record.filename in deleted)
+    print(f"deleted {len(deleted)} ({_size(freed)}), {len(manifest.records) - len(deleted)} kept")
     return 0
 
 
+def _check_before_deleting(manifest: Manifest, dropped: list[CheckpointRecord]) -> None:
+    """Refuses to prune a directory in doubt: a listed file missing or of the wrong size, or a
+    checkpoint that stays not matching its checksum (deleting the others would lose the last
+    good copies)."""
+    going = {record.filename for record in dropped}
+    for record in manifest.records:
+        try:
+            if record.filename in going:
+                if not os.path.lexists(record.path):
+                    raise CheckpointCorruptedError(f"Checkpoint {record.path} is missing.")
+                if os.path.getsize(record.path) != record.size:
+                    raise CheckpointCorruptedError(
+                        f"Checkpoint {record.path} does not have the size its manifest recorded."
+                    )
+            else:
+                verify(record)
+        except (CheckpointCorruptedError, OSError) as error:
+            raise UsageError(
+                f"{_describe(error)} Nothing deleted: prune deletes only from a directory whose "
+                "checkpoints are all there and intact; run 'keras-ckpt verify' to see the rest"
+            ) from None
+
+
 def _export(args: argparse.Namespace) -> int:
-    _, manifest = _manifest(args.directory)
+    path, manifest = _manifest(args.directory)
     which = args.which
     if which == BEST_ALIAS and BEST_ALIAS not in manifest.aliases:
         raise UsageError("the directory has no best checkpoint; use --which latest or an epoch")
@@ -690,31 +722,57 @@ def _export(args: argparse.Namespace) -> int:
         )
     try:
         verify(record)
-    except CheckpointCorruptedError as error:
-        print(f"keras-ckpt export: {error}", file=sys.stderr)
-        return 1
-    output = os.path.abspath(args.output)
-    os.makedirs(os.path.dirname(output), exist_ok=True)
+    except (CheckpointCorruptedError, OSError) as error:
+        raise UsageError(f"{_describe(error)} Nothing exported") from None
+    output = _export_target(args.output, path)
     temporary = f"{output}.tmp-{uuid.uuid4().hex[:8]}"
     try:
+        # Missing parent folders are created (as export always did): the path says where.
+        os.makedirs(os.path.dirname(output), exist_ok=True)
         shutil.copyfile(record.path, temporary)
         os.replace(temporary, output)
+    except OSError as error:
+        raise UsageError(f"cannot write {output}: {_describe(error)}") from None
     finally:
-        if os.path.exists(temporary):
+        with contextlib.suppress(OSError):
             os.remove(temporary)
     print(f"exported {record.filename} (epoch {record.epoch}) to {output}")
     return 0
 
 
+def _export_target(output: str, directory: str) -> str:
+    """The absolute path to export to; refuses a folder and any file of the checkpoint
+    directory (replacing a checkpoint or an alias there would break the directory)."""
+    path = os.path.abspath(output)
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a directory; give the path of the .keras file to write")
+    parent = os.path.dirname(path)
+    with contextlib.suppress(OSError):
+        if os.path.lexists(path) and os.path.samefile(parent, directory):
+            raise UsageError(
+                f"{path} is a file of the checkpoint directory; export to a path outside it"
+            )
+    return path
+
+
 def _plot(args: argparse.Namespace) -> int:
-    _, manifest = _manifest(args.directory)
+    path, manifest = _manifest(args.directory)
     if not manifest.records:
         raise UsageError("the directory holds no committed checkpoint")
-    from keras_ckpt.plots import plot_directory
+    from keras_ckpt.plots import history_of, plot_directory
 
     try:
-        plot_directory(manifest, args.output, metrics=args.metric)
-    except ValueError as error:
+        history_of(manifest)
+    except _EXPECTED_ERRORS as error:  # the History a resume checkpoint carries is damaged
+        raise UsageError(f"cannot read the history kept in {path}: {_describe(error)}") from None
+    output = os.path.abspath(args.output)
+    if os.path.isdir(output):
+        raise UsageError(f"{output} is a directory; give the path of the .png file to write")
+    try:
+        plot_directory(manifest, output, metrics=args.metric)
+    except OSError as error:
+        raise UsageError(f"cannot write {output}: {_describe(error)}") from None
+    except (ValueError, ImportError) as error:  # nothing to plot, no matplotlib
         raise UsageError(str(error)) from None
     print(f"wrote {os.path.abspath(args.output)}")
     return 0

@@ -475,6 +475,47 @@ def test_the_hand_made_directory_itself_is_fine(tmp_path, capsys):
     assert code == 1 and "does not open" in out  # its bytes are no model, but they are intact
 
 
+@pytest.mark.parametrize("which", ["epoch001.keras", "epoch003.keras"])
+def test_a_checkpoint_deleted_by_hand(tmp_path, capsys, which):
+    directory = tmp_path / "run"
+    write_hand_made_directory(directory)
+    os.remove(directory / which)
+    before = snapshot(tmp_path)
+    code, out, err = run_in_process(capsys, ["prune", str(directory), "--keep-last", "1"])
+    assert_one_error_line("prune", code, out, err)
+    assert f"{which} is missing" in err and "Nothing deleted" in err
+    assert snapshot(tmp_path) == before
+    code, out, err = run_in_process(capsys, ["verify", str(directory)])
+    assert code == 1 and f"BAD {which}" in out and not err
+    assert run_in_process(capsys, ["ls", str(directory)])[0] == 0
+    code, out, err = run_in_process(capsys, ["export", str(directory), str(tmp_path / "x.keras")])
+    if which == "epoch003.keras":  # the best
+        assert_one_error_line("export", code, out, err)
+        assert "is missing" in err and not os.path.exists(tmp_path / "x.keras")
+    else:
+        assert code == 0
+
+
+def test_prune_refuses_when_a_checkpoint_it_keeps_is_corrupted(tmp_path, capsys):
+    directory = tmp_path / "run"
+    write_hand_made_directory(directory)
+    os.remove(directory / "best.keras")  # the alias shares the bytes; change only the checkpoint
+    (directory / "epoch003.keras").write_bytes(b"checkpoint X")  # same size, other bytes
+    before = snapshot(tmp_path)
+    code, out, err = run_in_process(capsys, ["prune", str(directory), "--keep-last", "1"])
+    assert_one_error_line("prune", code, out, err)
+    assert "epoch003.keras does not match" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_prune_deletes_records_no_callback_keeps(tmp_path, capsys):
+    directory = tmp_path / "run"
+    write_hand_made_directory(directory, record(0, kept_by=[]))
+    code, out, _ = run_in_process(capsys, ["prune", str(directory), "--keep-last", "1"])
+    assert code == 0 and "deleted 2" in out
+    assert [r.filename for r in keras_ckpt.list_checkpoints(directory)] == ["epoch003.keras"]
+
+
 def test_an_unreadable_manifest(tmp_path, capsys, monkeypatch):
     directory = tmp_path / "run"
     write_hand_made_directory(directory)
@@ -510,6 +551,67 @@ def test_odd_checkpoint_names(tmp_path, capsys, command, which, message):
     code, out, err = run_in_process(capsys, argv)
     assert_one_error_line(command, code, out, err)
     assert message in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"history": {"history": {"loss": 5}, "epoch": [0]}},
+        {"history": {"history": {"loss": [1.0]}, "epoch": ["first"]}},
+        {"history": ["loss"]},
+    ],
+)
+def test_plot_of_a_damaged_history(tmp_path, capsys, state):
+    """Only plot reads the History a resume checkpoint keeps; the other commands need not."""
+    directory = tmp_path / "run"
+    write_hand_made_directory(directory, record(2, state=state))
+    before = snapshot(tmp_path)
+    argv = ["plot", str(directory), "-o", str(tmp_path / "plot.png")]
+    code, out, err = run_in_process(capsys, argv)
+    assert_one_error_line("plot", code, out, err)
+    assert "cannot read the history kept in" in err
+    assert snapshot(tmp_path) == before
+    assert run_in_process(capsys, ["ls", str(directory)])[0] == 0
+
+
+def test_export_targets(tmp_path, capsys):
+    directory = tmp_path / "run"
+    write_hand_made_directory(directory)
+    (tmp_path / "folder.keras").mkdir()
+    (tmp_path / "a-file").write_bytes(b"")
+    before = snapshot(tmp_path)
+    for output, message in [
+        (tmp_path / "folder.keras", "is a directory"),
+        (directory / "epoch001.keras", "is a file of the checkpoint directory"),
+        (directory / "best.keras", "is a file of the checkpoint directory"),
+        (tmp_path / "a-file" / "x.keras", "cannot write"),
+        (tmp_path / "x.h5", "must end in .keras"),
+    ]:
+        code, out, err = run_in_process(capsys, ["export", str(directory), str(output)])
+        assert_one_error_line("export", code, out, err)
+        assert message in err
+    assert snapshot(tmp_path) == before
+    # Missing folders on the way are created, as model.save does.
+    code, out, err = run_in_process(
+        capsys, ["export", str(directory), str(tmp_path / "new" / "deeper" / "x.keras")]
+    )
+    assert code == 0, err
+    assert (tmp_path / "new" / "deeper" / "x.keras").read_bytes() == b"checkpoint 3"
+
+
+def test_plot_targets(tmp_path, capsys):
+    directory = tmp_path / "run"
+    write_hand_made_directory(directory)
+    (tmp_path / "folder.png").mkdir()
+    before = snapshot(tmp_path)
+    for output, message in [
+        (tmp_path / "folder.png", "is a directory"),
+        (tmp_path / "missing" / "x.png", "cannot write"),
+    ]:
+        code, out, err = run_in_process(capsys, ["plot", str(directory), "-o", str(output)])
+        assert_one_error_line("plot", code, out, err)
+        assert message in err
     assert snapshot(tmp_path) == before
 
 
