@@ -57,15 +57,19 @@ def test_bad_command_lines(argv, capsys):
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(keras_ckpt.__file__)))
 
 
-def keras_ckpt_command(*args, cwd=None):
+def command_environment():
     path = os.pathsep.join(p for p in (SOURCE_ROOT, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def keras_ckpt_command(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "keras_ckpt", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": path},
+        env=command_environment(),
     )
 
 
@@ -631,3 +635,26 @@ def test_the_last_line_of_defence(tmp_path, capsys, monkeypatch, raised, code, m
     result = run_in_process(capsys, ["ls", str(tmp_path)])
     assert result[0] == code
     assert message in result[2] and result[2].count("\n") == 1 and "Traceback" not in result[2]
+
+
+def test_a_reader_that_stops_early_gets_no_complaint(tmp_path):
+    """`keras-ckpt ls DIR | head -1`: the command stops quietly when the pipe closes."""
+    directory = tmp_path / "run"
+
+    def many(manifest, directory):
+        first = manifest["checkpoints"][0]
+        extra = [{**first, "file": f"copy{i:05d}.keras"} for i in range(5000)]
+        return {**manifest, "checkpoints": manifest["checkpoints"] + extra}
+
+    write_hand_made_directory(directory, many)  # far more than a pipe holds
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_ckpt", "ls", str(directory)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=command_environment(),
+    )
+    assert process.stdout.readline().startswith(b"FILE")
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=300) == 1
+    assert err == b""
