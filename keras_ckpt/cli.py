@@ -3,15 +3,24 @@ export checkpoint directories, plot their history, and run the demo.
 
 Every command but ``demo`` reads a directory that keras_ckpt wrote (it holds a
 ``keras_ckpt.json`` manifest). Exit status: 0 when all is well, 1 when ``verify`` finds a bad
-checkpoint, 2 on a usage error (a missing directory, an unknown checkpoint).
+checkpoint, 2 on any other error (a missing or damaged directory, an unknown checkpoint, a bad
+option), reported as one line on stderr, never a traceback.
+
+Checkpoint directories are untrusted input (downloaded, shared): every name the manifest holds
+must be a plain file name in the directory and every file it names a regular file, or the command
+refuses the directory before reading, writing or deleting anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import re
 import shutil
+import stat
 import sys
 import time
 import uuid
@@ -25,11 +34,13 @@ from keras_ckpt.records import (
     BEST_ALIAS,
     KIND_MODEL,
     LATEST_ALIAS,
+    MANIFEST_FORMAT,
     MANIFEST_NAME,
     CheckpointRecord,
     Manifest,
 )
 from keras_ckpt.store import (
+    TEMP_PREFIX,
     CheckpointCorruptedError,
     CheckpointStore,
     alias_filename,
@@ -43,6 +54,54 @@ class UsageError(Exception):
     """A problem with what the user asked for: printed without a traceback, exit status 2."""
 
 
+# What reading a damaged manifest, or a command on a damaged directory, can raise: a malformed
+# entry (KeyError, TypeError, AttributeError), a bad value (ValueError, the store's
+# ManifestError among them), a number out of range (OverflowError), a file that cannot be read
+# (OSError), a deeply nested JSON document or a directory another process holds (RuntimeError).
+_EXPECTED_ERRORS = (
+    ValueError,
+    OSError,
+    LookupError,
+    TypeError,
+    AttributeError,
+    ArithmeticError,
+    RuntimeError,
+)
+
+# Larger counts and sizes than any real run makes; bigger ones are damage (and overflow floats).
+_LARGEST_COUNT = 2**63 - 1
+
+
+def _printable(text: object) -> str:
+    """``text`` with every character a terminal would act on (newline, escape, ...) escaped."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in str(text)
+    )
+
+
+def _one_line(text: object) -> str:
+    """``text`` as one printable line: runs of whitespace (newlines too) become one space."""
+    return _printable(" ".join(str(text).split()))
+
+
+def _describe(error: BaseException) -> str:
+    """An exception as a short phrase for a one-line message."""
+    if isinstance(error, KeyError):
+        return f"the entry {error.args[0]!r} is missing" if error.args else "an entry is missing"
+    text = _one_line(error)
+    if isinstance(error, (ValueError, OSError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad options give one line on stderr, in the same form as every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -54,7 +113,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keras-ckpt",
         description="Look at, check, prune and export keras_ckpt checkpoint directories.",
         epilog="Run 'keras-ckpt COMMAND --help' for a command's options.",
@@ -123,10 +182,38 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return _run(args)
+    except UsageError as error:
+        message = str(error)
+    except KeyboardInterrupt:
+        print(f"keras-ckpt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`keras-ckpt ls DIR | head`): stop quietly, as other tools do,
+        # and keep Python from complaining again when it flushes stdout at exit.
+        with contextlib.suppress(Exception):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as error:  # noqa: BLE001 - the last line of defence, see below
+        # A failure no command foresaw is still a bug of ours, but a user gets one line, not a
+        # traceback (the directory may be hostile, and the traceback would help nobody there).
+        message = (
+            f"unexpected {type(error).__name__}: {error} (this is a bug in keras_ckpt; please "
+            "report it with the command that caused it)"
+        )
+    print(f"keras-ckpt {args.command}: error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from keras_ckpt import demo
 
-        return demo.main(args.directory, args.epochs, args.top_k, args.seed)
+        try:
+            return demo.main(args.directory, args.epochs, args.top_k, args.seed)
+        except ValueError as error:  # an unusable --directory
+            raise UsageError(str(error)) from None
     command = {
         "ls": _ls,
         "show": _show,
@@ -135,29 +222,190 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _export,
         "plot": _plot,
     }[args.command]
-    try:
-        return command(args)
-    except UsageError as error:
-        print(f"keras-ckpt {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return command(args)
 
 
 # Reading -----------------------------------------------------------------------------------
 
 
 def _manifest(directory: str) -> tuple[str, Manifest]:
+    """The directory's absolute path and its committed manifest, or a ``UsageError`` saying
+    what is wrong. Reads only: a crash's leftovers are resolved in memory."""
     path = os.path.abspath(directory)
     if not os.path.isdir(path):
+        if os.path.lexists(path):
+            raise UsageError(f"{path} is not a directory")
         raise UsageError(f"no directory at {path}")
-    if not os.path.exists(os.path.join(path, MANIFEST_NAME)):
+    manifest_path = os.path.join(path, MANIFEST_NAME)
+    _check_regular_file(path, MANIFEST_NAME, "the manifest", missing_ok=False)
+    try:
+        with open(manifest_path, "rb") as file:
+            raw = file.read()
+    except OSError as error:
+        raise UsageError(f"cannot read {manifest_path}: {_describe(error)}") from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as error:
         raise UsageError(
-            f"{path} holds no {MANIFEST_NAME}: it is not a directory keras_ckpt wrote "
-            "checkpoints to"
-        )
+            f"{manifest_path} is not valid JSON ({_describe(error)}); keras_ckpt never writes a "
+            "partial manifest, so something else changed it"
+        ) from None
+    # Every name is checked, and every file it names looked at without following links, before
+    # the store reads a byte: it hashes the file of an interrupted commit, say.
+    for where, name in _manifest_names(data, path, manifest_path):
+        _check_regular_file(path, name, where, missing_ok=True)
     try:
         return path, read_committed(path)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    except _EXPECTED_ERRORS as error:
+        raise UsageError(f"cannot read {manifest_path}: {_describe(error)}") from None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {dict: "object", list: "list", str: "string"}.get(type(value), type(value).__name__)
+
+
+def _manifest_names(data: Any, directory: str, manifest_path: str) -> list[tuple[str, str]]:
+    """Checks the shape of a parsed manifest; returns every file name it holds, each with where
+    it stands (``checkpoint #2``, ``alias 'best'``, ...). Raises ``UsageError`` naming the entry.
+
+    The store checks the manifest as well; the command line checks again because it is the door
+    through which directories from elsewhere come in, and ``prune`` deletes.
+    """
+
+    def damaged(where: str, what: str) -> UsageError:
+        return UsageError(f"{manifest_path} is damaged: {where} {what}")
+
+    if not isinstance(data, dict):
+        raise damaged("the document", f"is a JSON {_json_type(data)}, not an object")
+    if data.get("format") != MANIFEST_FORMAT:
+        raise UsageError(
+            f"{manifest_path} is not a keras_ckpt manifest "
+            f"(format={_printable(repr(data.get('format')))[:80]})"
+        )
+    names: list[tuple[str, str]] = []
+    if "checkpoints" not in data:
+        raise damaged("the document", "has no 'checkpoints' entry")
+    checkpoints = data["checkpoints"]
+    if not isinstance(checkpoints, list):
+        raise damaged("'checkpoints'", f"is a JSON {_json_type(checkpoints)}, not a list")
+    seen: set[str] = set()
+    for index, item in enumerate(checkpoints, start=1):
+        where = f"checkpoint #{index}"
+        name = _check_record(item, where, directory, damaged)
+        if name in seen:
+            raise damaged(where, f"lists {name} a second time")
+        seen.add(name)
+        names.append((where, name))
+    aliases = data.get("aliases", {})
+    if not isinstance(aliases, dict):
+        raise damaged("'aliases'", f"is a JSON {_json_type(aliases)}, not an object")
+    for alias, target in aliases.items():
+        _check_name(alias, f"alias {_printable(repr(alias))}", damaged)
+        if not isinstance(target, str):
+            raise damaged(f"alias {alias!r}", f"points at a JSON {_json_type(target)}")
+        _check_name(target, f"the target of alias {alias!r}", damaged)
+        where = f"the file of alias {alias!r}"
+        _check_name(alias_filename(alias, target), where, damaged)
+        names.append((where, alias_filename(alias, target)))
+    trash = data.get("trash", [])
+    if not isinstance(trash, list):
+        raise damaged("'trash'", f"is a JSON {_json_type(trash)}, not a list")
+    for index, name in enumerate(trash, start=1):
+        _check_name(name, f"trash entry #{index}", damaged)
+        names.append((f"trash entry #{index}", name))
+    pending = data.get("pending")
+    if pending is not None:
+        if not isinstance(pending, dict):
+            raise damaged("'pending'", f"is a JSON {_json_type(pending)}, not an object or null")
+        temporary = pending.get("temp")
+        _check_name(temporary, "the temporary file of 'pending'", damaged)
+        if not temporary.startswith(TEMP_PREFIX):
+            raise damaged("'pending'", f"names {temporary}, which is not a temporary file")
+        name = _check_record(pending.get("record"), "the record of 'pending'", directory, damaged)
+        names += [("the temporary file of 'pending'", temporary), ("'pending'", name)]
+    return names
+
+
+def _check_record(item: Any, where: str, directory: str, damaged: Any) -> str:
+    """Checks one checkpoint record of the manifest; returns its file name."""
+    if not isinstance(item, dict):
+        raise damaged(where, f"is a JSON {_json_type(item)}, not an object")
+    name = item.get("file")
+    _check_name(name, f"the 'file' of {where}", damaged)
+    where = f"{where} ({name})"
+    for key in ("epoch", "step", "size", "time", "sha256"):
+        if key not in item:
+            raise damaged(where, f"lacks {key!r}")
+    for key in ("epoch", "step", "size"):
+        value = item[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise damaged(where, f"has {key}={_printable(repr(value))[:40]}, not a whole number")
+        if not 0 <= value <= _LARGEST_COUNT:
+            raise damaged(where, f"has {key}={str(value)[:40]}, out of range")
+    when = item.get("time")
+    if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
+        raise damaged(where, f"has time={_printable(repr(when))[:40]}, not a finite number")
+    if not isinstance(item.get("sha256"), str):
+        raise damaged(where, f"has a 'sha256' that is a JSON {_json_type(item['sha256'])}")
+    kept_by = item.get("kept_by", [])
+    if not isinstance(kept_by, list) or not all(isinstance(k, str) for k in kept_by):
+        raise damaged(where, "has a 'kept_by' that is not a list of names")
+    for key, types in (("metrics", dict), ("state", (dict, type(None)))):
+        if not isinstance(item.get(key, None if key == "state" else {}), types):
+            raise damaged(where, f"has a {key!r} that is a JSON {_json_type(item.get(key))}")
+    try:
+        CheckpointRecord.from_json(item, directory)
+    except _EXPECTED_ERRORS as error:
+        raise damaged(where, f"cannot be read: {_describe(error)}") from None
+    return name
+
+
+def _check_name(name: Any, where: str, damaged: Any) -> None:
+    """A name from the manifest must be a plain, printable file name inside the directory."""
+    if not isinstance(name, str):
+        raise damaged(where, f"is a JSON {_json_type(name)}, not a file name")
+    if (
+        name in ("", ".", "..", MANIFEST_NAME)
+        or os.path.basename(name) != name
+        or "/" in name
+        or "\\" in name
+        or not name.isprintable()
+    ):
+        raise damaged(where, f"is {_printable(repr(name))[:80]}, not a plain file name")
+
+
+def _check_regular_file(directory: str, name: str, where: str, *, missing_ok: bool) -> None:
+    """Refuses anything but a regular file at ``name`` (a link, a folder, a pipe), unfollowed."""
+    path = os.path.join(directory, name)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise UsageError(
+            f"{directory} holds no {MANIFEST_NAME}: it is not a directory keras_ckpt wrote "
+            "checkpoints to"
+        ) from None
+    except OSError as error:
+        raise UsageError(f"cannot look at {path}: {_describe(error)}") from None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "symbolic link"
+            if stat.S_ISLNK(mode)
+            else "directory"
+            if stat.S_ISDIR(mode)
+            else "special file"
+        )
+        raise UsageError(
+            f"{path} ({where}) is a {kind}, not a regular file; a keras_ckpt directory holds "
+            "only regular files, so it was changed by hand or is not what it claims"
+        )
 
 
 def _aliases_by_target(manifest: Manifest) -> dict[str, list[str]]:
@@ -180,16 +428,20 @@ def _find(manifest: Manifest, which: str) -> CheckpointRecord:
             return record
     if which == LATEST_ALIAS:
         return manifest.records[-1]
-    if which.isdigit():
-        in_epoch = [r for r in manifest.records if r.epoch == int(which)]
+    if re.fullmatch("[0-9]+", which):  # ASCII digits: int() takes "٣" but refuses "²"
+        epoch = int(which) if len(which) <= 20 else -1
+        in_epoch = [r for r in manifest.records if r.epoch == epoch]
         if in_epoch:
             return in_epoch[-1]
         epochs = sorted({r.epoch for r in manifest.records})
-        raise UsageError(f"no checkpoint of epoch {which}; epochs with checkpoints: {epochs}")
+        raise UsageError(
+            f"no checkpoint of epoch {which[:20]}{'...' if len(which) > 20 else ''}; epochs "
+            f"with checkpoints: {epochs[:20]}{' ...' if len(epochs) > 20 else ''}"
+        )
     names = [r.filename for r in manifest.records]
     raise UsageError(
-        f"no checkpoint {which!r}; use a file name, 'best', 'latest' or an epoch number. "
-        f"Files: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
+        f"no checkpoint {_printable(repr(which[:80]))}; use a file name, 'best', 'latest' or an "
+        f"epoch number. Files: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
     )
 
 
@@ -210,7 +462,7 @@ def _age(seconds: float) -> str:
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
-    return " ".join(f"{name}={value:.4g}" for name, value in sorted(metrics.items()))
+    return " ".join(f"{_printable(name)}={value:.4g}" for name, value in sorted(metrics.items()))
 
 
 # Commands ----------------------------------------------------------------------------------
@@ -262,23 +514,31 @@ def _show(args: argparse.Namespace) -> int:
         if key == "metrics":
             value = _metrics_text(value) or "-"
         elif key == "time":
-            value = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(value))}"
+            value = _time_text(value)
         elif key == "size":
             value = f"{value} bytes ({_size(value)})"
-        print(f"{key.ljust(width)}  {value}")
+        print(f"{key.ljust(width)}  {_printable(value)}")
     if state:
-        print(f"{'resume state'.ljust(width)}  {_state_text(state)}")
+        print(f"{'resume state'.ljust(width)}  {_printable(_state_text(state))}")
     if record.kind == KIND_MODEL:
         print()
         _print_model_summary(record)
     return 0
 
 
+def _time_text(seconds: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+    except (OverflowError, OSError, ValueError):  # a time no clock reaches
+        return f"{seconds} (seconds since 1970)"
+
+
 def _state_text(state: dict[str, Any]) -> str:
     parts = [f"epoch {state.get('epoch')}", f"batch {state.get('batch')}"]
     if state.get("finished") is not None:
         parts.append(f"finished after {state['finished']} epochs")
-    callbacks = sorted(state.get("callbacks", {}))
+    callbacks = state.get("callbacks")
+    callbacks = sorted(callbacks) if isinstance(callbacks, dict) else []
     if callbacks:
         parts.append(f"callback states: {', '.join(callbacks)}")
     return "; ".join(parts)
@@ -290,7 +550,7 @@ def _print_model_summary(record: CheckpointRecord) -> None:
     try:
         model = keras.saving.load_model(record.path, compile=False)
     except Exception as error:  # a custom object this process does not know, say
-        print(f"(no model summary: {type(error).__name__}: {error})")
+        print(f"(no model summary: {type(error).__name__}: {_one_line(error)})")
         return
     model.summary()
 
@@ -322,7 +582,9 @@ def _problem(record: CheckpointRecord) -> str | None:
     try:
         verify(record)
     except CheckpointCorruptedError as error:
-        return str(error)
+        return _one_line(error)
+    except OSError as error:
+        return f"cannot be read: {_describe(error)}"
     import h5py
 
     try:
@@ -338,7 +600,7 @@ def _problem(record: CheckpointRecord) -> str | None:
             with h5py.File(record.path, "r"):
                 pass
     except Exception as error:
-        return f"does not open: {error}"
+        return f"does not open: {_one_line(error)}"
     return None
 
 
@@ -357,6 +619,8 @@ def _alias_problem(directory: str, manifest: Manifest, alias: str, target: str) 
             return f"{os.path.basename(alias_path)} differs from {target}"
     except FileNotFoundError:
         return f"{os.path.basename(alias_path)} is missing"
+    except OSError as error:
+        return f"{os.path.basename(alias_path)} cannot be read: {_describe(error)}"
     return None
 
 
@@ -393,6 +657,8 @@ def _prune(args: argparse.Namespace) -> int:
         for r, keep in zip(manifest.records, flags, strict=True)
         if not keep and r.filename in protected
     ]
+    if not args.dry_run:
+        _check_before_deleting(manifest, dropped)
     if spared:
         print(f"keeping {', '.join(spared)}: the best/latest alias points at it")
     verb = "would delete" if args.dry_run else "deleting"
@@ -402,16 +668,46 @@ def _prune(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"dry run: {len(dropped)} would go ({_size(freed)}), {kept} stay; nothing deleted")
         return 0
-    store = CheckpointStore(path)
-    for record in dropped:
-        for keeper in record.kept_by:
-            store.release(keeper, [record.filename])
-    print(f"deleted {len(dropped)} ({_size(freed)}), {kept} kept")
+    deleted = []
+    try:
+        store = CheckpointStore(path)
+        for record in dropped:
+            # A record that no callback keeps (a manifest written by hand) goes on any release.
+            for keeper in record.kept_by or ("keras-ckpt prune",):
+                deleted += store.release(keeper, [record.filename])
+    except _EXPECTED_ERRORS as error:
+        done = f"after deleting {', '.join(deleted)}" if deleted else "with nothing deleted"
+        raise UsageError(f"prune stopped {done}: {_describe(error)}") from None
+    freed = sum(record.size for record in dropped if record.filename in deleted)
+    print(f"deleted {len(deleted)} ({_size(freed)}), {len(manifest.records) - len(deleted)} kept")
     return 0
 
 
+def _check_before_deleting(manifest: Manifest, dropped: list[CheckpointRecord]) -> None:
+    """Refuses to prune a directory in doubt: a listed file missing or of the wrong size, or a
+    checkpoint that stays not matching its checksum (deleting the others would lose the last
+    good copies)."""
+    going = {record.filename for record in dropped}
+    for record in manifest.records:
+        try:
+            if record.filename in going:
+                if not os.path.lexists(record.path):
+                    raise CheckpointCorruptedError(f"Checkpoint {record.path} is missing.")
+                if os.path.getsize(record.path) != record.size:
+                    raise CheckpointCorruptedError(
+                        f"Checkpoint {record.path} does not have the size its manifest recorded."
+                    )
+            else:
+                verify(record)
+        except (CheckpointCorruptedError, OSError) as error:
+            raise UsageError(
+                f"{_describe(error)} Nothing deleted: prune deletes only from a directory whose "
+                "checkpoints are all there and intact; run 'keras-ckpt verify' to see the rest"
+            ) from None
+
+
 def _export(args: argparse.Namespace) -> int:
-    _, manifest = _manifest(args.directory)
+    path, manifest = _manifest(args.directory)
     which = args.which
     if which == BEST_ALIAS and BEST_ALIAS not in manifest.aliases:
         raise UsageError("the directory has no best checkpoint; use --which latest or an epoch")
@@ -426,31 +722,57 @@ def _export(args: argparse.Namespace) -> int:
         )
     try:
         verify(record)
-    except CheckpointCorruptedError as error:
-        print(f"keras-ckpt export: {error}", file=sys.stderr)
-        return 1
-    output = os.path.abspath(args.output)
-    os.makedirs(os.path.dirname(output), exist_ok=True)
+    except (CheckpointCorruptedError, OSError) as error:
+        raise UsageError(f"{_describe(error)} Nothing exported") from None
+    output = _export_target(args.output, path)
     temporary = f"{output}.tmp-{uuid.uuid4().hex[:8]}"
     try:
+        # Missing parent folders are created (as export always did): the path says where.
+        os.makedirs(os.path.dirname(output), exist_ok=True)
         shutil.copyfile(record.path, temporary)
         os.replace(temporary, output)
+    except OSError as error:
+        raise UsageError(f"cannot write {output}: {_describe(error)}") from None
     finally:
-        if os.path.exists(temporary):
+        with contextlib.suppress(OSError):
             os.remove(temporary)
     print(f"exported {record.filename} (epoch {record.epoch}) to {output}")
     return 0
 
 
+def _export_target(output: str, directory: str) -> str:
+    """The absolute path to export to; refuses a folder and any file of the checkpoint
+    directory (replacing a checkpoint or an alias there would break the directory)."""
+    path = os.path.abspath(output)
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a directory; give the path of the .keras file to write")
+    parent = os.path.dirname(path)
+    with contextlib.suppress(OSError):
+        if os.path.lexists(path) and os.path.samefile(parent, directory):
+            raise UsageError(
+                f"{path} is a file of the checkpoint directory; export to a path outside it"
+            )
+    return path
+
+
 def _plot(args: argparse.Namespace) -> int:
-    _, manifest = _manifest(args.directory)
+    path, manifest = _manifest(args.directory)
     if not manifest.records:
         raise UsageError("the directory holds no committed checkpoint")
-    from keras_ckpt.plots import plot_directory
+    from keras_ckpt.plots import history_of, plot_directory
 
     try:
-        plot_directory(manifest, args.output, metrics=args.metric)
-    except ValueError as error:
+        history_of(manifest)
+    except _EXPECTED_ERRORS as error:  # the History a resume checkpoint carries is damaged
+        raise UsageError(f"cannot read the history kept in {path}: {_describe(error)}") from None
+    output = os.path.abspath(args.output)
+    if os.path.isdir(output):
+        raise UsageError(f"{output} is a directory; give the path of the .png file to write")
+    try:
+        plot_directory(manifest, output, metrics=args.metric)
+    except OSError as error:
+        raise UsageError(f"cannot write {output}: {_describe(error)}") from None
+    except (ValueError, ImportError) as error:  # nothing to plot, no matplotlib
         raise UsageError(str(error)) from None
     print(f"wrote {os.path.abspath(args.output)}")
     return 0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from keras_ckpt import validation
 from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, LATEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import read_committed, verify
+from keras_ckpt.validation import boolean
 
 if TYPE_CHECKING:
     import keras
@@ -65,6 +66,8 @@ def load_best(
     model: keras.Model | None = None,
     *,
     verify_checksum: bool = True,
+    safe_mode: bool = True,
+    custom_objects: dict[str, Any] | None = None,
 ) -> keras.Model:
     """Loads the best checkpoint of ``directory`` (written by ``BestCheckpoint``).
 
@@ -73,6 +76,12 @@ def load_best(
         model: If given, the best weights are loaded into it (and it is returned); needed when
             the checkpoints hold weights only. A compiled model gets its optimizer state too.
         verify_checksum: Check the file against the SHA-256 in the manifest before loading.
+        safe_mode: Passed to ``keras.saving.load_model`` for a whole-model checkpoint. ``True``
+            (the default) refuses to deserialize a ``Lambda`` layer, whose saved bytecode would
+            run on loading; pass ``False`` only for a checkpoint you trust.
+        custom_objects: Passed to ``keras.saving.load_model`` for a whole-model checkpoint:
+            name -> class or function, for custom layers, losses and metrics that are not
+            registered with ``keras.saving.register_keras_serializable``.
 
     Returns:
         The loaded model.
@@ -80,12 +89,21 @@ def load_best(
     Raises:
         FileNotFoundError: If the directory has no best checkpoint.
         keras_ckpt.CheckpointCorruptedError: If the file does not match its manifest entry.
-        ValueError: If the best checkpoint holds weights only and no ``model`` is given.
+        ValueError: If the best checkpoint holds weights only and no ``model`` is given, if
+            ``safe_mode`` is not a bool or ``custom_objects`` is not a dict or None, or when
+            Keras refuses the model (a ``Lambda`` layer under ``safe_mode=True``, say).
 
     Example:
         After ``keras-ckpt demo``: ``model = keras_ckpt.load_best("runs/demo")``.
     """
-    return load_checkpoint(best_checkpoint(directory), model, verify_checksum=verify_checksum)
+    _check_load_options(safe_mode, custom_objects)
+    return load_checkpoint(
+        best_checkpoint(directory),
+        model,
+        verify_checksum=verify_checksum,
+        safe_mode=safe_mode,
+        custom_objects=custom_objects,
+    )
 
 
 def load_latest(
@@ -93,20 +111,53 @@ def load_latest(
     model: keras.Model | None = None,
     *,
     verify_checksum: bool = True,
+    safe_mode: bool = True,
+    custom_objects: dict[str, Any] | None = None,
 ) -> keras.Model:
     """Loads the newest checkpoint of ``directory`` (written by ``IntervalCheckpoint``).
 
-    Arguments, return value and errors as for ``load_best``.
+    Arguments (``safe_mode`` and ``custom_objects`` included), return value and errors as for
+    ``load_best``.
     """
-    return load_checkpoint(latest_checkpoint(directory), model, verify_checksum=verify_checksum)
+    _check_load_options(safe_mode, custom_objects)
+    return load_checkpoint(
+        latest_checkpoint(directory),
+        model,
+        verify_checksum=verify_checksum,
+        safe_mode=safe_mode,
+        custom_objects=custom_objects,
+    )
 
 
 def load_checkpoint(
-    record: CheckpointRecord, model: keras.Model | None = None, *, verify_checksum: bool = True
+    record: CheckpointRecord,
+    model: keras.Model | None = None,
+    *,
+    verify_checksum: bool = True,
+    safe_mode: bool = True,
+    custom_objects: dict[str, Any] | None = None,
 ) -> keras.Model:
-    """Loads one checkpoint record: the whole model, or its weights into ``model``."""
+    """Loads one checkpoint record: the whole model, or its weights into ``model``.
+
+    Args:
+        record: A record from ``list_checkpoints``, ``best_checkpoint`` or
+            ``latest_checkpoint``.
+        model: If given, the checkpoint's weights are loaded into it (and it is returned).
+        verify_checksum: Check the file against the SHA-256 in the manifest before loading.
+        safe_mode: For a whole-model checkpoint, passed to ``keras.saving.load_model``; keep
+            the default ``True`` unless you trust the file (see ``load_best``).
+        custom_objects: For a whole-model checkpoint, passed to ``keras.saving.load_model``.
+
+    Returns:
+        The loaded model.
+
+    Raises:
+        keras_ckpt.CheckpointCorruptedError: If the file does not match its manifest entry.
+        ValueError: As for ``load_best``.
+    """
     import keras
 
+    _check_load_options(safe_mode, custom_objects)
     if verify_checksum:
         verify(record)
     if model is None:
@@ -115,10 +166,21 @@ def load_checkpoint(
                 f"The checkpoint {record.path} holds weights only; pass the model to load "
                 "them into, e.g. load_best(directory, model=model)."
             )
-        return keras.saving.load_model(record.path)
+        return keras.saving.load_model(
+            record.path, custom_objects=custom_objects, safe_mode=safe_mode
+        )
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built and model.built:
         # Without this Keras skips the optimizer's saved state ("Skipping variable loading").
         optimizer.build(model.trainable_variables)
     model.load_weights(record.path)
     return model
+
+
+def _check_load_options(safe_mode: Any, custom_objects: Any) -> None:
+    boolean("safe_mode", safe_mode)
+    if custom_objects is not None and not isinstance(custom_objects, dict):
+        raise ValueError(
+            "Argument `custom_objects` must be a dict (name -> class or function) or None. "
+            f"Received: custom_objects={custom_objects!r}"
+        )
