@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
@@ -34,18 +33,18 @@ from keras_ckpt.records import (
     BEST_ALIAS,
     KIND_MODEL,
     LATEST_ALIAS,
-    MANIFEST_FORMAT,
     MANIFEST_NAME,
     CheckpointRecord,
     Manifest,
+    ManifestError,
 )
 from keras_ckpt.store import (
-    TEMP_PREFIX,
     CheckpointCorruptedError,
     CheckpointStore,
     alias_filename,
     file_sha256,
     read_committed,
+    read_manifest,
     verify,
 )
 
@@ -67,9 +66,6 @@ _EXPECTED_ERRORS = (
     ArithmeticError,
     RuntimeError,
 )
-
-# Larger counts and sizes than any real run makes; bigger ones are damage (and overflow floats).
-_LARGEST_COUNT = 2**63 - 1
 
 
 def _printable(text: object) -> str:
@@ -230,170 +226,56 @@ def _run(args: argparse.Namespace) -> int:
 
 def _manifest(directory: str) -> tuple[str, Manifest]:
     """The directory's absolute path and its committed manifest, or a ``UsageError`` saying
-    what is wrong. Reads only: a crash's leftovers are resolved in memory."""
+    what is wrong. Reads only: a crash's leftovers are resolved in memory.
+
+    The store checks every entry of the manifest as it parses it. The command line also refuses
+    a directory where a listed name is anything but a regular file (a link, a folder, a pipe),
+    before any command reads, exports or deletes there: it is the door through which directories
+    from elsewhere come in.
+    """
     path = os.path.abspath(directory)
     if not os.path.isdir(path):
         if os.path.lexists(path):
             raise UsageError(f"{path} is not a directory")
         raise UsageError(f"no directory at {path}")
     manifest_path = os.path.join(path, MANIFEST_NAME)
-    _check_regular_file(path, MANIFEST_NAME, "the manifest", missing_ok=False)
-    try:
-        with open(manifest_path, "rb") as file:
-            raw = file.read()
-    except OSError as error:
-        raise UsageError(f"cannot read {manifest_path}: {_describe(error)}") from None
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as error:
+    if not os.path.lexists(manifest_path):
         raise UsageError(
-            f"{manifest_path} is not valid JSON ({_describe(error)}); keras_ckpt never writes a "
-            "partial manifest, so something else changed it"
-        ) from None
-    # Every name is checked, and every file it names looked at without following links, before
-    # the store reads a byte: it hashes the file of an interrupted commit, say.
-    for where, name in _manifest_names(data, path, manifest_path):
-        _check_regular_file(path, name, where, missing_ok=True)
+            f"{path} holds no {MANIFEST_NAME}: it is not a directory keras_ckpt wrote "
+            "checkpoints to"
+        )
     try:
+        for where, name in _listed_files(read_manifest(path)):
+            _check_regular_file(path, name, where)
         return path, read_committed(path)
+    except ManifestError as error:
+        raise UsageError(str(error)) from None
     except _EXPECTED_ERRORS as error:
         raise UsageError(f"cannot read {manifest_path}: {_describe(error)}") from None
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return {dict: "object", list: "list", str: "string"}.get(type(value), type(value).__name__)
-
-
-def _manifest_names(data: Any, directory: str, manifest_path: str) -> list[tuple[str, str]]:
-    """Checks the shape of a parsed manifest; returns every file name it holds, each with where
-    it stands (``checkpoint #2``, ``alias 'best'``, ...). Raises ``UsageError`` naming the entry.
-
-    The store checks the manifest as well; the command line checks again because it is the door
-    through which directories from elsewhere come in, and ``prune`` deletes.
-    """
-
-    def damaged(where: str, what: str) -> UsageError:
-        return UsageError(f"{manifest_path} is damaged: {where} {what}")
-
-    if not isinstance(data, dict):
-        raise damaged("the document", f"is a JSON {_json_type(data)}, not an object")
-    if data.get("format") != MANIFEST_FORMAT:
-        raise UsageError(
-            f"{manifest_path} is not a keras_ckpt manifest "
-            f"(format={_printable(repr(data.get('format')))[:80]})"
-        )
-    names: list[tuple[str, str]] = []
-    if "checkpoints" not in data:
-        raise damaged("the document", "has no 'checkpoints' entry")
-    checkpoints = data["checkpoints"]
-    if not isinstance(checkpoints, list):
-        raise damaged("'checkpoints'", f"is a JSON {_json_type(checkpoints)}, not a list")
-    seen: set[str] = set()
-    for index, item in enumerate(checkpoints, start=1):
-        where = f"checkpoint #{index}"
-        name = _check_record(item, where, directory, damaged)
-        if name in seen:
-            raise damaged(where, f"lists {name} a second time")
-        seen.add(name)
-        names.append((where, name))
-    aliases = data.get("aliases", {})
-    if not isinstance(aliases, dict):
-        raise damaged("'aliases'", f"is a JSON {_json_type(aliases)}, not an object")
-    for alias, target in aliases.items():
-        _check_name(alias, f"alias {_printable(repr(alias))}", damaged)
-        if not isinstance(target, str):
-            raise damaged(f"alias {alias!r}", f"points at a JSON {_json_type(target)}")
-        _check_name(target, f"the target of alias {alias!r}", damaged)
-        where = f"the file of alias {alias!r}"
-        _check_name(alias_filename(alias, target), where, damaged)
-        names.append((where, alias_filename(alias, target)))
-    trash = data.get("trash", [])
-    if not isinstance(trash, list):
-        raise damaged("'trash'", f"is a JSON {_json_type(trash)}, not a list")
-    for index, name in enumerate(trash, start=1):
-        _check_name(name, f"trash entry #{index}", damaged)
-        names.append((f"trash entry #{index}", name))
-    pending = data.get("pending")
-    if pending is not None:
-        if not isinstance(pending, dict):
-            raise damaged("'pending'", f"is a JSON {_json_type(pending)}, not an object or null")
-        temporary = pending.get("temp")
-        _check_name(temporary, "the temporary file of 'pending'", damaged)
-        if not temporary.startswith(TEMP_PREFIX):
-            raise damaged("'pending'", f"names {temporary}, which is not a temporary file")
-        name = _check_record(pending.get("record"), "the record of 'pending'", directory, damaged)
-        names += [("the temporary file of 'pending'", temporary), ("'pending'", name)]
+def _listed_files(manifest: Manifest) -> list[tuple[str, str]]:
+    """Every file name the manifest gives, each with where it stands (``checkpoint #2``, ...)."""
+    names = [(f"checkpoint #{i}", r.filename) for i, r in enumerate(manifest.records, start=1)]
+    names += [
+        (f"the file of alias {alias!r}", alias_filename(alias, target))
+        for alias, target in manifest.aliases.items()
+    ]
+    names += [(f"trash entry #{i}", name) for i, name in enumerate(manifest.trash, start=1)]
+    if manifest.pending is not None:
+        names.append(("the temporary file of 'pending'", manifest.pending["temp"]))
+        names.append(("the record of 'pending'", manifest.pending["record"]["file"]))
     return names
 
 
-def _check_record(item: Any, where: str, directory: str, damaged: Any) -> str:
-    """Checks one checkpoint record of the manifest; returns its file name."""
-    if not isinstance(item, dict):
-        raise damaged(where, f"is a JSON {_json_type(item)}, not an object")
-    name = item.get("file")
-    _check_name(name, f"the 'file' of {where}", damaged)
-    where = f"{where} ({name})"
-    for key in ("epoch", "step", "size", "time", "sha256"):
-        if key not in item:
-            raise damaged(where, f"lacks {key!r}")
-    for key in ("epoch", "step", "size"):
-        value = item[key]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise damaged(where, f"has {key}={_printable(repr(value))[:40]}, not a whole number")
-        if not 0 <= value <= _LARGEST_COUNT:
-            raise damaged(where, f"has {key}={str(value)[:40]}, out of range")
-    when = item.get("time")
-    if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
-        raise damaged(where, f"has time={_printable(repr(when))[:40]}, not a finite number")
-    if not isinstance(item.get("sha256"), str):
-        raise damaged(where, f"has a 'sha256' that is a JSON {_json_type(item['sha256'])}")
-    kept_by = item.get("kept_by", [])
-    if not isinstance(kept_by, list) or not all(isinstance(k, str) for k in kept_by):
-        raise damaged(where, "has a 'kept_by' that is not a list of names")
-    for key, types in (("metrics", dict), ("state", (dict, type(None)))):
-        if not isinstance(item.get(key, None if key == "state" else {}), types):
-            raise damaged(where, f"has a {key!r} that is a JSON {_json_type(item.get(key))}")
-    try:
-        CheckpointRecord.from_json(item, directory)
-    except _EXPECTED_ERRORS as error:
-        raise damaged(where, f"cannot be read: {_describe(error)}") from None
-    return name
-
-
-def _check_name(name: Any, where: str, damaged: Any) -> None:
-    """A name from the manifest must be a plain, printable file name inside the directory."""
-    if not isinstance(name, str):
-        raise damaged(where, f"is a JSON {_json_type(name)}, not a file name")
-    if (
-        name in ("", ".", "..", MANIFEST_NAME)
-        or os.path.basename(name) != name
-        or "/" in name
-        or "\\" in name
-        or not name.isprintable()
-    ):
-        raise damaged(where, f"is {_printable(repr(name))[:80]}, not a plain file name")
-
-
-def _check_regular_file(directory: str, name: str, where: str, *, missing_ok: bool) -> None:
-    """Refuses anything but a regular file at ``name`` (a link, a folder, a pipe), unfollowed."""
+def _check_regular_file(directory: str, name: str, where: str) -> None:
+    """Refuses anything but a regular file at ``name`` (a link, a folder, a pipe), unfollowed;
+    a missing file is left to the command (``verify`` reports it)."""
     path = os.path.join(directory, name)
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
-        if missing_ok:
-            return
-        raise UsageError(
-            f"{directory} holds no {MANIFEST_NAME}: it is not a directory keras_ckpt wrote "
-            "checkpoints to"
-        ) from None
-    except OSError as error:
-        raise UsageError(f"cannot look at {path}: {_describe(error)}") from None
+        return
     if not stat.S_ISREG(mode):
         kind = (
             "symbolic link"

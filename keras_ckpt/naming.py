@@ -7,13 +7,14 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
+from keras_ckpt.records import LOCK_NAME, MANIFEST_NAME, TEMP_PREFIX
+
 MODEL_EXTENSIONS = (".keras", ".h5")
 WEIGHTS_EXTENSION = ".weights.h5"
 
-# What the checkpoint store names for itself in a directory (``store.py``): its temporary files,
-# its manifest and its lock. No checkpoint may be named like them.
-TEMP_PREFIX = ".keras_ckpt-tmp-"
-RESERVED_NAMES = ("keras_ckpt.json", ".keras_ckpt.lock")
+# What the checkpoint store names for itself in a directory: its temporary files, its manifest
+# and its lock. No checkpoint may be named like them.
+RESERVED_NAMES = (MANIFEST_NAME, LOCK_NAME)
 
 # The fields that are counters; every other field is a metric, a float in the logs.
 INTEGER_FIELDS = ("epoch", "step", "batch")

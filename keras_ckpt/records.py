@@ -53,8 +53,8 @@ def name_problem(name: Any) -> str | None:
         return f"is a {type(name).__name__}, not a string"
     if name in ("", ".", ".."):
         return "is not a file name"
-    if "\x00" in name:
-        return "has a NUL character"
+    if not name.isprintable():  # a NUL, a newline, an escape sequence for the terminal
+        return "has a control character"
     # Both separators everywhere: a manifest written on one system is read on others.
     if "/" in name or "\\" in name or os.path.isabs(name) or os.path.splitdrive(name)[0]:
         return "has a path separator"
@@ -152,7 +152,7 @@ class CheckpointRecord:
             metrics={
                 str(name): entry.number(f"metrics.{name}", value) for name, value in metrics.items()
             },
-            time=entry.number("time", entry.get("time", numbers.Real)),
+            time=entry.finite("time"),
             size=entry.integer("size"),
             sha256=entry.get("sha256", str),
             keras_version=entry.get("keras_version", str, "unknown"),
@@ -207,8 +207,8 @@ class _Entry:
         value = self.get(key, object, None if optional else ...)
         if value is None and optional:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.fail(key, value, "an integer >= 0")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise self.fail(key, value, "an integer from 0 to 2**63 - 1")
         return value
 
     def number(self, field_name: str, value: Any) -> float:
@@ -216,6 +216,16 @@ class _Entry:
             return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(field_name, value, "a number (or 'nan', 'inf', '-inf')")
+        return float(value)
+
+    def finite(self, key: str) -> float:
+        value = self.get(key, object)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise self.fail(key, value, "a finite number")
         return float(value)
 
     def choice(self, key: str, allowed: tuple[str, ...], default: str) -> str:

@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from keras_ckpt import validation
 from keras_ckpt.records import (
     ALIASES,
     LOCK_NAME,
@@ -145,10 +146,6 @@ def check_directory_usable(directory: str | os.PathLike[str], argument: str) -> 
     a non-empty ``str`` or ``os.PathLike`` without NUL (``validation.directory``), when the path
     is a file, or when the nearest existing parent is not a writable directory.
     """
-    # Imported here so that this change stays inside this function while the rest of store.py
-    # is being rewritten; it belongs with the imports at the top once that lands.
-    from keras_ckpt import validation
-
     path = os.path.abspath(validation.directory(argument, directory))
     probe = path
     while not os.path.exists(probe):
@@ -482,7 +479,7 @@ class CheckpointStore:
         directory: str | os.PathLike[str],
         keras_version: str = "unknown",
     ):
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = os.path.abspath(validation.directory("directory", directory))
         self.keras_version = keras_version
         self._lock = _directory_lock(self.directory)
         self._release: weakref.finalize | None = None

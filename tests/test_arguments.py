@@ -343,13 +343,6 @@ def test_the_store_s_own_names_are_refused(template):
         naming.check_renders(template, "filepath")
 
 
-def test_reserved_prefix_is_the_store_s():
-    from keras_ckpt import store
-
-    assert naming.TEMP_PREFIX == store.TEMP_PREFIX
-    assert store.MANIFEST_NAME in naming.RESERVED_NAMES
-
-
 @pytest.mark.parametrize(
     ("template", "rendered"),
     [

@@ -533,7 +533,8 @@ def test_an_unreadable_manifest(tmp_path, capsys, monkeypatch):
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(cli, "open", refuse, raising=False)  # root reads a chmod 000 file
+    # Root reads a chmod 000 file, so the refusal is the store's opening of the manifest.
+    monkeypatch.setattr(keras_ckpt.store, "open_regular", refuse)
     code, out, err = run_in_process(capsys, ["ls", str(directory)])
     assert_one_error_line("ls", code, out, err)
     assert "cannot read" in err and "Permission denied" in err
