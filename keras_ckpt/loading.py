@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from keras_ckpt import validation
 from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, LATEST_ALIAS, CheckpointRecord
-from keras_ckpt.store import read_committed, verify
+from keras_ckpt.store import check_regular_file, read_committed, verify
 from keras_ckpt.validation import boolean
 
 if TYPE_CHECKING:
@@ -160,6 +160,8 @@ def load_checkpoint(
     _check_load_options(safe_mode, custom_objects)
     if verify_checksum:
         verify(record)
+    else:
+        check_regular_file(record.path)  # never a link that leads out of the directory
     if model is None:
         if record.kind == KIND_WEIGHTS:
             raise ValueError(

@@ -640,11 +640,13 @@ class CheckpointStore:
                 manifest.aliases[alias] = target_filename
                 self._write_manifest(manifest)
             except BaseException:
-                with contextlib.suppress(OSError):
-                    if backup is not None:
-                        os.replace(backup, alias_path)
-                    elif manifest.find(os.path.basename(alias_path)) is None:
-                        os.remove(alias_path)
+                # Undone unless the manifest was replaced (only the fsync after it failed).
+                with contextlib.suppress(Exception):
+                    if self.manifest().aliases.get(alias) != target_filename:
+                        if backup is not None:
+                            os.replace(backup, alias_path)
+                        elif manifest.find(os.path.basename(alias_path)) is None:
+                            os.remove(alias_path)
                 raise
             finally:
                 if backup is not None:

@@ -3,6 +3,8 @@
 import os
 import random
 import signal
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -463,3 +465,110 @@ def test_unseeded_shuffled_mid_epoch_resume_warns(tmp_path, data):
             verbose=0,
             callbacks=[keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3)],
         )
+
+
+@pytest.mark.parametrize("resume_first", [True, False])
+def test_interval_checkpoint_keeps_its_steps_after_a_resume_in_any_list_order(
+    tmp_path, data, resume_first
+):
+    """An IntervalCheckpoint listed before ResumeFromLatest (as in the README) counts its steps
+    from the restored step, not from 0: a rerun saves exactly where the whole run saved."""
+
+    def callbacks(run, crash=None):
+        interval = keras_ckpt.IntervalCheckpoint(tmp_path / run / "interval", every_steps=4)
+        resume = keras_ckpt.ResumeFromLatest(tmp_path / run / "resume", save_freq=3)
+        listed = [resume, interval] if resume_first else [interval, resume]
+        return [*listed, *([Crash(crash)] if crash else [])]
+
+    def steps(run):
+        return [r.step for r in keras_ckpt.list_checkpoints(tmp_path / run / "interval")]
+
+    fit(make_model(), data, callbacks("whole"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(make_model(), data, callbacks("resumed", crash=19))  # resumes after step 18
+    fit(make_model(seed=1), data, callbacks("resumed"))
+    assert steps("whole") == [4, 8, 12, 16, 20, 24, 25]
+    assert sorted(steps("resumed")) == steps("whole")
+
+
+def test_a_nan_loss_never_crashes_a_fit_with_every_saving_callback(tmp_path, data):
+    """NaN losses are common; the callbacks that protect a run must never be what kills it.
+    ResumeFromLatest stores the History with its NaN (as the text "nan"), and a rerun reads it
+    back as a float NaN."""
+
+    class Poison(keras.callbacks.Callback):
+        """Turns the weights NaN before the second epoch's third batch, as a diverging run."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.epoch == 1 and batch == 2:
+                self.model.set_weights([w * np.nan for w in self.model.get_weights()])
+
+    callbacks = [
+        Poison(),
+        keras_ckpt.BestCheckpoint(tmp_path / "best", monitor="loss"),
+        keras_ckpt.IntervalCheckpoint(tmp_path / "interval", every_steps=2),
+        keras_ckpt.ModelCheckpoint(tmp_path / "model" / "e{epoch}.keras"),
+        keras_ckpt.EarlyStopping(monitor="loss", check_finite=False),
+        keras_ckpt.ReduceLROnPlateau(monitor="loss"),
+        keras_ckpt.ResumeFromLatest(tmp_path / "resume", save_freq=2),
+    ]
+    history = fit(make_model(), data, callbacks, epochs=3)
+    assert np.isfinite(history.history["loss"][0]) and np.isnan(history.history["loss"][-1])
+    assert [r.epoch for r in keras_ckpt.list_checkpoints(tmp_path / "best")] == [1]  # finite
+    newest = keras_ckpt.list_checkpoints(tmp_path / "resume")[-1]
+    assert newest.state["history"]["history"]["loss"][-1] == "nan"  # JSON has no NaN
+    rerun = fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path / "resume")], 4)
+    assert rerun.epoch == [0, 1, 2, 3]
+    assert all(isinstance(value, float) for value in rerun.history["loss"])
+    assert np.isnan(rerun.history["loss"][2])
+
+
+def test_signal_handlers_are_given_back_when_fit_raises(tmp_path, data):
+    """Keras skips on_train_end when fit raises; Ctrl-C must still interrupt as before."""
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path), Crash(7)])
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_checkpoint_deleted_by_hand_is_skipped_with_a_warning(tmp_path, data):
+    fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path)], epochs=2)
+    newest = keras_ckpt.list_checkpoints(tmp_path)[-1]
+    os.remove(newest.path)
+    resume = keras_ckpt.ResumeFromLatest(tmp_path)
+    model = make_model(seed=1)
+    with pytest.warns(UserWarning, match=rf"skipping {newest.path}: .*missing"):
+        fit(model, data, [resume], epochs=3)
+    assert resume.resumed_from.epoch == 1  # the one before it
+    assert_weights_equal(model.get_weights(), reference_weights(data, epochs=3))
+
+
+def test_a_directory_another_process_writes_into_is_refused_before_training(tmp_path, data):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from keras_ckpt.store import CheckpointStore as S; "
+            "s = S(sys.argv[1]); print('holding', flush=True); sys.stdin.read()",
+            str(tmp_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        model = make_model()
+        with pytest.raises(keras_ckpt.store.DirectoryLockedError, match=f"pid {holder.pid}"):
+            fit(model, data, [keras_ckpt.ResumeFromLatest(tmp_path)])
+        assert int(model.optimizer.iterations) == 0  # not one batch trained
+    finally:
+        holder.kill()
+        holder.wait()
+    fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path)], epochs=1)
+    assert len(keras_ckpt.list_checkpoints(tmp_path)) == 1

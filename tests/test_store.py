@@ -3,6 +3,8 @@
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -12,6 +14,7 @@ from keras_ckpt.store import (
     TEMP_PREFIX,
     CheckpointCorruptedError,
     CheckpointStore,
+    DirectoryLockedError,
     FollowerStore,
     check_directory_usable,
     contents_digest,
@@ -411,3 +414,132 @@ def test_followers_of_one_directory_share_one_view_read_afresh_at_each_opening(t
     commit(chief, "c.weights.h5")
     FollowerStore(tmp_path)
     assert [r.filename for r in best.records()] == ["a.weights.h5", "c.weights.h5"]
+
+
+def contents(directory):
+    """Every name in ``directory`` with its bytes, and the inode of each checkpoint and alias (an
+    alias is a link: the same inode as its checkpoint)."""
+    state = {}
+    for name in files(directory):
+        path = os.path.join(directory, name)
+        with open(path, "rb") as file:
+            inode = None if name == MANIFEST_NAME else os.stat(path).st_ino
+            state[name] = (file.read(), inode)
+    return state
+
+
+def failing_on_call(monkeypatch, function_name, number):
+    """Makes the ``number``-th call of ``os.<function_name>`` fail as a full disk would."""
+    original, calls = getattr(os, function_name), []
+
+    def fail(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == number:
+            raise OSError(28, "No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(os, function_name, fail)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("function_name", "number"),
+    [("fsync", 1), ("fsync", 2), ("fsync", 3), ("replace", 1), ("replace", 2)],
+)
+def test_a_failed_alias_update_leaves_the_directory_as_it_was(
+    tmp_path, monkeypatch, function_name, number
+):
+    store = CheckpointStore(tmp_path)
+    commit(store, "a.keras", b"aaa")
+    store.set_alias("latest", "a.keras")
+    commit(store, "b.keras", b"bbb")
+    before = contents(tmp_path)
+    calls = failing_on_call(monkeypatch, function_name, number)
+    with pytest.raises(OSError, match="No space left"):
+        store.set_alias("latest", "b.keras")
+    assert len(calls) >= number  # the failure was injected, not skipped
+    monkeypatch.undo()
+    aliases = read_manifest(str(tmp_path)).aliases
+    if aliases == {"latest": "a.keras"}:
+        assert contents(tmp_path) == before  # latest.keras is still a's, no temporary is left
+    else:  # the manifest was replaced, only the directory's fsync after it failed: committed
+        assert aliases == {"latest": "b.keras"}
+        assert os.path.samefile(tmp_path / "latest.keras", tmp_path / "b.keras")
+        assert not [n for n in files(tmp_path) if n.startswith(TEMP_PREFIX)]
+
+
+@pytest.mark.parametrize("number", range(1, 6))
+def test_a_commit_that_fails_at_any_fsync_leaves_the_old_or_the_new_directory(
+    tmp_path, monkeypatch, number
+):
+    """A failed save never damages what was there: the directory is as before, or the new
+    checkpoint is whole and listed (when only the last manifest write failed); no leftovers."""
+    store = CheckpointStore(tmp_path)
+    commit(store, "a.keras", b"old")
+    before = contents(tmp_path)
+    calls = failing_on_call(monkeypatch, "fsync", number)
+    with pytest.raises(OSError, match="No space left"):
+        commit(store, "a.keras", b"new")
+    assert len(calls) >= number
+    monkeypatch.undo()
+    assert not [n for n in files(tmp_path) if n.startswith(TEMP_PREFIX)]
+    [record] = keras_ckpt.list_checkpoints(tmp_path)
+    verify(record)
+    if (tmp_path / "a.keras").read_bytes() == b"old":
+        assert contents(tmp_path) == before
+    CheckpointStore(tmp_path)  # reopening settles it, and finds nothing more to do
+    assert [r.sha256 for r in keras_ckpt.list_checkpoints(tmp_path)] == [record.sha256]
+
+
+def test_a_checkpoint_deleted_by_hand_loses_its_alias_not_the_directory(tmp_path):
+    store = CheckpointStore(tmp_path)
+    commit(store, "a.keras", b"aaa")
+    commit(store, "b.keras", b"bbb")
+    store.set_alias("latest", "b.keras")
+    os.remove(tmp_path / "b.keras")
+    with pytest.warns(UserWarning, match=r"dropping the 'latest' alias .*b\.keras is missing"):
+        reopened = CheckpointStore(tmp_path)
+    assert reopened.manifest().aliases == {}
+    assert files(tmp_path) == [LOCK_NAME, "a.keras", MANIFEST_NAME]  # latest.keras went too
+    assert [r.filename for r in reopened.records()] == ["a.keras", "b.keras"]
+    with pytest.raises(CheckpointCorruptedError, match="missing"):
+        verify(reopened.records()[-1])
+
+
+HOLD_THE_LOCK = """
+import sys
+from keras_ckpt.store import CheckpointStore
+store = CheckpointStore(sys.argv[1])
+print("holding", flush=True)
+sys.stdin.read()  # until the test closes the pipe
+"""
+
+
+def test_a_second_writing_process_is_refused_until_the_first_ends(tmp_path):
+    commit(CheckpointStore(tmp_path), "a.keras")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        before = contents(tmp_path)
+        with pytest.raises(DirectoryLockedError, match=rf"{tmp_path} \(pid {holder.pid} on "):
+            CheckpointStore(tmp_path)
+        assert [r.filename for r in keras_ckpt.list_checkpoints(tmp_path)] == ["a.keras"]
+        assert contents(tmp_path) == before  # refused before recovery could touch anything
+    finally:
+        holder.kill()  # SIGKILL: the kernel releases the lock, nothing is left to clean up
+        holder.wait()
+    commit(CheckpointStore(tmp_path), "b.keras")
+
+
+def test_stores_of_one_process_share_the_lock_and_a_write_after_close_takes_it_again(tmp_path):
+    first, second = CheckpointStore(tmp_path), CheckpointStore(tmp_path)
+    first.close()
+    commit(second, "a.keras")
+    second.close()
+    commit(first, "b.keras")  # takes the lock again
+    assert [r.filename for r in first.records()] == ["a.keras", "b.keras"]

@@ -121,6 +121,8 @@ class IntervalCheckpoint(StoreCallback):
         self._last_saved_step: int | None = None
         self._last_metrics: dict[str, float] = {}
         self._epochs_ended = 0
+        self._trigger_started = False
+        self._kept = 0
 
     def _check_filename_varies(self) -> None:
         fields = set(naming.template_fields(self.filename))
@@ -153,14 +155,21 @@ class IntervalCheckpoint(StoreCallback):
         self._warn_if_tensorboard_comes_first()
         self._store = self._open_store(self.directory)
         self._begin_run(continue_run=True)
-        self._trigger.start(now=self._clock(), step=self._step())
+        self._trigger_started = False
         self._last_saved_step = None
         self._last_metrics = {}
         self._epochs_ended = 0
-        self._kept = len(self._own_records(self._store))
         self._epoch_saves = self._epoch_deleted = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if not self._trigger_started:
+            # Counted from the first epoch of the fit, once every on_train_begin has run: a
+            # ResumeFromLatest listed after this callback restores the step (and this
+            # callback's run) in its own on_train_begin.
+            self._trigger.start(now=self._clock(), step=self._step())
+            assert self._store is not None, "on_train_begin opens the store"
+            self._kept = len(self._own_records(self._store))
+            self._trigger_started = True
         self._current_epoch = epoch
         self._epoch_saves = self._epoch_deleted = 0
         if self.every_steps is not None or self.every_seconds is not None:

@@ -257,7 +257,8 @@ class LearningRateScheduler(keras.callbacks.Callback):
         return {"last_learning_rate": self.last_learning_rate}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.last_learning_rate = state.get("last_learning_rate")
+        rate = state.get("last_learning_rate")
+        self.last_learning_rate = None if rate is None else float(rate)  # "nan" in the manifest
 
 
 def _as_float(rate: Any) -> float:

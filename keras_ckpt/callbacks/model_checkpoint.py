@@ -170,7 +170,9 @@ class ModelCheckpoint(Resumable, StoreCallback):
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         StoreCallback.load_state_dict(self, state)
-        self.best = state.get("best", self.best)
+        best = state.get("best", self.best)
+        # The manifest stores a non-finite best (an initial_value_threshold of inf) as text.
+        self.best = None if best is None else float(best)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._current_epoch = epoch

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -137,6 +138,7 @@ class ResumeFromLatest(StoreCallback):
         self._replayed = 0
         self._end_replay: Callable[[], None] = lambda: None
         self._signal_received = threading.Event()
+        self._signal_fit: weakref.ref[Any] | None = None  # the fit whose signals it handles
         self._previous_handlers: dict[int, Any] = {}
         self._stopped_by_signal = False
         self._epochs_done = 0
@@ -374,6 +376,9 @@ class ResumeFromLatest(StoreCallback):
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        self._restore_signal_handlers()  # of an earlier fit that raised
+        running = _fit_epoch_iterator()
+        self._signal_fit = None if running is None else weakref.ref(running)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
@@ -383,10 +388,16 @@ class ResumeFromLatest(StoreCallback):
         self._previous_handlers = {}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if not self._signal_received.is_set():
+        # A fit that raises never calls on_train_end, which puts the handlers back; so the
+        # handler checks that its fit still runs (it is on the stack this signal interrupted).
+        running = None if self._signal_fit is None else self._signal_fit()
+        fit_ended = self._signal_fit is not None and (
+            running is None or fit_local("epoch_iterator", lambda value: value is running) is None
+        )
+        if not self._signal_received.is_set() and not fit_ended:
             self._signal_received.set()
             return
-        # A second signal: hand it to whoever handled it before us.
+        # A second signal, or one after the fit ended: hand it to whoever handled it before.
         previous = self._previous_handlers.get(signum, signal.SIG_DFL)
         self._restore_signal_handlers()
         if callable(previous):
@@ -557,7 +568,10 @@ def _restore_history(callbacks: list[Any], state: dict[str, Any]) -> None:
     for callback in callbacks:
         if isinstance(callback, keras.callbacks.History) and not callback.epoch:
             callback.epoch = list(state.get("epoch", []))
-            callback.history = {k: list(v) for k, v in state.get("history", {}).items()}
+            # float(): the manifest stores a NaN or infinite loss as the text "nan", "inf".
+            callback.history = {
+                k: [float(value) for value in v] for k, v in state.get("history", {}).items()
+            }
 
 
 def _callback_keys(callbacks: list[Any]) -> list[tuple[str, Any]]:
