@@ -660,20 +660,19 @@ class CheckpointStore:
         return alias_path
 
     def remove_if_empty(self) -> bool:
-        """Removes the directory when it holds no checkpoint and nothing but the manifest (and
-        the lock, which this store holds alone in this process)."""
+        """Removes the directory when it holds no checkpoint and nothing but the manifest and
+        the lock; the lock is let go of, for every store of this process."""
         self._take_directory()
         with self._lock:
-            with _locks_guard:
-                held = _held_locks.get(self.directory)
-                if held is not None and held.holders > 1:
-                    return False  # another store of this process still writes here
             if self.records() or set(os.listdir(self.directory)) - {MANIFEST_NAME, LOCK_NAME}:
                 return False
             os.remove(self.path(MANIFEST_NAME))
             os.remove(self.path(LOCK_NAME))
             os.rmdir(self.directory)
-        self.close()
+            with _locks_guard:
+                held = _held_locks.pop(self.directory, None)
+            if held is not None:
+                os.close(held.fd)
         return True
 
     # Recovery ----------------------------------------------------------------------------

@@ -67,7 +67,10 @@ def test_a_lambda_checkpoint_loads_with_safe_mode_false(lambda_directory, data, 
     assert func_load_calls  # the lambda came from its saved bytecode
     dense = model.get_layer("dense")
     np.testing.assert_allclose(
-        model.predict(x, verbose=0), 2 * dense(x).numpy(), rtol=1e-6, atol=1e-6
+        model.predict(x, verbose=0),
+        2 * keras.ops.convert_to_numpy(dense(x)),
+        rtol=1e-6,
+        atol=1e-6,
     )
     record = keras_ckpt.best_checkpoint(lambda_directory)
     with pytest.raises(ValueError, match="safe_mode=False"):
@@ -84,7 +87,10 @@ def test_a_custom_layer_loads_with_custom_objects(tmp_path, data):
     assert isinstance(model.get_layer("doubler"), Doubler)
     dense = model.get_layer("dense")
     np.testing.assert_allclose(
-        model.predict(x, verbose=0), 2 * dense(x).numpy(), rtol=1e-6, atol=1e-6
+        model.predict(x, verbose=0),
+        2 * keras.ops.convert_to_numpy(dense(x)),
+        rtol=1e-6,
+        atol=1e-6,
     )
 
 
