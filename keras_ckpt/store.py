@@ -418,11 +418,15 @@ def _acquire_directory(directory: str) -> None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise ManifestError(f"{path} is not a regular file; remove it to write here.")
+        # A lock file with other links is not ours alone (it may be a file outside, hard-linked
+        # in): it is locked, but never read or written.
+        own = os.fstat(fd).st_nlink == 1
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "unknown"
+                holder = os.pread(fd, 300, 0).decode("utf-8", "replace") if own else ""
+                holder = "".join(c for c in holder.strip() if c.isprintable()) or "unknown"
                 os.close(fd)
                 raise DirectoryLockedError(
                     f"Another process is writing checkpoints into {directory} ({holder}). Two "
@@ -437,9 +441,11 @@ def _acquire_directory(directory: str) -> None:
                         "writes checkpoints into this directory at the same time.",
                         stacklevel=4,
                     )
-        since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n".encode(), 0)
+        if own:
+            since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            holder = f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode(), 0)
         _held_locks[directory] = _HeldLock(fd)
 
 
@@ -655,8 +661,9 @@ class CheckpointStore:
             if previous is not None:
                 stale = alias_filename(alias, previous)
                 if stale != os.path.basename(alias_path) and manifest.find(stale) is None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(self.path(stale))
+                    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                        if not os.path.isdir(self.path(stale)) or os.path.islink(self.path(stale)):
+                            os.remove(self.path(stale))
         return alias_path
 
     def remove_if_empty(self) -> bool:
@@ -780,6 +787,13 @@ class CheckpointStore:
             # it is never overwritten; the alias then lives in the manifest only.
             return alias_path
         check_regular_file(target)
+        if os.path.isdir(alias_path) and not os.path.islink(alias_path):
+            warnings.warn(
+                f"keras_ckpt: {alias_path} is a folder, not keras_ckpt's; the {alias!r} alias "
+                "lives in the manifest only (load_best and load_latest read it there).",
+                stacklevel=3,
+            )
+            return alias_path
         with contextlib.suppress(FileNotFoundError):
             here, there = os.lstat(alias_path), os.lstat(target)
             if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):

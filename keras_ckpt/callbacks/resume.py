@@ -329,6 +329,13 @@ class ResumeFromLatest(StoreCallback):
             except CheckpointCorruptedError as error:
                 warnings.warn(f"ResumeFromLatest: skipping {record.path}: {error}", stacklevel=3)
                 continue
+            problem = state_problem(record.state)
+            if problem is not None:  # the manifest is data from the directory, like the file
+                warnings.warn(
+                    f"ResumeFromLatest: skipping {record.path}: its resume state {problem}.",
+                    stacklevel=3,
+                )
+                continue
             return record
         return None
 
@@ -364,7 +371,7 @@ class ResumeFromLatest(StoreCallback):
                 batch,
                 on_done=(lambda: _set_torch_generators(torch_now)) if torch_now else lambda: None,
             )
-        _load_callback_states(_sibling_callbacks(self), state.get("callbacks", {}))
+        _load_callback_states(_sibling_callbacks(self), state.get("callbacks", {}), record.path)
         # History resets in its own on_train_begin, which runs after this one: refill it when
         # the first epoch begins.
         self._history_to_restore = state.get("history")
@@ -592,11 +599,111 @@ def _callback_states(callbacks: list[Any]) -> dict[str, Any]:
     return {key: callback.state_dict() for key, callback in _callback_keys(callbacks)}
 
 
-def _load_callback_states(callbacks: list[Any], states: dict[str, Any]) -> None:
+def _load_callback_states(callbacks: list[Any], states: dict[str, Any], path: str) -> None:
     for key, callback in _callback_keys(callbacks):
         if key in states:
-            # A copy: manifest records are shared read-only between reads of the manifest.
-            callback.load_state_dict(copy.deepcopy(states[key]))
+            try:
+                # A copy: manifest records are shared read-only between reads of the manifest.
+                callback.load_state_dict(copy.deepcopy(states[key]))
+            except (TypeError, ValueError, KeyError, AttributeError) as error:
+                raise ValueError(
+                    f"ResumeFromLatest: the state of {key} in {path} cannot be loaded "
+                    f"({type(error).__name__}: {error}); keras_ckpt did not write it so."
+                ) from None
+
+
+def state_problem(state: Any) -> str | None:
+    """What is wrong with a resume ``state`` read from a manifest, or ``None``: its fields are
+    checked before anything of it is applied. Keras-free."""
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    def number(value: Any) -> bool:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)) or value in (
+            "nan",
+            "inf",
+            "-inf",
+        )
+
+    def list_of(value: Any, check: Callable[[Any], bool]) -> bool:
+        return isinstance(value, list) and all(check(item) for item in value)
+
+    if not isinstance(state, dict):
+        return "is not an object"
+    if count(state.get("version")) and state["version"] > STATE_VERSION:
+        return f"has version {state['version']} (a newer keras_ckpt wrote it)"
+    checks: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
+        "epoch": (True, count, "an integer >= 0"),
+        "batch": (False, count, "an integer >= 0"),
+        "start_batches": (False, count, "an integer >= 0"),
+        "finished": (False, lambda v: v is None or count(v), "null or an integer >= 0"),
+        "variables": (
+            False,
+            lambda v: list_of(
+                v,
+                lambda x: (
+                    isinstance(x, list)
+                    and len(x) == 2
+                    and isinstance(x[0], str)
+                    and list_of(x[1], count)
+                ),
+            ),
+            "a list of [path, shape]",
+        ),
+        "random": (
+            False,
+            lambda v: isinstance(v, dict) and _random_state_fits(v),
+            "generator states",
+        ),
+        "callbacks": (
+            False,
+            lambda v: isinstance(v, dict) and all(isinstance(s, dict) for s in v.values()),
+            "an object of callback states (objects)",
+        ),
+        "history": (
+            False,
+            lambda v: (
+                v is None
+                or (
+                    isinstance(v, dict)
+                    and list_of(v.get("epoch", []), count)
+                    and isinstance(v.get("history", {}), dict)
+                    and all(list_of(values, number) for values in v.get("history", {}).values())
+                )
+            ),
+            "null or a History (epochs, lists of numbers)",
+        ),
+    }
+    for key, (required, fits, expected) in checks.items():
+        if key not in state:
+            if required:
+                return f"has no {key!r}"
+            continue
+        if not fits(state[key]):
+            shown = repr(state[key])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            return f"has {key}={shown}, expected {expected}"
+    return None
+
+
+def _random_state_fits(random_state: dict[str, Any]) -> bool:
+    """Whether the generator states have the shapes ``_set_random_state`` takes."""
+    python = random_state.get("python", [3, [0], None])
+    numpy = random_state.get("numpy", ["MT19937", [0], 0, 0, 0.0])
+    generators = random_state.get("seed_generators", [])
+    return (
+        isinstance(python, list)
+        and len(python) == 3
+        and isinstance(python[1], list)
+        and all(isinstance(n, int) for n in python[1])
+        and isinstance(numpy, list)
+        and len(numpy) == 5
+        and isinstance(numpy[1], list)
+        and all(isinstance(n, int) for n in numpy[1])
+        and isinstance(generators, list)
+        and all(isinstance(g, list) for g in generators)
+    )
 
 
 def _replay_trained_batches(
