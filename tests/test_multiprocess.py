@@ -178,6 +178,7 @@ def test_a_directory_one_process_cannot_open_or_sees_otherwise_fails_every_proce
         run="earlier",
         keeper="ResumeFromLatest",
     )
+    chief_only.close()  # the pair writes here next: one writing process per directory
     [(code0, _, error0), (code1, _, error1)] = launch_pair(tmp_path / "unshared", "unshared")
     assert (code0, code1) == (1, 1), (error0[-2000:], error1[-2000:])
     assert "(process 0: 1 checkpoint)" in error0
