@@ -8,9 +8,10 @@ the copies in the HDF5 layout of Keras's ``.weights.h5`` (the bytes equal those 
 ``model.save_weights``; the test suite checks it), inside a ``.keras`` archive for a whole
 model, so plain ``keras.saving.load_model`` / ``model.load_weights`` open the files.
 
-The traversal and the model config come from Keras internals (``keras.src.saving.saving_lib``).
-Where a Keras version lacks them, or the file is a legacy ``.h5`` model, ``take_snapshot``
-returns ``None`` and the callers save synchronously with ``model.save`` / ``model.save_weights``.
+The traversal and the model config come from Keras internals, reached through
+``keras_ckpt.keras_adapter``. Where the file is a legacy ``.h5`` model, or the Keras version
+lacks those internals (then with one warning), ``take_snapshot`` returns ``None`` and the
+callers save synchronously with ``model.save`` / ``model.save_weights``.
 """
 
 from __future__ import annotations
@@ -25,25 +26,10 @@ import h5py
 import keras
 import numpy as np
 
-try:
-    from keras.src.optimizers import base_optimizer as _base_optimizer
-    from keras.src.saving import saving_lib
-except ImportError:  # pragma: no cover - a Keras without the internals this relies on
-    saving_lib = _base_optimizer = None
+from keras_ckpt import keras_adapter
 
-_NEEDED = (
-    "_save_state",
-    "_serialize_model_as_json",
-    "_write_to_zip_recursively",
-    "H5IOStore",
-    "DiskIOStore",
-    "_CONFIG_FILENAME",
-    "_METADATA_FILENAME",
-    "_VARS_FNAME_H5",
-    "_ASSETS_DIRNAME",
-)
-
-SUPPORTED = saving_lib is not None and all(hasattr(saving_lib, name) for name in _NEEDED)
+# Kept for callers of earlier versions; ``take_snapshot`` reads the adapter's probe.
+SUPPORTED = keras_adapter.SAVING_SUPPORTED
 
 
 class ModelSnapshot:
@@ -86,16 +72,14 @@ class ModelSnapshot:
         weights_path = path + ".weights.h5"
         try:
             with open(path, "wb") as file, zipfile.ZipFile(file, "w") as archive:
-                with archive.open(saving_lib._METADATA_FILENAME, "w") as entry:
+                with archive.open(keras_adapter.ARCHIVE_METADATA_NAME, "w") as entry:
                     entry.write(self._metadata_json.encode())
-                with archive.open(saving_lib._CONFIG_FILENAME, "w") as entry:
+                with archive.open(keras_adapter.ARCHIVE_CONFIG_NAME, "w") as entry:
                     entry.write(self._config_json.encode())
                 _write_h5(weights_path, self._calls)
-                archive.write(weights_path, saving_lib._VARS_FNAME_H5)
+                archive.write(weights_path, keras_adapter.ARCHIVE_WEIGHTS_NAME)
                 if self._assets is not None:
-                    saving_lib._write_to_zip_recursively(
-                        archive, self._assets.working_dir, saving_lib._ASSETS_DIRNAME
-                    )
+                    keras_adapter.zip_assets(archive, self._assets.working_dir)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(weights_path)
@@ -152,7 +136,7 @@ def host_copy(variable: Any) -> np.ndarray:
     return array
 
 
-class _RecordingStore(saving_lib.H5IOStore if SUPPORTED else object):  # type: ignore[misc]
+class _RecordingStore(keras_adapter.H5StoreBase):  # type: ignore[misc]
     """Takes the calls Keras's saving traversal makes, keeping the values as given."""
 
     def __init__(self) -> None:  # no file: nothing of H5IOStore's own state is needed
@@ -201,15 +185,9 @@ def _saving_calls(model: keras.Model, with_assets: bool) -> tuple[list[Any], Any
     recorder = _RecordingStore()
     # Assets (vocabularies and the like) are small and rare: written to a temporary directory
     # now, zipped by the writer.
-    assets = saving_lib.DiskIOStore(saving_lib._ASSETS_DIRNAME, mode="w") if with_assets else None
+    assets = keras_adapter.new_assets_store() if with_assets else None
     try:
-        saving_lib._save_state(
-            model,
-            weights_store=recorder,
-            assets_store=assets,
-            inner_path="",
-            visited_saveables=set(),
-        )
+        keras_adapter.walk_saved_state(model, weights_store=recorder, assets_store=assets)
     except BaseException:
         if assets is not None:
             assets.close()
@@ -223,27 +201,13 @@ def _saving_calls(model: keras.Model, with_assets: bool) -> tuple[list[Any], Any
     elif cached is not None and cached[0] == signature:
         has_assets = cached[2]
     plan = _with_optimizer_variables(model, recorder.calls)
-    if _saved_by_keras_alone(model) and all(
+    if keras_adapter.saved_by_keras_code_alone(model) and all(
         isinstance(v, keras.Variable) for op, _, v in plan if op == "set"
     ):
         _plans[model] = (signature, plan, has_assets)
     else:
         _plans.pop(model, None)
     return recorder.calls, assets
-
-
-def _saved_by_keras_alone(model: keras.Model) -> bool:
-    """Whether every layer and the optimizer save their variables with Keras's own code.
-
-    A ``save_own_variables`` of the user's may decide anew at every save (or fail, as a full
-    disk would): such a model is walked every time.
-    """
-    objects = [*model._flatten_layers(include_self=True), getattr(model, "optimizer", None)]
-    for obj in objects:
-        method = getattr(type(obj), "save_own_variables", None)
-        if method is not None and not getattr(method, "__module__", "").startswith("keras."):
-            return False
-    return True
 
 
 def _with_optimizer_variables(
@@ -256,12 +220,7 @@ def _with_optimizer_variables(
     walking the model again. Anything else is left as it is (and is then walked every time).
     """
     optimizer = getattr(model, "optimizer", None)
-    base = getattr(_base_optimizer, "BaseOptimizer", None)
-    if (
-        optimizer is None
-        or base is None
-        or type(optimizer).save_own_variables is not base.save_own_variables
-    ):
+    if not keras_adapter.optimizer_saves_like_keras(optimizer):
         return calls
     variables = list(optimizer.variables)
     plan, group = [], None
@@ -279,10 +238,11 @@ def _with_optimizer_variables(
 def take_snapshot(model: keras.Model, filepath: str, weights_only: bool) -> ModelSnapshot | None:
     """Copies what ``model.save_weights(filepath)`` / ``model.save(filepath)`` would write.
 
-    Returns ``None`` where the file must be written synchronously by Keras (a legacy ``.h5``
-    model, or a Keras without the saving internals used here).
+    Returns ``None`` where the file must be written synchronously by Keras: a legacy ``.h5``
+    model, or a Keras without the saving internals used here (probe
+    ``keras_adapter.SAVING_SUPPORTED``; then with one warning per process).
     """
-    if not SUPPORTED:
+    if not keras_adapter.can_snapshot():
         return None
     if weights_only:
         if not filepath.endswith(".weights.h5"):
@@ -296,7 +256,7 @@ def take_snapshot(model: keras.Model, filepath: str, weights_only: bool) -> Mode
         return None
     config_json = metadata_json = None
     if not weights_only:
-        config_json, metadata_json = saving_lib._serialize_model_as_json(model)
+        config_json, metadata_json = keras_adapter.model_config_json(model)
     calls, assets = _saving_calls(model, with_assets=not weights_only)
     try:
         copies = [(op, key, host_copy(value) if op == "set" else value) for op, key, value in calls]

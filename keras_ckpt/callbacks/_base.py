@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 import uuid
 import warnings
@@ -14,6 +13,7 @@ import numpy as np
 
 from keras_ckpt import naming, ranking, validation
 from keras_ckpt.callbacks._monitor import EVENT_PREFIX, batches_trained, log_learning_rates
+from keras_ckpt.keras_adapter import fit_callbacks
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
 from keras_ckpt.snapshot import take_snapshot, write_now
@@ -25,36 +25,6 @@ from keras_ckpt.store import (
 )
 from keras_ckpt.triggers import IntervalTrigger
 from keras_ckpt.writer import WRITER
-
-
-def fit_local(name: str, accept: Callable[[Any], bool]) -> Any:
-    """The nearest local ``name`` up the call stack that ``accept`` takes, or ``None``.
-
-    Every Keras trainer's ``fit`` holds ``callbacks`` (a CallbackList) and ``epoch_iterator``
-    as locals while it calls the hooks.
-    """
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            value = frame.f_locals.get(name)
-            if value is not None and accept(value):
-                return value
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
-
-
-def fit_callbacks(callback: keras.callbacks.Callback) -> list[Any]:
-    """All callbacks of the running ``fit``, ``callback`` included, in their order."""
-    found = fit_local(
-        "callbacks",
-        lambda value: (
-            isinstance(value, keras.callbacks.CallbackList)
-            and any(c is callback for c in value.callbacks)
-        ),
-    )
-    return [] if found is None else list(found.callbacks)
 
 
 def process_index() -> int:

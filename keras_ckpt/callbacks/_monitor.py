@@ -9,7 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_ckpt import ranking
+from keras_ckpt import keras_adapter, ranking
 
 # Checkpoint events go into ``logs`` under this prefix (and from there into TensorBoard's event
 # files and History); they are never taken for metrics.
@@ -44,8 +44,10 @@ def metric_direction(model: keras.Model | None, monitor: str) -> str | None:
     """``"up"`` or ``"down"`` if one of the model's compiled metrics named like ``monitor`` says."""
     name = monitor.removeprefix("val_")
     for metric in _flat_metrics(getattr(model, "metrics", None) or []):
-        if metric.name == name and getattr(metric, "_direction", None) in ("up", "down"):
-            return metric._direction
+        if metric.name == name:
+            direction = keras_adapter.metric_direction(metric)
+            if direction is not None:
+                return direction
     return None
 
 
@@ -75,18 +77,14 @@ def resolve_mode_or_raise(
 
 
 def batches_trained(model: keras.Model | None) -> int:
-    """Training batches the model's optimizer has seen.
-
-    ``optimizer.iterations`` counts updates, which with ``gradient_accumulation_steps=G`` is one
-    per G batches; the raw counter behind it (``_iterations``) counts batches.
-    """
+    """Training batches the model's optimizer has seen (not updates: with gradient
+    accumulation these differ)."""
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         return 0
     # A mixed-precision LossScaleOptimizer counts nothing itself; its inner optimizer does.
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-    counter = getattr(optimizer, "_iterations", None)
-    return int((optimizer.iterations if counter is None else counter).numpy())
+    return keras_adapter.optimizer_batch_count(optimizer)
 
 
 # Set on the model by ResumeFromLatest while fit replays (reads without training) the batches of

@@ -21,6 +21,11 @@ from keras_ckpt.callbacks._monitor import (
     resolve_mode_or_raise,
 )
 from keras_ckpt.callbacks._state import Resumable
+from keras_ckpt.keras_adapter import (
+    optimizer_schedule,
+    rebuild_train_function,
+    set_optimizer_schedule,
+)
 from keras_ckpt.schedules import Scaled
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
@@ -136,15 +141,15 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
         if not old > np.float32(self.min_lr):
             return False
         new = max(old * self.factor, self.min_lr)
-        schedule = optimizer._learning_rate  # Keras keeps the schedule object here.
+        schedule = optimizer_schedule(optimizer)
         if isinstance(schedule, Schedule):
             if isinstance(schedule, Scaled):
                 schedule = Scaled(schedule.schedule, schedule.scale * new / old)
             else:
                 schedule = Scaled(schedule, new / old)
-            optimizer._learning_rate = schedule
+            set_optimizer_schedule(optimizer, schedule)
             # The compiled train step captured the old schedule; rebuild it on every backend.
-            self.model.make_train_function(force=True)
+            rebuild_train_function(self.model)
         else:
             optimizer.learning_rate = new
         if self.verbose > 0:
@@ -206,12 +211,13 @@ class LearningRateScheduler(keras.callbacks.Callback):
         for optimizer in learning_rate_optimizers(self.model):
             if not hasattr(optimizer, "learning_rate"):
                 raise ValueError('Optimizer must have a "learning_rate" attribute.')
-            if isinstance(getattr(optimizer, "_learning_rate", None), Schedule):
+            schedule = optimizer_schedule(optimizer)
+            if isinstance(schedule, Schedule):
                 raise ValueError(
                     "LearningRateScheduler cannot set the learning rate of an optimizer created "
                     "with a LearningRateSchedule; pass the schedule to LearningRateScheduler and "
                     "a float learning rate to the optimizer. "
-                    f"Received: learning_rate={optimizer._learning_rate!r}"
+                    f"Received: learning_rate={schedule!r}"
                 )
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:

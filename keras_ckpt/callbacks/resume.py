@@ -18,19 +18,25 @@ import keras
 import numpy as np
 
 from keras_ckpt import validation
-from keras_ckpt.callbacks._base import (
-    StoreCallback,
-    agreed_due,
-    any_process,
-    fit_callbacks,
-    fit_local,
-    process_index,
-)
+from keras_ckpt.callbacks._base import StoreCallback, agreed_due, any_process, process_index
 from keras_ckpt.callbacks._monitor import (
     epoch_start_batches,
     plain_metrics,
     replayed_batches,
     set_replayed_batches,
+)
+from keras_ckpt.keras_adapter import (
+    clear_fit_start_epoch,
+    fit_callbacks,
+    fit_epoch_iterator,
+    fit_is_running,
+    fit_shuffle,
+    global_seed,
+    reads_tf_dataset,
+    replace_train_function,
+    seed_generators,
+    set_fit_start_epoch,
+    skip_train_step,
 )
 from keras_ckpt.policies import KeepLatest
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
@@ -227,7 +233,7 @@ class ResumeFromLatest(StoreCallback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._restore_signal_handlers()
         # Keras's BackupAndRestore leaves this set, so a later plain fit starts midway.
-        self.model._initial_epoch = None
+        clear_fit_start_epoch(self.model)
         self._end_replay()  # a fit that stopped during the replay
         if self._trained and not self._stopped_by_signal:
             self._save(self._epochs_done, 0, metrics=self._epoch_end_metrics, finished=True)
@@ -358,10 +364,10 @@ class ResumeFromLatest(StoreCallback):
                     f"ResumeFromLatest: training in {self.directory} already finished "
                     f"({epoch} epochs); restored the final weights and not training again."
                 )
-            self.model._initial_epoch = epochs
+            set_fit_start_epoch(self.model, epochs)
             self._epochs_done = epoch
             return
-        self.model._initial_epoch = epoch
+        set_fit_start_epoch(self.model, epoch)
         batch = int(state.get("batch", 0))
         _warn_if_order_is_not_replayed(batch)
         if batch:
@@ -384,7 +390,7 @@ class ResumeFromLatest(StoreCallback):
         if threading.current_thread() is not threading.main_thread():
             return
         self._restore_signal_handlers()  # of an earlier fit that raised
-        running = _fit_epoch_iterator()
+        running = fit_epoch_iterator()
         self._signal_fit = None if running is None else weakref.ref(running)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
@@ -399,7 +405,7 @@ class ResumeFromLatest(StoreCallback):
         # handler checks that its fit still runs (it is on the stack this signal interrupted).
         running = None if self._signal_fit is None else self._signal_fit()
         fit_ended = self._signal_fit is not None and (
-            running is None or fit_local("epoch_iterator", lambda value: value is running) is None
+            running is None or not fit_is_running(running)
         )
         if not self._signal_received.is_set() and not fit_ended:
             self._signal_received.set()
@@ -444,13 +450,6 @@ def _check_architecture(model: keras.Model, saved: list[list[Any]], path: str) -
     )
 
 
-def _seed_generators(model: keras.Model) -> list[Any]:
-    generators = []
-    for layer in model._flatten_layers(include_self=True):
-        generators.extend(getattr(layer, "_seed_generators", []))
-    return generators
-
-
 def _host_generators() -> dict[str, Any]:
     version, python_state, gauss = random.getstate()
     name, keys, position, has_gauss, cached = np.random.get_state()
@@ -492,7 +491,7 @@ def _random_state(model: keras.Model, host_generators: dict[str, Any]) -> dict[s
     state = {
         **host_generators,
         "seed_generators": [
-            keras.ops.convert_to_numpy(g.state.value).tolist() for g in _seed_generators(model)
+            keras.ops.convert_to_numpy(g.state.value).tolist() for g in seed_generators(model)
         ],
     }
     if keras.backend.backend() == "torch":
@@ -511,7 +510,7 @@ def _set_random_state(model: keras.Model, state: dict[str, Any]) -> None:
         np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     if "torch" in state and keras.backend.backend() == "torch":
         _set_torch_generators(state["torch"])
-    generators = _seed_generators(model)
+    generators = seed_generators(model)
     saved = state.get("seed_generators", [])
     if len(saved) == len(generators):
         for generator, value in zip(generators, saved, strict=True):
@@ -523,15 +522,10 @@ def _sibling_callbacks(callback: keras.callbacks.Callback) -> list[Any]:
     return [c for c in fit_callbacks(callback) if c is not callback]
 
 
-def _fit_epoch_iterator() -> Any:
-    """The running ``fit``'s epoch iterator (one per ``fit``), or ``None``."""
-    return fit_local("epoch_iterator", lambda value: hasattr(value, "data_adapter"))
-
-
 def _warn_if_order_is_not_replayed(batch: int) -> None:
     """Says once when the resumed run cannot see the data in the original order."""
-    iterator = _fit_epoch_iterator()
-    if iterator is not None and type(iterator.data_adapter).__name__ == "TFDatasetAdapter":
+    iterator = fit_epoch_iterator()
+    if iterator is not None and reads_tf_dataset(iterator):
         # A tf.data shuffle order depends on how often this process iterated the pipeline.
         warnings.warn(
             "ResumeFromLatest: training reads a tf.data.Dataset. The epoch and step are resumed "
@@ -540,8 +534,8 @@ def _warn_if_order_is_not_replayed(batch: int) -> None:
             stacklevel=3,
         )
         return
-    shuffle = fit_local("shuffle", lambda value: isinstance(value, (bool, str)))
-    if batch and shuffle and keras.backend.backend() == "tensorflow" and _global_seed() is None:
+    shuffle = fit_shuffle()
+    if batch and shuffle and keras.backend.backend() == "tensorflow" and global_seed() is None:
         # TensorFlow shuffles NumPy inputs with its own seeded op: replayable only when seeded.
         warnings.warn(
             "ResumeFromLatest: resuming mid-epoch with shuffle=True and no global seed; the "
@@ -550,15 +544,6 @@ def _warn_if_order_is_not_replayed(batch: int) -> None:
             "exact resume.",
             stacklevel=3,
         )
-
-
-def _global_seed() -> int | None:
-    try:
-        from keras.src.utils import rng_utils
-
-        return rng_utils.get_random_seed()
-    except (ImportError, AttributeError):
-        return None
 
 
 def _history_state(callbacks: list[Any]) -> dict[str, Any] | None:
@@ -709,50 +694,39 @@ def _random_state_fits(random_state: dict[str, Any]) -> bool:
 def _replay_trained_batches(
     model: keras.Model, batches: int, on_done: Callable[[], None] = lambda: None
 ) -> Callable[[], None]:
-    """Makes the next calls of ``model.train_function`` read their batches without training.
+    """Makes the next training steps of ``fit`` read their batches without training.
 
-    ``fit`` calls the train function once per execution of ``steps_per_execution`` batches,
-    with the backend's own arguments; the wrapper consumes the same data and returns no logs,
-    then puts the real function back and calls ``on_done``. Until then ``replayed_batches``
-    tells the other callbacks. Returns what ends the replay early (a fit that stops during it).
-    Called from another ``fit`` (this one raised during the replay), the wrapper ends the
-    replay and trains.
+    ``fit`` runs one step per execution of ``steps_per_execution`` batches; the replacement
+    step consumes the same data and returns no logs, then puts the real one back and calls
+    ``on_done``. Until then ``replayed_batches`` tells the other callbacks. Returns what ends
+    the replay early (a fit that stops during it). Called from another ``fit`` (this one raised
+    during the replay), the replacement ends the replay and trains.
     """
-    original = model.train_function
     per_execution = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
     remaining = [-(-batches // per_execution)]  # executions to skip
-    backend = keras.backend.backend()
-    this_fit = _fit_epoch_iterator()
+    this_fit = fit_epoch_iterator()
+    restores: list[Callable[[], None]] = []  # puts the real train step back
 
     def end() -> None:
         set_replayed_batches(model, 0)
-        if model.train_function is skip:
-            model.train_function = original
+        for restore in restores:
+            restore()
 
-    def skip(*args: Any) -> Any:
-        if (
-            this_fit is not None
-            and fit_local("epoch_iterator", lambda value: value is this_fit) is None
-        ):
-            end()
-            return original(*args)
-        remaining[0] -= 1
-        if remaining[0] <= 0:
-            end()
-            on_done()
-        if backend == "jax":
-            state, iterator = args
-            for _ in range(per_execution):
-                next(iterator, None)
-            return {}, state
-        if backend == "tensorflow":
-            (iterator,) = args
-            for _ in range(per_execution):
-                next(iterator, None)
-        return {}
+    def replacement(original: Callable[..., Any]) -> Callable[..., Any]:
+        def skip(*args: Any) -> Any:
+            if this_fit is not None and not fit_is_running(this_fit):
+                end()
+                return original(*args)
+            remaining[0] -= 1
+            if remaining[0] <= 0:
+                end()
+                on_done()
+            return skip_train_step(args, per_execution)
 
+        return skip
+
+    restores.append(replace_train_function(model, replacement))
     set_replayed_batches(model, batches)
-    model.train_function = skip
     return end
 
 

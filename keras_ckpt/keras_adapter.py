@@ -1,0 +1,580 @@
+"""The one place keras_ckpt touches what Keras does not publish.
+
+Every access to Keras internals (``keras.src`` modules, underscore attributes, ``fit``'s local
+variables read from the call stack, ``model.train_function`` replaced for a while) is a named
+function here, and each has a capability probe: a module-level flag computed once at import
+from imports, ``hasattr`` and the names Keras's own code uses. Where a probe fails (another
+Keras release moved something), the function either degrades with one warning per process,
+saying what is missing in which Keras version and what keras_ckpt does instead, or raises
+``KerasInternalsError`` naming them, where going on would give a wrong result. Each function's
+docstring says which. A Keras upgrade then touches this file only.
+
+Checked against Keras 3.15.1 on the TensorFlow, JAX and PyTorch backends.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import keras
+
+try:
+    from keras.src.optimizers import base_optimizer as _base_optimizer
+    from keras.src.saving import saving_lib as _saving_lib
+except ImportError:  # pragma: no cover - a Keras without the saving internals
+    _saving_lib = _base_optimizer = None
+
+try:
+    from keras.src.utils import rng_utils as _rng_utils
+except ImportError:  # pragma: no cover - a Keras without its seed bookkeeping
+    _rng_utils = None
+
+try:
+    from keras.src.trainers.epoch_iterator import EpochIterator as _EpochIterator
+except ImportError:  # pragma: no cover - a Keras whose fit iterates differently
+    _EpochIterator = None
+
+
+class KerasInternalsError(RuntimeError):
+    """A Keras internal keras_ckpt needs is missing from the installed Keras version."""
+
+
+# Probes --------------------------------------------------------------------------------------
+
+
+def _code_names(function: Any) -> set[str]:
+    """The attribute, global and local names a function's code uses (empty if it has none)."""
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    return set() if code is None else {*code.co_names, *code.co_varnames}
+
+
+def _class_code_names(cls: Any) -> set[str]:
+    """The names used by the code of every function a class (and its bases) defines."""
+    names: set[str] = set()
+    for klass in getattr(cls, "__mro__", ()):
+        for member in vars(klass).values():
+            if isinstance(member, property):
+                member = member.fget
+            names |= _code_names(member)
+    return names
+
+
+_FIT_NAMES = _code_names(keras.Model.fit)  # the backend's trainer ``fit``
+_FRAMES = inspect.currentframe() is not None  # None on Pythons without stack frame support
+
+FIT_CALLBACKS_SUPPORTED = _FRAMES and "callbacks" in _FIT_NAMES
+"""``fit`` holds its CallbackList in a local ``callbacks`` that the stack shows."""
+
+FIT_EPOCH_ITERATOR_SUPPORTED = (
+    _FRAMES
+    and "epoch_iterator" in _FIT_NAMES
+    and "data_adapter" in _class_code_names(_EpochIterator)
+)
+"""``fit`` holds its epoch iterator (with a ``data_adapter``) in a local ``epoch_iterator``."""
+
+FIT_SHUFFLE_SUPPORTED = _FRAMES and "shuffle" in _FIT_NAMES
+"""``fit``'s ``shuffle`` argument is a local the stack shows."""
+
+INITIAL_EPOCH_SUPPORTED = "_initial_epoch" in _FIT_NAMES
+"""``fit`` starts at ``model._initial_epoch`` when a callback set it in ``on_train_begin``."""
+
+LAYER_TREE_SUPPORTED = hasattr(keras.layers.Layer, "_flatten_layers")
+"""``Layer._flatten_layers`` lists a model's layers, nested ones included."""
+
+SEED_GENERATORS_SUPPORTED = LAYER_TREE_SUPPORTED and "_seed_generators" in _class_code_names(
+    keras.layers.Layer
+)
+"""Each layer lists its ``SeedGenerator``s in ``_seed_generators``."""
+
+GLOBAL_SEED_SUPPORTED = _rng_utils is not None and hasattr(_rng_utils, "get_random_seed")
+"""``keras.src.utils.rng_utils.get_random_seed`` reads what ``set_random_seed`` set."""
+
+METRIC_DIRECTION_SUPPORTED = "_direction" in _class_code_names(keras.metrics.MeanSquaredError)
+"""Keras's metrics say whether higher is better in ``_direction`` (``"up"``/``"down"``)."""
+
+_OPTIMIZER_NAMES = _class_code_names(keras.optimizers.Optimizer)
+
+OPTIMIZER_SCHEDULE_SUPPORTED = "_learning_rate" in _OPTIMIZER_NAMES
+"""An optimizer keeps its learning rate (a variable or a schedule) in ``_learning_rate``."""
+
+OPTIMIZER_BATCH_COUNT_SUPPORTED = "_iterations" in _OPTIMIZER_NAMES
+"""An optimizer counts batches in ``_iterations`` (``iterations`` counts updates)."""
+
+REBUILD_TRAIN_FUNCTION_SUPPORTED = (
+    "force" in inspect.signature(keras.Model.make_train_function).parameters
+)
+"""``model.make_train_function(force=True)`` rebuilds the compiled train step."""
+
+REPLACE_TRAIN_FUNCTION_SUPPORTED = "train_function" in _FIT_NAMES and keras.backend.backend() in (
+    "tensorflow",
+    "jax",
+    "torch",
+)
+"""``fit`` calls ``model.train_function`` anew at every step, with arguments known here."""
+
+_SAVING_NAMES = (
+    "_save_state",
+    "_serialize_model_as_json",
+    "_write_to_zip_recursively",
+    "H5IOStore",
+    "DiskIOStore",
+    "_CONFIG_FILENAME",
+    "_METADATA_FILENAME",
+    "_VARS_FNAME_H5",
+    "_ASSETS_DIRNAME",
+)
+SAVING_SUPPORTED = (
+    _saving_lib is not None
+    and all(hasattr(_saving_lib, name) for name in _SAVING_NAMES)
+    and hasattr(_base_optimizer, "BaseOptimizer")
+)
+"""Keras's saving traversal, model serialization and archive layout can be reused."""
+
+
+# Degrading -----------------------------------------------------------------------------------
+
+_warned: set[str] = set()
+
+
+def _degrade(feature: str, missing: str, instead: str) -> None:
+    """One warning per feature and process: what Keras lacks and what keras_ckpt does instead."""
+    if feature in _warned:
+        return
+    _warned.add(feature)
+    warnings.warn(
+        f"keras_ckpt: Keras {keras.__version__} has no {missing}; {instead}.", stacklevel=3
+    )
+
+
+def _missing(what: str, missing: str) -> KerasInternalsError:
+    return KerasInternalsError(
+        f"keras_ckpt: {what} needs {missing}, which Keras {keras.__version__} does not have. "
+        "Install a Keras version keras_ckpt supports (3.15 is tested)."
+    )
+
+
+# fit's local variables -----------------------------------------------------------------------
+
+
+def fit_local(name: str, accept: Callable[[Any], bool]) -> Any:
+    """The nearest local ``name`` up the call stack that ``accept`` takes, or ``None``.
+
+    Every Keras trainer's ``fit`` holds ``callbacks`` (a CallbackList), ``epoch_iterator`` and
+    ``shuffle`` as locals while it calls the hooks. No probe of its own: ``None`` also means
+    "not inside ``fit``" (hooks called directly); the named readers below probe.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            value = frame.f_locals.get(name)
+            if value is not None and accept(value):
+                return value
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+def fit_callbacks(callback: keras.callbacks.Callback) -> list[Any]:
+    """All callbacks of the running ``fit``, ``callback`` included, in their order.
+
+    ``[]`` outside ``fit``. Probe ``FIT_CALLBACKS_SUPPORTED``; where it fails: one warning and
+    ``[]`` (other callbacks' states are then neither saved nor restored on resume).
+    """
+    if not FIT_CALLBACKS_SUPPORTED:
+        _degrade(
+            "fit_callbacks",
+            "`callbacks` local in fit",
+            "the other callbacks of a fit are not found (their states are not saved for resume)",
+        )
+        return []
+    found = fit_local(
+        "callbacks",
+        lambda value: (
+            isinstance(value, keras.callbacks.CallbackList)
+            and any(c is callback for c in value.callbacks)
+        ),
+    )
+    return [] if found is None else list(found.callbacks)
+
+
+def fit_epoch_iterator() -> Any:
+    """The running ``fit``'s epoch iterator (one per ``fit``), or ``None`` outside ``fit``.
+
+    Probe ``FIT_EPOCH_ITERATOR_SUPPORTED``; where it fails: one warning and ``None`` (which
+    fit is running cannot be told: a signal after a failed fit is taken for this one's).
+    """
+    if not FIT_EPOCH_ITERATOR_SUPPORTED:
+        _degrade(
+            "fit_epoch_iterator",
+            "`epoch_iterator` local in fit",
+            "the running fit and its data cannot be identified",
+        )
+        return None
+    return fit_local("epoch_iterator", lambda value: hasattr(value, "data_adapter"))
+
+
+def fit_is_running(iterator: Any) -> bool:
+    """Whether the ``fit`` that ``iterator`` (from ``fit_epoch_iterator``) belongs to is on the
+    call stack. Needs no probe of its own: an iterator is only had where it passed."""
+    # No frame of this module may hold a local named like fit's: the walk would find it.
+    return fit_local("epoch_iterator", lambda value: value is iterator) is not None
+
+
+def reads_tf_dataset(iterator: Any) -> bool:
+    """Whether the ``fit`` of ``iterator`` (from ``fit_epoch_iterator``) reads a
+    ``tf.data.Dataset`` (whose shuffle order cannot be replayed). Probed with
+    ``FIT_EPOCH_ITERATOR_SUPPORTED``."""
+    adapter = getattr(iterator, "data_adapter", None)
+    return type(adapter).__name__ == "TFDatasetAdapter"
+
+
+def fit_shuffle() -> bool | str | None:
+    """The running ``fit``'s ``shuffle`` argument, or ``None`` outside ``fit``.
+
+    Probe ``FIT_SHUFFLE_SUPPORTED``; where it fails: one warning and ``None`` (the warning
+    about a shuffle order that a resume cannot replay is not given).
+    """
+    if not FIT_SHUFFLE_SUPPORTED:
+        _degrade(
+            "fit_shuffle",
+            "`shuffle` local in fit",
+            "a resume cannot warn that a shuffled epoch is not replayed in the same order",
+        )
+        return None
+    return fit_local("shuffle", lambda value: isinstance(value, (bool, str)))
+
+
+# Where fit starts ----------------------------------------------------------------------------
+
+
+def set_fit_start_epoch(model: keras.Model, epoch: int) -> None:
+    """Makes the ``fit`` whose ``on_train_begin`` runs now start at 0-based ``epoch``.
+
+    Probe ``INITIAL_EPOCH_SUPPORTED``. Raises:
+        KerasInternalsError: Where it fails: a resume would silently train from epoch 0.
+    """
+    if not INITIAL_EPOCH_SUPPORTED:
+        raise _missing("Resuming at the saved epoch", "fit reading `model._initial_epoch`")
+    model._initial_epoch = epoch
+
+
+def clear_fit_start_epoch(model: keras.Model) -> None:
+    """Undoes ``set_fit_start_epoch``, so a later plain ``fit`` starts at epoch 0 (Keras's
+    BackupAndRestore leaves it set). Where ``INITIAL_EPOCH_SUPPORTED`` fails, nothing was set,
+    and nothing is done."""
+    if INITIAL_EPOCH_SUPPORTED:
+        model._initial_epoch = None
+
+
+# Random state --------------------------------------------------------------------------------
+
+
+def model_layers(model: keras.Model) -> list[Any]:
+    """The model and every layer in it, nested ones included.
+
+    Probe ``LAYER_TREE_SUPPORTED``. Raises:
+        KerasInternalsError: Where it fails (callers probe first and degrade).
+    """
+    if not LAYER_TREE_SUPPORTED:
+        raise _missing("Listing a model's layers", "`Layer._flatten_layers`")
+    return list(model._flatten_layers(include_self=True))
+
+
+def seed_generators(model: keras.Model) -> list[Any]:
+    """Every ``keras.random.SeedGenerator`` of the model's layers (Dropout's and the like).
+
+    Probe ``SEED_GENERATORS_SUPPORTED``; where it fails: one warning and ``[]`` (a resume then
+    restores no seed-generator state: random layers draw other numbers than an uninterrupted
+    run would).
+    """
+    if not SEED_GENERATORS_SUPPORTED:
+        _degrade(
+            "seed_generators",
+            "`Layer._flatten_layers` / `Layer._seed_generators`",
+            "seed-generator states (Dropout and other random layers) are not saved for resume",
+        )
+        return []
+    generators = []
+    for layer in model._flatten_layers(include_self=True):
+        generators.extend(getattr(layer, "_seed_generators", []))
+    return generators
+
+
+def global_seed() -> int | None:
+    """The seed ``keras.utils.set_random_seed`` set, or ``None`` if none was set.
+
+    Probe ``GLOBAL_SEED_SUPPORTED``; where it fails: one warning and ``None`` (taken for "no
+    seed": the warning about a shuffle order that is not replayed may then be given needlessly).
+    """
+    if not GLOBAL_SEED_SUPPORTED:
+        _degrade(
+            "global_seed",
+            "`keras.src.utils.rng_utils.get_random_seed`",
+            "whether a global seed is set cannot be told (taken as not set)",
+        )
+        return None
+    return _rng_utils.get_random_seed()
+
+
+# Metrics and optimizers ----------------------------------------------------------------------
+
+
+def metric_direction(metric: Any) -> str | None:
+    """``"up"`` or ``"down"`` where a Keras metric says whether higher is better, else ``None``.
+
+    Probe ``METRIC_DIRECTION_SUPPORTED``; where it fails: one warning and ``None`` (a ``mode``
+    of ``"auto"`` then goes by the metric's name, and a name that says nothing is an error
+    asking for ``mode``).
+    """
+    if not METRIC_DIRECTION_SUPPORTED:
+        _degrade(
+            "metric_direction",
+            "`Metric._direction`",
+            "mode='auto' goes by the metric's name (pass mode= where it is not enough)",
+        )
+        return None
+    direction = getattr(metric, "_direction", None)
+    return direction if direction in ("up", "down") else None
+
+
+def optimizer_schedule(optimizer: Any) -> Any:
+    """What the optimizer computes its learning rate from: a ``LearningRateSchedule``, a
+    variable, or a callable.
+
+    Probe ``OPTIMIZER_SCHEDULE_SUPPORTED``; where it fails: one warning and ``None`` (a
+    schedule-driven optimizer is then not recognized; setting its learning rate raises Keras's
+    own ``TypeError``, as with Keras's callbacks).
+    """
+    if not OPTIMIZER_SCHEDULE_SUPPORTED:
+        _degrade(
+            "optimizer_schedule",
+            "`optimizer._learning_rate`",
+            "an optimizer's LearningRateSchedule is not recognized (Keras's TypeError applies)",
+        )
+        return None
+    return getattr(optimizer, "_learning_rate", None)
+
+
+def set_optimizer_schedule(optimizer: Any, schedule: Any) -> None:
+    """Makes the optimizer compute its learning rate from ``schedule`` from now on; rebuild the
+    train function (``rebuild_train_function``) so compiled steps see it.
+
+    Probe ``OPTIMIZER_SCHEDULE_SUPPORTED``. Raises:
+        KerasInternalsError: Where it fails: the rate would silently stay as it was.
+    """
+    if not OPTIMIZER_SCHEDULE_SUPPORTED:
+        raise _missing("Replacing an optimizer's learning-rate schedule", "`_learning_rate`")
+    optimizer._learning_rate = schedule
+
+
+def optimizer_batch_count(optimizer: Any) -> int:
+    """Training batches the optimizer has seen.
+
+    ``optimizer.iterations`` counts updates, which with ``gradient_accumulation_steps=G`` is
+    one per G batches; Keras's raw counter counts batches. Probe
+    ``OPTIMIZER_BATCH_COUNT_SUPPORTED``; where it fails, ``iterations`` is used, which is right
+    without gradient accumulation.
+
+    Raises:
+        KerasInternalsError: Where the probe fails and the optimizer accumulates gradients:
+            step counts would silently be G times too small.
+    """
+    counter = getattr(optimizer, "_iterations", None) if OPTIMIZER_BATCH_COUNT_SUPPORTED else None
+    if counter is None:
+        if (getattr(optimizer, "gradient_accumulation_steps", None) or 1) > 1:
+            raise _missing(
+                "Counting batches with gradient_accumulation_steps", "`optimizer._iterations`"
+            )
+        counter = optimizer.iterations
+    return int(counter.numpy())
+
+
+# The train function --------------------------------------------------------------------------
+
+
+def rebuild_train_function(model: keras.Model) -> None:
+    """Rebuilds the model's compiled train step (on every backend), for example after the
+    optimizer's schedule was replaced.
+
+    Probe ``REBUILD_TRAIN_FUNCTION_SUPPORTED``. Raises:
+        KerasInternalsError: Where it fails: the compiled step would silently keep the old one.
+    """
+    if not REBUILD_TRAIN_FUNCTION_SUPPORTED:
+        raise _missing("Rebuilding the train step", "`Model.make_train_function(force=True)`")
+    model.make_train_function(force=True)
+
+
+def replace_train_function(
+    model: keras.Model, make_replacement: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> Callable[[], None]:
+    """Makes ``fit`` call ``make_replacement(original)`` in place of the model's train function.
+
+    ``fit`` calls ``model.train_function`` once per execution of ``steps_per_execution``
+    batches. Returns ``restore()``, which puts the original back if the replacement is still in
+    place (and does nothing otherwise, so it may be called more than once).
+
+    Probe ``REPLACE_TRAIN_FUNCTION_SUPPORTED``. Raises:
+        KerasInternalsError: Where it fails: a mid-epoch resume would silently train the
+            batches already trained once more.
+    """
+    if not REPLACE_TRAIN_FUNCTION_SUPPORTED:
+        raise _missing(
+            "Resuming mid-epoch (skipping the batches already trained)",
+            f"fit calling `model.train_function` on the {keras.backend.backend()} backend",
+        )
+    original = model.train_function
+    replacement = make_replacement(original)
+
+    def restore() -> None:
+        if model.train_function is replacement:
+            model.train_function = original
+
+    model.train_function = replacement
+    return restore
+
+
+def skip_train_step(args: tuple[Any, ...], batches: int) -> Any:
+    """In a replacement train function, given its ``args``: reads ``batches`` batches from the
+    data without training, and returns what the backend's train function returns for no logs.
+
+    TensorFlow and JAX pass the data iterator (JAX also the training state, returned as it is);
+    PyTorch passes the batch that ``fit`` already read.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        state, iterator = args
+        for _ in range(batches):
+            next(iterator, None)
+        return {}, state
+    if backend == "tensorflow":
+        (iterator,) = args
+        for _ in range(batches):
+            next(iterator, None)
+    return {}
+
+
+# Saving internals ----------------------------------------------------------------------------
+# snapshot.py writes Keras's file formats itself (their bytes are pinned by the tests); it
+# reaches Keras's saving code only through these, each behind ``SAVING_SUPPORTED``. Its caller
+# degrades: ``take_snapshot`` warns once and the file is saved synchronously by Keras.
+
+H5StoreBase: type = _saving_lib.H5IOStore if SAVING_SUPPORTED else object
+"""The class Keras's saving traversal expects its weights store to be (``object`` where
+``SAVING_SUPPORTED`` fails)."""
+
+if SAVING_SUPPORTED:
+    ARCHIVE_METADATA_NAME: str = _saving_lib._METADATA_FILENAME
+    ARCHIVE_CONFIG_NAME: str = _saving_lib._CONFIG_FILENAME
+    ARCHIVE_WEIGHTS_NAME: str = _saving_lib._VARS_FNAME_H5
+    ARCHIVE_ASSETS_NAME: str = _saving_lib._ASSETS_DIRNAME
+else:  # pragma: no cover - the names Keras 3.15 uses; nothing writes them without the probe
+    ARCHIVE_METADATA_NAME = "metadata.json"
+    ARCHIVE_CONFIG_NAME = "config.json"
+    ARCHIVE_WEIGHTS_NAME = "model.weights.h5"
+    ARCHIVE_ASSETS_NAME = "assets"
+
+
+def can_snapshot() -> bool:
+    """Whether snapshots can reuse Keras's saving internals (probe ``SAVING_SUPPORTED``).
+
+    Where the probe fails: one warning and ``False``; every checkpoint is then saved
+    synchronously by ``model.save`` / ``model.save_weights`` (the files are the same).
+    """
+    if not SAVING_SUPPORTED:
+        _degrade(
+            "can_snapshot",
+            "saving internals that asynchronous saving reuses (`keras.src.saving.saving_lib`)",
+            "checkpoints are saved synchronously by model.save / model.save_weights",
+        )
+    return SAVING_SUPPORTED
+
+
+def _check_saving(what: str) -> None:
+    if not SAVING_SUPPORTED:
+        raise _missing(what, "the saving internals of `keras.src.saving.saving_lib`")
+
+
+def walk_saved_state(model: keras.Model, weights_store: Any, assets_store: Any) -> None:
+    """Runs Keras's saving traversal: every object's ``save_own_variables`` /
+    ``save_assets`` writes into the stores, as ``model.save`` would.
+
+    Probe ``SAVING_SUPPORTED``. Raises:
+        KerasInternalsError: Where it fails (callers check the probe first).
+    """
+    _check_saving("Snapshotting a model")
+    _saving_lib._save_state(
+        model,
+        weights_store=weights_store,
+        assets_store=assets_store,
+        inner_path="",
+        visited_saveables=set(),
+    )
+
+
+def model_config_json(model: keras.Model) -> tuple[str, str]:
+    """The ``config.json`` and ``metadata.json`` texts ``model.save`` writes into a ``.keras``.
+
+    Probe ``SAVING_SUPPORTED``. Raises:
+        KerasInternalsError: Where it fails (callers check the probe first).
+    """
+    _check_saving("Snapshotting a model's config")
+    return _saving_lib._serialize_model_as_json(model)
+
+
+def new_assets_store() -> Any:
+    """A temporary directory store for the assets the saving traversal writes (``close()``
+    removes it; ``working_dir`` is its path).
+
+    Probe ``SAVING_SUPPORTED``. Raises:
+        KerasInternalsError: Where it fails (callers check the probe first).
+    """
+    _check_saving("Snapshotting a model's assets")
+    return _saving_lib.DiskIOStore(ARCHIVE_ASSETS_NAME, mode="w")
+
+
+def zip_assets(archive: Any, directory: str) -> None:
+    """Adds the assets in ``directory`` to a ``.keras`` ``archive`` as Keras does.
+
+    Probe ``SAVING_SUPPORTED``. Raises:
+        KerasInternalsError: Where it fails (callers check the probe first).
+    """
+    _check_saving("Writing a model's assets")
+    _saving_lib._write_to_zip_recursively(archive, directory, ARCHIVE_ASSETS_NAME)
+
+
+def saved_by_keras_code_alone(model: keras.Model) -> bool:
+    """Whether every layer of the model and its optimizer save their variables with Keras's own
+    ``save_own_variables``, none with one of the user's (which may decide anew at every save).
+
+    Probe ``LAYER_TREE_SUPPORTED``; where it fails: one warning and ``False`` (the model is
+    then walked at every save; slower, never wrong).
+    """
+    if not LAYER_TREE_SUPPORTED:
+        _degrade(
+            "saved_by_keras_code_alone",
+            "`Layer._flatten_layers`",
+            "every asynchronous save walks the whole model again (slower)",
+        )
+        return False
+    objects = [*model_layers(model), getattr(model, "optimizer", None)]
+    for obj in objects:
+        method = getattr(type(obj), "save_own_variables", None)
+        if method is not None and not getattr(method, "__module__", "").startswith("keras."):
+            return False
+    return True
+
+
+def optimizer_saves_like_keras(optimizer: Any) -> bool:
+    """Whether the optimizer saves ``optimizer.variables`` in order with Keras's base code.
+
+    Probe ``SAVING_SUPPORTED``; where it fails: ``False`` (the optimizer's values are then
+    walked at every save; slower, never wrong).
+    """
+    if not SAVING_SUPPORTED or optimizer is None:
+        return False
+    base = _base_optimizer.BaseOptimizer
+    return type(optimizer).save_own_variables is base.save_own_variables
