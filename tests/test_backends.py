@@ -1,5 +1,5 @@
-"""The integration suite on the other Keras backends: every fast test, in a fresh process with
-KERAS_BACKEND set (a backend is chosen once per process)."""
+"""The integration suite on the other Keras backends: every fast test that goes through a
+backend, in a fresh process with KERAS_BACKEND set (a backend is chosen once per process)."""
 
 import os
 import subprocess
@@ -7,13 +7,37 @@ import sys
 
 import pytest
 
+# Their outcome does not depend on the backend, so they run once, on TensorFlow: the pure core
+# and the store (no Keras at all), argument checks at construction, and the command line and
+# hostile directories, which are refused before Keras reads a byte.
+BACKEND_INDEPENDENT = [
+    "test_pure.py",
+    "test_store.py",
+    "test_arguments.py",
+    "test_cli.py",
+    "test_untrusted_directory.py",
+]
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_fast_suite_passes_on(backend):
     tests = os.path.dirname(__file__)
+    assert all(os.path.exists(os.path.join(tests, name)) for name in BACKEND_INDEPENDENT)
+    ignored = [f"--ignore={os.path.join(tests, name)}" for name in BACKEND_INDEPENDENT]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", tests],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-m",
+            "not slow",
+            "-p",
+            "no:cacheprovider",
+            *ignored,
+            tests,
+        ],
         env={**os.environ, "KERAS_BACKEND": backend},
         cwd=os.path.dirname(tests),
         capture_output=True,
