@@ -539,8 +539,13 @@ def _prune(args: argparse.Namespace) -> int:
         for r, keep in zip(manifest.records, flags, strict=True)
         if not keep and r.filename in protected
     ]
+    store = None
     if not args.dry_run:
         _check_before_deleting(manifest, dropped)
+        try:  # takes the writer lock: refused, before a word of the plan, while a run writes
+            store = CheckpointStore(path)
+        except _EXPECTED_ERRORS as error:
+            raise UsageError(f"prune stopped with nothing deleted: {_describe(error)}") from None
     if spared:
         print(f"keeping {', '.join(spared)}: the best/latest alias points at it")
     verb = "would delete" if args.dry_run else "deleting"
@@ -550,9 +555,9 @@ def _prune(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"dry run: {len(dropped)} would go ({_size(freed)}), {kept} stay; nothing deleted")
         return 0
+    assert store is not None
     deleted = []
     try:
-        store = CheckpointStore(path)
         for record in dropped:
             # A record that no callback keeps (a manifest written by hand) goes on any release.
             for keeper in record.kept_by or ("keras-ckpt prune",):
