@@ -1,5 +1,6 @@
 """Shared fixtures: tiny real Keras models on the CPU, TensorFlow backend unless told otherwise."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -99,3 +100,33 @@ def run_child_script(name, *args):
         text=True,
         timeout=300,
     )
+
+
+_HOLD_THE_LOCK = """
+import sys
+from keras_ckpt.store import CheckpointStore
+store = CheckpointStore(sys.argv[1])
+print("holding", flush=True)
+sys.stdin.read()  # until the test ends
+"""
+
+
+@contextlib.contextmanager
+def another_process_writing(directory):
+    """A second process that holds ``directory``'s writer lock while the block runs; yields its
+    pid. It is SIGKILLed at the end: the kernel releases the lock, nothing is left to clean."""
+    source_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (source_root, os.environ.get("PYTHONPATH")) if p)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THE_LOCK, str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import another_process_writing
 
 import keras_ckpt
 from keras_ckpt import cli
@@ -670,28 +671,11 @@ def test_a_reader_that_stops_early_gets_no_complaint(tmp_path):
 def test_prune_is_refused_while_another_process_writes_into_the_directory(tmp_path, capsys):
     directory = tmp_path / "run"
     write_hand_made_directory(directory)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from keras_ckpt.store import CheckpointStore as S; "
-            "s = S(sys.argv[1]); print('holding', flush=True); sys.stdin.read()",
-            str(directory),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=command_environment(),
-    )
-    try:
-        assert holder.stdout.readline() == "holding\n"
+    with another_process_writing(directory) as pid:
         before = snapshot(tmp_path)
         code, out, err = run_in_process(capsys, ["prune", str(directory), "--keep-last", "1"])
         assert_one_error_line("prune", code, out, err)
-        assert "nothing deleted" in err and f"pid {holder.pid}" in err and not out
+        assert "nothing deleted" in err and f"pid {pid}" in err and not out
         assert snapshot(tmp_path) == before
-    finally:
-        holder.kill()
-        holder.wait()
     code, out, _ = run_in_process(capsys, ["prune", str(directory), "--keep-last", "1"])
     assert code == 0 and "deleted 2" in out  # the lock went with its holder: epoch 3 stays

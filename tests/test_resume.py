@@ -3,14 +3,12 @@
 import os
 import random
 import signal
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import assert_weights_equal, run_child_script
+from conftest import another_process_writing, assert_weights_equal, run_child_script
 from resume_setup import make_resume_model, resume_data
 
 import keras_ckpt
@@ -549,26 +547,10 @@ def test_a_checkpoint_deleted_by_hand_is_skipped_with_a_warning(tmp_path, data):
 
 
 def test_a_directory_another_process_writes_into_is_refused_before_training(tmp_path, data):
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from keras_ckpt.store import CheckpointStore as S; "
-            "s = S(sys.argv[1]); print('holding', flush=True); sys.stdin.read()",
-            str(tmp_path),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline() == "holding\n"
+    with another_process_writing(tmp_path) as pid:
         model = make_model()
-        with pytest.raises(keras_ckpt.store.DirectoryLockedError, match=f"pid {holder.pid}"):
+        with pytest.raises(keras_ckpt.store.DirectoryLockedError, match=f"pid {pid}"):
             fit(model, data, [keras_ckpt.ResumeFromLatest(tmp_path)])
         assert int(model.optimizer.iterations) == 0  # not one batch trained
-    finally:
-        holder.kill()
-        holder.wait()
     fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path)], epochs=1)
     assert len(keras_ckpt.list_checkpoints(tmp_path)) == 1

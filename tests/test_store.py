@@ -3,10 +3,9 @@
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from conftest import another_process_writing
 
 import keras_ckpt
 from keras_ckpt.records import LOCK_NAME, MANIFEST_NAME
@@ -506,33 +505,14 @@ def test_a_checkpoint_deleted_by_hand_loses_its_alias_not_the_directory(tmp_path
         verify(reopened.records()[-1])
 
 
-HOLD_THE_LOCK = """
-import sys
-from keras_ckpt.store import CheckpointStore
-store = CheckpointStore(sys.argv[1])
-print("holding", flush=True)
-sys.stdin.read()  # until the test closes the pipe
-"""
-
-
 def test_a_second_writing_process_is_refused_until_the_first_ends(tmp_path):
     commit(CheckpointStore(tmp_path), "a.keras")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_THE_LOCK, str(tmp_path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline() == "holding\n"
+    with another_process_writing(tmp_path) as pid:
         before = contents(tmp_path)
-        with pytest.raises(DirectoryLockedError, match=rf"{tmp_path} \(pid {holder.pid} on "):
+        with pytest.raises(DirectoryLockedError, match=rf"{tmp_path} \(pid {pid} on "):
             CheckpointStore(tmp_path)
         assert [r.filename for r in keras_ckpt.list_checkpoints(tmp_path)] == ["a.keras"]
         assert contents(tmp_path) == before  # refused before recovery could touch anything
-    finally:
-        holder.kill()  # SIGKILL: the kernel releases the lock, nothing is left to clean up
-        holder.wait()
     commit(CheckpointStore(tmp_path), "b.keras")
 
 
