@@ -72,16 +72,6 @@ try:
 except ImportError:  # Windows: no advisory locks; one writer per directory is then up to you
     fcntl = None  # type: ignore[assignment]
 
-__all__ = [
-    "ALIASES",
-    "TEMP_PREFIX",
-    "CheckpointCorruptedError",
-    "CheckpointStore",
-    "DirectoryLockedError",
-    "FollowerStore",
-    "ManifestError",
-]
-
 _HASH_CHUNK = 1 << 20
 # Opening a file never follows a symbolic link (O_NOFOLLOW where the system has it).
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
