@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_ckpt import ranking
-from keras_ckpt.policies import AnyOf, KeepBest, KeepLatest
+from keras_ckpt.policies import AnyOf, KeepBest, KeepLatest, RetentionPolicy
 from keras_ckpt.records import (
     BEST_ALIAS,
     KIND_MODEL,
@@ -327,7 +327,7 @@ def _find(manifest: Manifest, which: str) -> CheckpointRecord:
     )
 
 
-def _size(size: int) -> str:
+def _size(size: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if size < 1000 or unit == "GB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
@@ -510,7 +510,7 @@ def _prune(args: argparse.Namespace) -> int:
     path, manifest = _manifest(args.directory)
     if args.keep_last is None and args.keep_best is None:
         raise UsageError("say what to keep: --keep-last N and/or --keep-best K")
-    policies = []
+    policies: list[RetentionPolicy] = []
     if args.keep_last is not None:
         policies.append(KeepLatest(args.keep_last))
     if args.keep_best is not None:

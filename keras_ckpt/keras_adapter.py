@@ -298,7 +298,7 @@ def seed_generators(model: keras.Model) -> list[Any]:
             "seed-generator states (Dropout and other random layers) are not saved for resume",
         )
         return []
-    generators = []
+    generators: list[Any] = []
     for layer in model._flatten_layers(include_self=True):
         generators.extend(getattr(layer, "_seed_generators", []))
     return generators

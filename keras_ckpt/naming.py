@@ -138,7 +138,7 @@ def default_best_template(monitor: str) -> str:
         'epoch{epoch:03d}-val_loss{val_loss:.4f}'
     """
     template = "epoch{epoch:03d}-" + monitor + "{" + monitor + ":.4f}"
-    separators = {os.sep, os.altsep, "\0"} - {None}
+    separators = {character for character in (os.sep, os.altsep, "\0") if character}
     try:
         fits = template_fields(template) == ["epoch", monitor]
     except ValueError:

@@ -17,12 +17,23 @@ from keras_ckpt.ranking import MODES, ranked, resolve_mode
 
 
 class Record(Protocol):
-    """What a policy may read of a checkpoint record."""
+    """What a policy may read of a checkpoint record.
 
-    epoch: int
-    step: int
-    metrics: Mapping[str, float]
-    time: float
+    Read-only properties, so the frozen ``CheckpointRecord`` that ``list_checkpoints`` returns
+    (and any object with these attributes, frozen or not) satisfies it.
+    """
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def metrics(self) -> Mapping[str, float]: ...
+
+    @property
+    def time(self) -> float: ...
 
 
 class RetentionPolicy(Protocol):

@@ -196,7 +196,7 @@ class _Entry:
         problem = name_problem(value)
         if problem is not None:
             raise self.fail(key, value, f"a plain file name in the directory (it {problem})")
-        return value
+        return str(value)  # name_problem refuses anything but a str
 
     def text(self, field_name: str, value: Any) -> str:
         if not isinstance(value, str):
@@ -229,7 +229,7 @@ class _Entry:
         return float(value)
 
     def choice(self, key: str, allowed: tuple[str, ...], default: str) -> str:
-        value = self.get(key, str, default)
+        value: str = self.get(key, str, default)
         if value not in allowed:
             raise self.fail(key, value, f"one of {allowed}")
         return value

@@ -150,6 +150,10 @@ class OneCycle(_Schedule):
         [0.1, 1.0, 0.001]
     """
 
+    pct_start: float
+    div_factor: float
+    final_div_factor: float
+
     def __init__(
         self,
         max_learning_rate: float,
@@ -292,6 +296,8 @@ class CyclicalLR(_Schedule):
         [0.0, 0.5, 1.0, 0.0, 0.5, 0.0]
     """
 
+    gamma: float
+
     def __init__(
         self,
         base_learning_rate: float,
@@ -350,6 +356,11 @@ class CosineRestarts(_Schedule):
         >>> [round(float(schedule(s)), 3) for s in (0, 5, 10, 20, 30)]
         [1.0, 0.5, 0.5, 0.25, 0.25]
     """
+
+    t_mul: float
+    m_mul: float
+    alpha: float
+    cycle_limit: int | None
 
     def __init__(
         self,

@@ -51,10 +51,11 @@ class ModelSnapshot:
         """Writes the snapshot to ``path``: a ``.keras`` archive for a whole model, otherwise
         a ``.weights.h5`` file. Any thread may call it, once."""
         try:
-            if self._config_json is None:
+            # The config and metadata are both there (a whole model) or both absent (weights).
+            if self._config_json is None or self._metadata_json is None:
                 _write_h5(path, self._calls)
             else:
-                self._write_model(path)
+                self._write_model(path, self._config_json, self._metadata_json)
         finally:
             self.discard()
 
@@ -65,7 +66,7 @@ class ModelSnapshot:
             self._assets.close()
             self._assets = None
 
-    def _write_model(self, path: str) -> None:
+    def _write_model(self, path: str, config_json: str, metadata_json: str) -> None:
         # Keras's own .keras layout: metadata, config, the weights file, then the assets. The
         # weights go through a file beside the archive (as Keras does when memory is short),
         # so no second in-memory copy of the serialized weights is made.
@@ -73,9 +74,9 @@ class ModelSnapshot:
         try:
             with open(path, "wb") as file, zipfile.ZipFile(file, "w") as archive:
                 with archive.open(keras_adapter.ARCHIVE_METADATA_NAME, "w") as entry:
-                    entry.write(self._metadata_json.encode())
+                    entry.write(metadata_json.encode())
                 with archive.open(keras_adapter.ARCHIVE_CONFIG_NAME, "w") as entry:
-                    entry.write(self._config_json.encode())
+                    entry.write(config_json.encode())
                 _write_h5(weights_path, self._calls)
                 archive.write(weights_path, keras_adapter.ARCHIVE_WEIGHTS_NAME)
                 if self._assets is not None:
@@ -136,7 +137,7 @@ def host_copy(variable: Any) -> np.ndarray:
     return array
 
 
-class _RecordingStore(keras_adapter.H5StoreBase):  # type: ignore[misc]
+class _RecordingStore(keras_adapter.H5StoreBase):
     """Takes the calls Keras's saving traversal makes, keeping the values as given."""
 
     def __init__(self) -> None:  # no file: nothing of H5IOStore's own state is needed
@@ -220,7 +221,7 @@ def _with_optimizer_variables(
     walking the model again. Anything else is left as it is (and is then walked every time).
     """
     optimizer = getattr(model, "optimizer", None)
-    if not keras_adapter.optimizer_saves_like_keras(optimizer):
+    if optimizer is None or not keras_adapter.optimizer_saves_like_keras(optimizer):
         return calls
     variables = list(optimizer.variables)
     plan, group = [], None
