@@ -73,7 +73,14 @@ if TYPE_CHECKING:
     from keras_ckpt.store import CheckpointCorruptedError, CheckpointStore
 
 
+# The public submodules, reachable as attributes after a plain ``import keras_ckpt``
+# (``keras_ckpt.schedules.WarmupCosine(...)``), loaded on first use like the names above.
+_SUBMODULES = ("callbacks", "loading", "plots", "policies", "schedules", "store", "triggers")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"keras_ckpt.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'keras_ckpt' has no attribute {name!r}")
