@@ -30,11 +30,13 @@ ends, so a crash never leaves a stale lock.
 The saving itself is a callable ``write(path)`` supplied by the caller, so the store knows
 nothing of Keras; an asynchronous writer wraps this class rather than changing it. In a
 multi-process run only the chief writes; the other processes use a ``FollowerStore``, which
-takes the same changes in memory.
+takes the same changes in memory. Both implement ``Store``, the interface the callbacks hold
+(``keras_ckpt.processes.open_store`` picks one for the process).
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import copy
 import datetime
@@ -277,7 +279,7 @@ def read_committed(directory: str) -> Manifest:
     return manifest
 
 
-def contents_digest(store: CheckpointStore) -> str:
+def contents_digest(store: Store) -> str:
     """What ``store`` holds, as 64 ASCII characters: the number of committed checkpoints
     (8 digits), then a digest of their names, checksums and the aliases. Processes that read the
     same directory get the same text."""
@@ -450,7 +452,110 @@ def _release_directory(directory: str) -> None:
             os.close(held.fd)  # the kernel drops the flock with the last descriptor
 
 
-class CheckpointStore:
+class Store(abc.ABC):
+    """A checkpoint directory as one process of a run uses it: what the saving callbacks need.
+
+    Two kinds implement it, and callbacks never ask which one they hold. A ``CheckpointStore``
+    writes the directory; it is the chief's (process 0's), or the only process's. A
+    ``FollowerStore`` is what every other process of a multi-process run holds: it reads the
+    directory once, then takes the chief's changes in memory and writes nothing. Where a
+    callback must act differently (a follower has nothing to write), it asks ``writes``.
+
+    Attributes:
+        directory: The checkpoint directory, an absolute path.
+        keras_version: Recorded with every checkpoint committed.
+    """
+
+    directory: str
+    keras_version: str
+
+    @property
+    @abc.abstractmethod
+    def writes(self) -> bool:
+        """Whether ``commit`` writes the checkpoint (calls ``write``) and changes files; a
+        follower only records the commit."""
+
+    # Reading -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def manifest(self) -> Manifest:
+        """The committed manifest (a copy the caller may change)."""
+
+    def records(self) -> list[CheckpointRecord]:
+        """Committed checkpoints, oldest first."""
+        return self.manifest().records
+
+    def path(self, filename: str) -> str:
+        """Where ``filename`` lives in the directory."""
+        return os.path.join(self.directory, filename)
+
+    @abc.abstractmethod
+    def filenames(self) -> set[str]:
+        """The names in the directory (checkpoints of every run, aliases, anything else but the
+        writer lock)."""
+
+    # Changing ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def commit(
+        self,
+        filename: str,
+        write: Callable[[str], None],
+        *,
+        epoch: int,
+        step: int,
+        metrics: Mapping[str, float],
+        kind: str,
+        run: str,
+        keeper: str,
+        batch: int | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> CheckpointRecord:
+        """Commits a checkpoint as ``filename``, written by ``write(temporary_path)`` where the
+        store ``writes``; returns its record."""
+
+    @abc.abstractmethod
+    def release(self, keeper: str, filenames: Iterable[str]) -> list[str]:
+        """``keeper`` no longer keeps ``filenames``; those nobody keeps go. Returns their names."""
+
+    @abc.abstractmethod
+    def set_alias(self, alias: str, target_filename: str) -> str:
+        """Points ``alias`` at a committed checkpoint; returns the alias's path."""
+
+    @abc.abstractmethod
+    def remove_if_empty(self) -> bool:
+        """Removes the directory if it holds no checkpoint; whether it did."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Lets go of the directory (the writer lock, for a store that holds one)."""
+
+    def _new_record(
+        self,
+        filename: str,
+        size: int,
+        sha256: str,
+        *,
+        metrics: Mapping[str, float],
+        keeper: str,
+        state: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> CheckpointRecord:
+        """The record of ``filename`` from ``commit``'s arguments (epoch, step, kind, ...)."""
+        return CheckpointRecord(
+            path=self.path(filename),
+            metrics=dict(metrics),
+            time=time.time(),
+            size=size,
+            sha256=sha256,
+            keras_version=self.keras_version,
+            kept_by=(keeper,),
+            state=None if state is None else dict(state),
+            **fields,
+        )
+
+
+class CheckpointStore(Store):
     """A crash-safe directory of checkpoints with a manifest.
 
     Several stores (one per callback) may share a directory within a process: every change
@@ -505,17 +610,16 @@ class CheckpointStore:
             ) from None
         self._release = weakref.finalize(self, _release_directory, self.directory)
 
+    @property
+    def writes(self) -> bool:
+        """Always: this store writes the directory."""
+        return True
+
     # Reading -----------------------------------------------------------------------------
 
     def manifest(self) -> Manifest:
+        """The committed manifest, as on disk."""
         return read_manifest(self.directory)
-
-    def records(self) -> list[CheckpointRecord]:
-        """Committed checkpoints, oldest first."""
-        return self.manifest().records
-
-    def path(self, filename: str) -> str:
-        return os.path.join(self.directory, filename)
 
     def filenames(self) -> set[str]:
         """The names in the directory (checkpoints of every run, aliases, anything else but the
@@ -730,30 +834,6 @@ class CheckpointStore:
 
     # Internals ---------------------------------------------------------------------------
 
-    def _new_record(
-        self,
-        filename: str,
-        size: int,
-        sha256: str,
-        *,
-        metrics: Mapping[str, float],
-        keeper: str,
-        state: Mapping[str, Any] | None = None,
-        **fields: Any,
-    ) -> CheckpointRecord:
-        """The record of ``filename`` from ``commit``'s arguments (epoch, step, kind, ...)."""
-        return CheckpointRecord(
-            path=self.path(filename),
-            metrics=dict(metrics),
-            time=time.time(),
-            size=size,
-            sha256=sha256,
-            keras_version=self.keras_version,
-            kept_by=(keeper,),
-            state=None if state is None else dict(state),
-            **fields,
-        )
-
     def _temporary_path(self, name: str) -> str:
         """A fresh temporary name beside the checkpoints (recovery removes such leftovers)."""
         return self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
@@ -815,7 +895,7 @@ class CheckpointStore:
         _fsync_directory(self.directory)
 
 
-class FollowerStore(CheckpointStore):
+class FollowerStore(Store):
     """A checkpoint directory as a process other than the chief of a multi-process run sees it.
 
     Opening it reads the directory, which must be settled (the chief's saves on disk, its
@@ -825,7 +905,8 @@ class FollowerStore(CheckpointStore):
     for the chief's background writes and without touching a file. The records it commits have
     no size and no checksum; ``write`` is never called. All followers of one directory in a
     process share one view, as the chief's stores share the directory; each opening reads it
-    afresh.
+    afresh. It is no ``CheckpointStore``: it shares only the ``Store`` interface, so nothing
+    that writes can reach it.
 
     Args:
         directory: The chief's checkpoint directory (on a file system every process sees).
@@ -850,34 +931,66 @@ class FollowerStore(CheckpointStore):
             self._view = _followed.setdefault(self.directory, _FollowedDirectory())
             self._view.manifest, self._view.names = manifest, names
 
+    @property
+    def writes(self) -> bool:
+        """Never: the chief writes the directory."""
+        return False
+
     def manifest(self) -> Manifest:
+        """The manifest as the chief's changes left it, in memory."""
         with self._lock:
             view = self._view.manifest
             return Manifest(records=list(view.records), aliases=dict(view.aliases))
 
     def filenames(self) -> set[str]:
+        """The names the directory holds once the chief's changes are on disk."""
         with self._lock:
             return set(self._view.names)
 
     def commit(
-        self, filename: str, write: Callable[[str], None], **fields: Any
+        self,
+        filename: str,
+        write: Callable[[str], None],
+        *,
+        epoch: int,
+        step: int,
+        metrics: Mapping[str, float],
+        kind: str,
+        run: str,
+        keeper: str,
+        batch: int | None = None,
+        state: Mapping[str, Any] | None = None,
     ) -> CheckpointRecord:
         """Commits in memory what the chief commits; ``write`` is never called. Takes
-        ``CheckpointStore.commit``'s keyword arguments (``epoch``, ``step``, ``metrics``, ...)."""
+        ``CheckpointStore.commit``'s arguments."""
         _check_plain_name(filename)
-        record = self._new_record(filename, 0, "", **fields)
+        record = self._new_record(
+            filename,
+            0,
+            "",
+            epoch=epoch,
+            batch=batch,
+            step=step,
+            metrics=metrics,
+            kind=kind,
+            run=run,
+            keeper=keeper,
+            state=state,
+        )
         with self._lock:
             _add_record(self._view.manifest, record)
             self._view.names.add(filename)
         return record
 
     def release(self, keeper: str, filenames: Iterable[str]) -> list[str]:
+        """As ``CheckpointStore.release``, in memory."""
         with self._lock:
             deleted, files = _drop_keeper(self._view.manifest, keeper, set(filenames))
             self._view.names.difference_update(files)
         return deleted
 
     def set_alias(self, alias: str, target_filename: str) -> str:
+        """As ``CheckpointStore.set_alias``, in memory."""
         with self._lock:
             manifest = self._view.manifest
             if manifest.find(target_filename) is None:
@@ -890,6 +1003,7 @@ class FollowerStore(CheckpointStore):
         return self.path(alias_filename(alias, target_filename))
 
     def remove_if_empty(self) -> bool:
+        """Never: the chief removes the directory."""
         return False
 
     def close(self) -> None:

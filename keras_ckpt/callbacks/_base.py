@@ -9,132 +9,24 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
-import numpy as np
 
-from keras_ckpt import naming, ranking, validation
+from keras_ckpt import naming, processes, ranking, validation
 from keras_ckpt.callbacks._monitor import EVENT_PREFIX, batches_trained, log_learning_rates
 from keras_ckpt.keras_adapter import fit_callbacks
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
 from keras_ckpt.snapshot import take_snapshot, write_now
-from keras_ckpt.store import (
-    CheckpointStore,
-    FollowerStore,
-    contents_digest,
-    reserved_alias_filenames,
-)
-from keras_ckpt.triggers import IntervalTrigger
+from keras_ckpt.store import Store, reserved_alias_filenames
 from keras_ckpt.writer import WRITER
 
 
-def process_index() -> int:
-    """This process's index among those training together; 0, the chief, alone writes
-    checkpoints. One process (TensorFlow's strategies in one process included) is 0."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return int(jax.process_index())
-    if backend == "torch":
-        import torch.distributed
-
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return int(torch.distributed.get_rank())
-    return 0
-
-
-def process_count() -> int:
-    """How many processes train together (JAX's multi-process runs; otherwise 1)."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return int(jax.process_count())
-    return 1
-
-
-def any_process(*flags: bool) -> tuple[bool, ...]:
-    """Each flag as set in any process training together: for decisions taken from something
-    each process sees on its own (a signal, its clock), so that all take them alike.
-
-    With several processes this is one collective: every process calls it at the same point.
-    """
-    if process_count() == 1:
-        return tuple(bool(flag) for flag in flags)
-    from jax.experimental import multihost_utils
-
-    gathered = multihost_utils.process_allgather(np.array(flags, dtype=np.int32))
-    return tuple(bool(flag) for flag in np.any(np.asarray(gathered).reshape(-1, len(flags)), 0))
-
-
-def chief_text(text: str) -> str:
-    """``text`` (ASCII, the same length on every process) as process 0 has it: one collective
-    with several processes."""
-    if process_count() == 1:
-        return text
-    from jax.experimental import multihost_utils
-
-    codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int32)
-    chief = np.asarray(multihost_utils.broadcast_one_to_all(codes))
-    return bytes(chief.astype(np.uint8)).decode("ascii")
-
-
-def agreed_due(trigger: IntervalTrigger, due: bool) -> bool:
-    """``trigger``'s verdict, the same on every process: with ``every_seconds`` each process
-    reads its own clock, so a multi-process run saves when any process's clock says so."""
-    return due if trigger.every_seconds is None else any_process(due)[0]
-
-
-_UNOPENED = "-" * 64  # in place of a contents digest: the directory could not be opened
-
-
-def _checkpoints(digest: str) -> str:
-    count = int(digest[:8])
-    return f"{count} checkpoint" + ("" if count == 1 else "s")
-
-
-def _open_store_together(directory: str, chief: bool) -> CheckpointStore:
-    """Opens ``directory`` in a multi-process run, where every process opens it at the same
-    point of ``fit``: the chief first, once its saves are on disk and its recovery has run, then
-    the others, which must find what the chief found. Two collectives; if any process cannot
-    open the directory, or sees other contents, every process raises instead of waiting.
-    """
-    store, error = None, None
-    if chief:
-        WRITER.wait()
-        try:
-            store = CheckpointStore(directory, keras_version=keras.__version__)
-        except Exception as caught:
-            error = caught
-    chief_sees = chief_text(_UNOPENED if store is None else contents_digest(store))
-    if chief_sees == _UNOPENED:
-        if error is not None:
-            raise error
-        raise RuntimeError(
-            f"keras_ckpt: process 0 could not open the checkpoint directory {directory}; "
-            "its own error says why."
-        )
-    if not chief:
-        try:
-            store = FollowerStore(directory, keras_version=keras.__version__)
-        except Exception as caught:
-            error = caught
-    sees = _UNOPENED if store is None else contents_digest(store)
-    (differs,) = any_process(sees != chief_sees)
-    if error is not None:
-        raise error
-    if differs:
-        here = "" if chief else f", process {process_index()}: {_checkpoints(sees)}"
-        raise RuntimeError(
-            f"keras_ckpt: not every process training together sees in {directory} what "
-            f"process 0 sees (process 0: {_checkpoints(chief_sees)}{here}). Every "
-            "process reads the checkpoints it resumes and ranks from, so the directory must be "
-            "on a file system all of them share, under the same path."
-        )
-    return store
-
-
 class StoreCallback(keras.callbacks.Callback):
-    """Base of the saving callbacks: a thin adapter from ``fit``'s hooks to a CheckpointStore."""
+    """Base of the saving callbacks: a thin adapter from ``fit``'s hooks to a checkpoint store.
+
+    Which process writes, and what the processes of a multi-process run agree on, is
+    ``keras_ckpt.processes``'s business: a callback holds the ``Store`` it opened for this
+    process and asks it, never which kind it is.
+    """
 
     # Logs keys "ckpt/<event_name>_<event>"; None logs nothing (the drop-ins, as in Keras).
     event_name: str | None = None
@@ -146,7 +38,7 @@ class StoreCallback(keras.callbacks.Callback):
         self._run: str | None = None
         self._start_batches = 0
         self._write_errors: list[BaseException] = []
-        self._open_stores: list[CheckpointStore] = []
+        self._open_stores: list[Store] = []
 
     @property
     def keeper(self) -> str:
@@ -163,21 +55,14 @@ class StoreCallback(keras.callbacks.Callback):
         if continue_run and self._run is not None:
             return
         # One run id on every process: the others' records of the run are the chief's.
-        self._run = chief_text(uuid.uuid4().hex[:12])
+        self._run = processes.chief_text(uuid.uuid4().hex[:12])
         self._start_batches = batches_trained(self.model)
 
-    def _open_store(self, directory: str) -> CheckpointStore:
+    def _open_store(self, directory: str) -> Store:
         """Only the chief (process 0) of a multi-process run writes; the others follow its
         directory in memory, taking the same decisions from the same state, and write nothing.
         """
-        chief = process_index() == 0
-        if process_count() > 1:
-            store = _open_store_together(directory, chief)
-        elif not chief:  # a torch.distributed rank: nothing is agreed (see the README)
-            store = FollowerStore(directory, keras_version=keras.__version__)
-        else:
-            WRITER.wait()
-            store = CheckpointStore(directory, keras_version=keras.__version__)
+        store = processes.open_store(directory)
         self._open_stores.append(store)
         return store
 
@@ -194,7 +79,7 @@ class StoreCallback(keras.callbacks.Callback):
 
     def _say(self, message: str, epoch: int | None = None) -> None:
         """One short line when ``verbose``: "Epoch 3: BestCheckpoint saved ..."."""
-        if getattr(self, "verbose", 0) and process_index() == 0:  # the chief, which saves
+        if getattr(self, "verbose", 0) and processes.is_writer():  # the process that saves
             where = "" if epoch is None else f"Epoch {epoch + 1}: "
             print(f"\n{where}{type(self).__name__} {message}", flush=True)
 
@@ -217,7 +102,7 @@ class StoreCallback(keras.callbacks.Callback):
 
     def _commit(
         self,
-        store: CheckpointStore,
+        store: Store,
         filename: str,
         *,
         epoch: int,
@@ -235,7 +120,7 @@ class StoreCallback(keras.callbacks.Callback):
         self._settle()
         model, weights_only = self.model, self.save_weights_only
         snapshot = take_snapshot(model, filename, weights_only)
-        if isinstance(store, FollowerStore) and snapshot is not None:
+        if not store.writes and snapshot is not None:
             # Not the chief, which writes this checkpoint: the store commits in memory only,
             # right here. The snapshot is still taken: Keras's saving walk may enter collectives
             # (it creates variables) that every process must enter.
@@ -243,7 +128,7 @@ class StoreCallback(keras.callbacks.Callback):
             snapshot = None
         if snapshot is None:
             # A legacy .h5 model, or a Keras without the saving internals: Keras writes it now
-            # (a FollowerStore never calls ``write``).
+            # (a store that does not write never calls ``write``).
             def write(path: str) -> None:
                 write_now(model, path, weights_only)
         else:
@@ -277,7 +162,7 @@ class StoreCallback(keras.callbacks.Callback):
 
     def _retention_plan(
         self,
-        store: CheckpointStore,
+        store: Store,
         policy: RetentionPolicy,
         filename: str,
         *,
@@ -341,7 +226,7 @@ class StoreCallback(keras.callbacks.Callback):
 
     def _render_filename(
         self,
-        store: CheckpointStore,
+        store: Store,
         template: str,
         epoch: int,
         batch: int | None,
@@ -367,7 +252,7 @@ class StoreCallback(keras.callbacks.Callback):
         return naming.next_free_name(filename, taken)
 
     def _replaces_a_better_own_file(
-        self, store: CheckpointStore, filename: str, monitor: str, value: float, mode: str
+        self, store: Store, filename: str, monitor: str, value: float, mode: str
     ) -> bool:
         """Whether saving ``value`` as ``filename`` would overwrite one of this run's files that
         holds an equal or better value (a template like ``{epoch}`` with ``save_freq=N``)."""
@@ -385,7 +270,7 @@ class StoreCallback(keras.callbacks.Callback):
         self._run = state.get("run") or None
         self._start_batches = int(state.get("start_batches", 0))
 
-    def _own_records(self, store: CheckpointStore) -> list[CheckpointRecord]:
+    def _own_records(self, store: Store) -> list[CheckpointRecord]:
         """This run's checkpoints that this callback keeps, oldest first."""
         WRITER.wait()  # as committed, with the save in flight
         return [r for r in store.records() if r.run == self._run and self.keeper in r.kept_by]

@@ -10,9 +10,10 @@ from numbers import Real
 from typing import Any
 
 from keras_ckpt import naming, validation
-from keras_ckpt.callbacks._base import StoreCallback, agreed_due
+from keras_ckpt.callbacks._base import StoreCallback
 from keras_ckpt.callbacks._monitor import epoch_start_batches, plain_metrics, replayed_batches
 from keras_ckpt.policies import AnyOf, KeepAll, KeepEvery, KeepLatest, RetentionPolicy
+from keras_ckpt.processes import agree_on_save
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import CheckpointStore, check_directory_usable
 from keras_ckpt.triggers import IntervalTrigger
@@ -181,14 +182,14 @@ class IntervalCheckpoint(StoreCallback):
         if batch <= self._replayed:  # batch 0, and batches a resumed run reads again
             return
         due = self._trigger.due_mid_epoch(self._epoch_start_step + batch, self._clock())
-        if agreed_due(self._trigger, due):
+        if agree_on_save(self._trigger, due).due:
             self._save(self._current_epoch, batch - 1, {})
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_ended += 1
         self._last_metrics = plain_metrics(logs)
         due = self._trigger.due_at_epoch_end(epoch + 1, self._step(), self._clock())
-        if agreed_due(self._trigger, due):
+        if agree_on_save(self._trigger, due).due:
             self._save(epoch, None, self._last_metrics)
         self._log_events(
             logs, saved=self._epoch_saves, kept=self._kept, deleted=self._epoch_deleted

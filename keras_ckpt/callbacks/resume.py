@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from keras_ckpt import validation
-from keras_ckpt.callbacks._base import StoreCallback, agreed_due, any_process, process_index
+from keras_ckpt.callbacks._base import StoreCallback
 from keras_ckpt.callbacks._monitor import (
     epoch_start_batches,
     plain_metrics,
@@ -39,6 +39,7 @@ from keras_ckpt.keras_adapter import (
     skip_train_step,
 )
 from keras_ckpt.policies import KeepLatest
+from keras_ckpt.processes import agree_on_save, is_writer
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import CheckpointCorruptedError, check_directory_usable, verify
 from keras_ckpt.triggers import IntervalTrigger
@@ -199,14 +200,14 @@ class ResumeFromLatest(StoreCallback):
     def _on_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if batch < self._replayed:
             return  # read again without training: the state is still the one resumed from
-        signalled = self._signal_received.is_set()
+        # None: no signal is watched, so none is agreed on.
+        signalled = self._signal_received.is_set() if self.handle_signals else None
         due = batch > self._replayed and self._trigger.due_mid_epoch(
             self._epoch_start_step + batch, self._clock()
         )
-        if self.handle_signals or self._trigger.every_seconds is not None:
-            # What one process alone sees (a signal, its clock), all processes agree on, so
-            # they save and stop at the same batch: one gather, only with several processes.
-            signalled, due = any_process(signalled, due)
+        # What one process alone sees (a signal, its clock), all processes agree on, so they
+        # save and stop at the same batch: one gather, only with several processes.
+        due, signalled = agree_on_save(self._trigger, due, signalled)
         if signalled and not self._stopped_by_signal:
             self._stopped_by_signal = True
             self._save(self._epoch, batch)
@@ -222,7 +223,7 @@ class ResumeFromLatest(StoreCallback):
         self._trained = True
         # The epoch was cut short by a signal: the mid-epoch save is the one to resume from.
         due = self._trigger.due_at_epoch_end(epoch + 1, self._step(), self._clock())
-        if not self._stopped_by_signal and agreed_due(self._trigger, due):
+        if not self._stopped_by_signal and agree_on_save(self._trigger, due).due:
             self._epoch_end_metrics = plain_metrics(logs)
             self._epoch_saves += 1  # taken as the next epoch begins (or as training ends)
         resumed = self.resumed_from
@@ -359,7 +360,7 @@ class ResumeFromLatest(StoreCallback):
         epoch = int(state["epoch"])
         finished = state.get("finished")
         if finished is not None and epochs is not None and epochs <= finished:
-            if process_index() == 0:
+            if is_writer():
                 print(
                     f"ResumeFromLatest: training in {self.directory} already finished "
                     f"({epoch} epochs); restored the final weights and not training again."
