@@ -26,6 +26,7 @@ FLOORS = {
     "store": STORE,
     "writer": STORE,
     "keras_adapter": KERAS,
+    "processes": KERAS,
     "snapshot": KERAS,
     "schedules": KERAS,
     "loading": KERAS,
