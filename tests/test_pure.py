@@ -285,3 +285,83 @@ def test_one_of_message():
         match=r"Argument `mode` must be one of 'auto', 'min', 'max'\. Received: mode='mx'",
     ):
         validation.one_of("mode", "mx", ranking.MODES)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, r"must be a number > 0\. Received: every_seconds=0"),
+        (-1.5, r"must be a number > 0\. Received: every_seconds=-1\.5"),
+        (math.nan, r"must be a number > 0\. Received: every_seconds=nan"),
+        (math.inf, r"must be finite\. Received: every_seconds=inf"),
+        (True, r"must be a number > 0\. Received: every_seconds=True"),
+        ("60", r"must be a number > 0\. Received: every_seconds='60'"),
+    ],
+)
+def test_positive_seconds_rejects(value, message):
+    with pytest.raises(ValueError, match=rf"Argument `every_seconds` {message}"):
+        validation.positive_seconds("every_seconds", value)
+
+
+def test_optional_passes_none_and_checks_the_rest():
+    assert validation.optional(validation.positive_seconds, "every_seconds", None) is None
+    assert validation.optional(validation.positive_seconds, "every_seconds", 2) == 2.0
+    with pytest.raises(ValueError, match="Received: every_seconds=0"):
+        validation.optional(validation.positive_seconds, "every_seconds", 0)
+
+
+@pytest.mark.parametrize("keras_class", [None, "ModelCheckpoint", "BackupAndRestore"])
+@pytest.mark.parametrize("value", ["epoch", 1, 500])
+def test_save_freq_accepts(keras_class, value):
+    assert validation.save_freq(value, keras_class) == value
+
+
+# One check, three messages: keras_ckpt's idiom for ResumeFromLatest, Keras's opening words
+# for the drop-ins (the tests of those classes pin the rest).
+SAVE_FREQ_MESSAGES = {
+    None: r"Argument `save_freq` must be a positive integer\. Received: save_freq={value!r}",
+    "ModelCheckpoint": r"Unrecognized save_freq: {value!r}\. .*Received: save_freq={value!r}",
+    "BackupAndRestore": r"Invalid value for argument `save_freq`\. Received: save_freq={value}\.",
+}
+
+
+@pytest.mark.parametrize("keras_class", [None, "ModelCheckpoint", "BackupAndRestore"])
+@pytest.mark.parametrize("value", [0, -3, True, 2.5, "batch", None])
+def test_save_freq_rejects(keras_class, value):
+    message = SAVE_FREQ_MESSAGES[keras_class].format(value=value)
+    with pytest.raises(ValueError, match=message):
+        validation.save_freq(value, keras_class)
+
+
+def test_save_freq_false_is_only_backup_and_restore_s():
+    assert validation.save_freq(False, "BackupAndRestore") is False
+    with pytest.raises(ValueError, match="save_freq=False"):
+        validation.save_freq(False, "ModelCheckpoint")
+    with pytest.raises(validation.ArgumentTypeError, match="save_freq=False"):
+        validation.save_freq(False)
+
+
+def test_keras_mode_warns_and_falls_back_for_drop_ins():
+    assert validation.keras_mode("EarlyStopping", "min") == "min"
+    with pytest.warns(UserWarning, match="EarlyStopping mode 'mx' is unknown, fallback to auto"):
+        assert validation.keras_mode("EarlyStopping", "mx") == "auto"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, None),
+        (False, None),
+        (0, None),
+        ("runs/best", "runs/best"),
+        (SimpleNamespace(directory="runs/best"), "runs/best"),
+    ],
+)
+def test_restore_best_weights_names_a_directory_or_is_a_flag(value, expected):
+    assert validation.restore_best_weights(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", [3], 1.0, SimpleNamespace(directory=None)])
+def test_restore_best_weights_rejects(value):
+    with pytest.raises(ValueError, match="`restore_best_weights`"):
+        validation.restore_best_weights(value)
