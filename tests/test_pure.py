@@ -12,7 +12,7 @@ import keras_ckpt
 from keras_ckpt import naming, ranking, validation
 from keras_ckpt.policies import KeepAll, KeepBest
 from keras_ckpt.records import CheckpointRecord, Manifest
-from keras_ckpt.triggers import EveryNBatches
+from keras_ckpt.triggers import IntervalTrigger
 
 PURE_MODULES = [
     "keras_ckpt",
@@ -205,17 +205,27 @@ def test_default_best_template():
 # Triggers -------------------------------------------------------------------------------
 
 
-def test_every_n_batches_counts_across_epochs():
+def keras_save_freq(n):
+    """The trigger of ``ModelCheckpoint(save_freq=n)``: Keras's count of batches."""
+    return IntervalTrigger(every_steps=n, step_counting="since_last")
+
+
+def test_keras_batch_count_runs_across_epochs():
     # 5 batches per epoch, save every 15 batches: fires at the end of epochs 3, 6, 9.
-    trigger = EveryNBatches(15)
-    fired = [(epoch, batch) for epoch in range(10) for batch in range(5) if trigger.observe(batch)]
+    trigger = keras_save_freq(15)
+    fired = [
+        (epoch, batch)
+        for epoch in range(10)
+        for batch in range(5)
+        if trigger.due_after_batch(batch)
+    ]
     assert fired == [(2, 4), (5, 4), (8, 4)]
 
 
-def test_every_n_batches_with_steps_per_execution():
+def test_keras_batch_count_with_steps_per_execution():
     # steps_per_execution=2 over 6 batches: Keras reports batches 1, 3, 5.
-    trigger = EveryNBatches(4)
-    assert [trigger.observe(batch) for batch in (1, 3, 5, 1, 3, 5)] == [
+    trigger = keras_save_freq(4)
+    assert [trigger.due_after_batch(batch) for batch in (1, 3, 5, 1, 3, 5)] == [
         False,
         True,
         False,
@@ -225,11 +235,52 @@ def test_every_n_batches_with_steps_per_execution():
     ]
 
 
-def test_every_n_batches_reset():
-    trigger = EveryNBatches(2)
-    trigger.observe(0)
-    trigger.reset()
-    assert trigger.observe(0) is False
+def test_keras_batch_count_restarts_with_start():
+    trigger = keras_save_freq(2)
+    trigger.due_after_batch(0)
+    trigger.start(now=0.0)
+    assert trigger.due_after_batch(0) is False
+
+
+@pytest.mark.parametrize(
+    ("step_counting", "due_steps"),
+    [
+        # Reported every 3 steps (steps_per_execution=3), every_steps=4: a multiple of 4 was
+        # passed at steps 6, 9, 12; Keras counts 4 steps since the last firing: 6, 12.
+        ("multiples", [6, 9, 12]),
+        ("since_last", [6, 12]),
+    ],
+)
+def test_step_countings_differ_when_steps_skip_multiples(step_counting, due_steps):
+    trigger = IntervalTrigger(every_steps=4, step_counting=step_counting)
+    steps = [3, 6, 9, 12]
+    assert [step for step in steps if trigger.due_mid_epoch(step, now=0.0)] == due_steps
+
+
+@pytest.mark.parametrize("step_counting", ["multiples", "since_last"])
+def test_batch_indices_and_steps_agree(step_counting):
+    # due_after_batch(batch) is due_mid_epoch(step) with the step counted from the indices.
+    by_batch = IntervalTrigger(every_steps=3, step_counting=step_counting)
+    by_step = IntervalTrigger(every_steps=3, step_counting=step_counting)
+    batches = [1, 3, 4, 0, 2, 4]  # 5 batches per epoch, uneven reports
+    steps = [2, 4, 5, 6, 8, 10]
+    assert [by_batch.due_after_batch(b) for b in batches] == [
+        by_step.due_mid_epoch(s, now=0.0) for s in steps
+    ]
+
+
+def test_keras_batch_count_with_a_time_trigger_needs_the_time():
+    trigger = IntervalTrigger(every_steps=10, every_seconds=60.0, step_counting="since_last")
+    trigger.start(now=100.0)
+    assert trigger.due_after_batch(0, now=130.0) is False
+    assert trigger.due_after_batch(1, now=160.0) is True
+    with pytest.raises(ValueError, match="needs `now`"):
+        trigger.due_after_batch(2)
+
+
+def test_unknown_step_counting_is_refused():
+    with pytest.raises(ValueError, match=r"`step_counting` must be one of .*'keras'"):
+        IntervalTrigger(every_steps=2, step_counting="keras")
 
 
 # Records --------------------------------------------------------------------------------

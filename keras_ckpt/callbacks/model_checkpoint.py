@@ -17,7 +17,7 @@ from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.policies import KeepBest
 from keras_ckpt.records import CheckpointRecord
 from keras_ckpt.store import CheckpointStore
-from keras_ckpt.triggers import EveryNBatches
+from keras_ckpt.triggers import IntervalTrigger
 
 
 class ModelCheckpoint(Resumable, StoreCallback):
@@ -122,7 +122,12 @@ class ModelCheckpoint(Resumable, StoreCallback):
                 f"or every save would overwrite the last. Received: filepath={self.filepath!r}"
             )
         self.best = self.initial_value_threshold
-        self._batch_trigger = EveryNBatches(save_freq) if save_freq != "epoch" else None
+        # Keras's count: batches since the last due save, kept across fit calls as in Keras.
+        self._batch_trigger = (
+            IntervalTrigger(every_steps=save_freq, step_counting="since_last")
+            if save_freq != "epoch"
+            else None
+        )
         if self._batch_trigger is not None:
             # Only a batch-frequency checkpoint needs the batch hook. Defining it on the class
             # would make Keras turn off asynchronous dispatch for every user (see KERAS_NOTES).
@@ -186,7 +191,7 @@ class ModelCheckpoint(Resumable, StoreCallback):
 
     def _on_train_batch_end_saving(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         assert self._batch_trigger is not None
-        if self._batch_trigger.observe(batch):
+        if self._batch_trigger.due_after_batch(batch):
             self._save_model(self._current_epoch, batch, logs or {})
 
     # Results -----------------------------------------------------------------------------
