@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from typing import Any
 
 import keras
-import numpy as np
 
 from keras_ckpt import ranking, validation
-from keras_ckpt.callbacks._monitor import keras_mode, plain_metrics, resolve_mode_or_raise
+from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
 from keras_ckpt.callbacks._state import Resumable
 
 PATIENCE = "patience"
@@ -20,7 +18,7 @@ DIVERGENCE_THRESHOLD = "divergence_threshold"
 NON_FINITE = "non_finite"
 
 
-class EarlyStopping(Resumable, keras.callbacks.Callback):
+class EarlyStopping(LazyMode, Resumable, keras.callbacks.Callback):
     """Stops training when a monitored metric stops improving; a drop-in for Keras's class.
 
     Takes every argument of ``keras.callbacks.EarlyStopping`` with the same defaults and
@@ -75,7 +73,7 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
         check_finite: bool = True,
     ):
         super().__init__()
-        mode = keras_mode(type(self).__name__, mode)  # Keras warns, falls back
+        mode = validation.keras_mode(type(self).__name__, mode)  # Keras warns, falls back
         self.monitor = monitor
         self.mode = mode
         self.min_delta = abs(min_delta)
@@ -90,11 +88,10 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
             "divergence_threshold", divergence_threshold
         )
         self.check_finite = validation.boolean("check_finite", check_finite)
-        self._best_directory = _best_directory(restore_best_weights)
+        self._best_directory = validation.restore_best_weights(restore_best_weights)
         self.restore_best_weights = (
             restore_best_weights if self._best_directory else bool(restore_best_weights)
         )
-        self._resolved_mode: str | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -191,13 +188,6 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
 
     # Internals ---------------------------------------------------------------------------
 
-    def _mode(self) -> str:
-        if self._resolved_mode is None:
-            self._resolved_mode = resolve_mode_or_raise(
-                type(self).__name__, self.model, self.monitor, self.mode
-            )
-        return self._resolved_mode
-
     def _monitor_value(self, logs: dict[str, Any] | None) -> float | None:
         metrics = plain_metrics(logs)
         if self.monitor not in metrics:
@@ -227,16 +217,3 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
         self.stopped_epoch = epoch
         self.stopping_reason = reason
         self.model.stop_training = True
-
-
-def _best_directory(restore_best_weights: Any) -> str | None:
-    if isinstance(restore_best_weights, (bool, np.bool_, int)):
-        return None
-    directory = getattr(restore_best_weights, "directory", restore_best_weights)
-    if isinstance(directory, (str, os.PathLike)):
-        # A string is a directory here (Keras would take "" as False): an empty one is an error.
-        return validation.directory("restore_best_weights", directory)
-    raise ValueError(
-        "Argument `restore_best_weights` must be True, False, a BestCheckpoint or its "
-        f"directory. Received: restore_best_weights={restore_best_weights!r}"
-    )

@@ -12,13 +12,12 @@ import numpy as np
 
 from keras_ckpt import ranking, validation
 from keras_ckpt.callbacks._monitor import (
+    LazyMode,
     current_learning_rate,
     epoch_start_batches,
-    keras_mode,
     learning_rate_optimizers,
     log_learning_rates,
     plain_metrics,
-    resolve_mode_or_raise,
 )
 from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.keras_adapter import (
@@ -31,7 +30,7 @@ from keras_ckpt.schedules import Scaled
 Schedule = keras.optimizers.schedules.LearningRateSchedule
 
 
-class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
+class ReduceLROnPlateau(LazyMode, Resumable, keras.callbacks.Callback):
     """Lowers the learning rate when a metric has stopped improving; a drop-in for Keras's class.
 
     Takes every argument of ``keras.callbacks.ReduceLROnPlateau`` with the same defaults and
@@ -68,20 +67,15 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
         **kwargs: Any,
     ):
         super().__init__()
-        if factor >= 1.0:
-            raise ValueError(
-                f"ReduceLROnPlateau does not support a factor >= 1.0. Received factor={factor}"
-            )
-        mode = keras_mode(type(self).__name__, mode)  # Keras warns, falls back
+        self.factor = validation.plateau_factor(factor)
+        mode = validation.keras_mode(type(self).__name__, mode)  # Keras warns, falls back
         self.monitor = monitor
-        self.factor = factor
         self.patience = patience
         self.verbose = verbose
         self.mode = mode
         self.min_delta = abs(min_delta)
         self.cooldown = cooldown
         self.min_lr = min_lr
-        self._resolved_mode: str | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -106,10 +100,7 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
         self.best = None if best is None else float(best)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._resolved_mode is None:
-            self._resolved_mode = resolve_mode_or_raise(
-                type(self).__name__, self.model, self.monitor, self.mode
-            )
+        mode = self._mode()  # settled first, raising as Keras does if it cannot
         log_learning_rates(self.model, logs)
         current = plain_metrics(logs).get(self.monitor)
         if current is None:
@@ -122,7 +113,7 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
         if self.in_cooldown():
             self.cooldown_counter -= 1
             self.wait = 0
-        if ranking.keras_is_improvement(current, self.best, self._resolved_mode, self.min_delta):
+        if ranking.keras_is_improvement(current, self.best, mode, self.min_delta):
             self.best = current
             self.wait = 0
         elif not self.in_cooldown():
