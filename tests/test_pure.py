@@ -16,6 +16,7 @@ from keras_ckpt.triggers import IntervalTrigger
 
 PURE_MODULES = [
     "keras_ckpt",
+    "keras_ckpt.decisions",
     "keras_ckpt.naming",
     "keras_ckpt.policies",
     "keras_ckpt.ranking",
