@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import sys
+import warnings
+from collections.abc import Callable, Sequence
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, TypeVar
+
+from keras_ckpt import ranking
+
+T = TypeVar("T")
 
 
 class ArgumentTypeError(ValueError, TypeError):
@@ -30,11 +36,44 @@ def positive_int(name: str, value: Any) -> int:
         raise ArgumentTypeError(
             f"Argument `{name}` must be a positive integer. Received: {name}={value!r}"
         )
-    if value < 1:
+    if int(value) < 1:
         raise ValueError(
             f"Argument `{name}` must be a positive integer. Received: {name}={value!r}"
         )
     return int(value)
+
+
+def optional(check: Callable[[str, Any], T], name: str, value: Any) -> T | None:
+    """``None`` if ``value`` is ``None``, else ``check(name, value)``.
+
+    Example:
+        >>> optional(positive_int, "keep_last", None) is None
+        True
+        >>> optional(positive_int, "keep_last", 3)
+        3
+    """
+    return None if value is None else check(name, value)
+
+
+def positive_seconds(name: str, value: Any) -> float:
+    """``value`` as a ``float`` if it is a finite number > 0 (a duration in seconds).
+
+    Example:
+        >>> positive_seconds("every_seconds", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument `every_seconds` must be a number > 0. Received: every_seconds=0
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ArgumentTypeError(
+            f"Argument `{name}` must be a number > 0. Received: {name}={value!r}"
+        )
+    seconds = float(value)
+    if not seconds > 0:
+        raise ValueError(f"Argument `{name}` must be a number > 0. Received: {name}={value!r}")
+    if math.isinf(seconds):
+        raise ValueError(f"Argument `{name}` must be finite. Received: {name}={value!r}")
+    return seconds
 
 
 def non_negative_float(name: str, value: Any) -> float:
@@ -42,11 +81,12 @@ def non_negative_float(name: str, value: Any) -> float:
         raise ArgumentTypeError(
             f"Argument `{name}` must be a finite number >= 0. Received: {name}={value!r}"
         )
-    if not value >= 0 or math.isinf(value):
+    number = float(value)
+    if not number >= 0 or math.isinf(number):
         raise ValueError(
             f"Argument `{name}` must be a finite number >= 0. Received: {name}={value!r}"
         )
-    return float(value)
+    return number
 
 
 def optional_float(name: str, value: Any) -> float | None:
@@ -166,3 +206,137 @@ def retention_policy(name: str, value: Any) -> Any:
             f"{hint}. Received: {name}={value!r}"
         )
     return value
+
+
+def keras_mode(callback_name: str, mode: Any) -> str:
+    """``mode`` if it is ``"auto"``, ``"min"`` or ``"max"``; otherwise ``"auto"``, with the
+    warning Keras gives. Only for the drop-in classes, which keep Keras's reaction to an
+    argument Keras defines; native classes refuse an unknown mode (``one_of``).
+
+    Example:
+        >>> keras_mode("EarlyStopping", "max")
+        'max'
+    """
+    if mode in ranking.MODES:
+        return str(mode)
+    # stacklevel 3: the warning points at the line that constructed the callback.
+    warnings.warn(f"{callback_name} mode '{mode}' is unknown, fallback to auto mode.", stacklevel=3)
+    return "auto"
+
+
+_KERAS_SAVE_FREQ_ERRORS = {
+    # Keras's opening words, then the value as the other messages of this package show it.
+    "ModelCheckpoint": "Unrecognized save_freq: {value!r}. Argument `save_freq` must be 'epoch' "
+    "or a positive integer number of batches. Received: save_freq={value!r}",
+    # Keras's message, with False (which Keras's class also takes) and "positive" added.
+    "BackupAndRestore": "Invalid value for argument `save_freq`. Received: save_freq={value}. "
+    "Expected either 'epoch', a positive integer or False.",
+}
+
+
+def save_freq(value: Any, keras_class: str | None = None) -> Any:
+    """``value`` if it is ``"epoch"`` or a positive integer number of batches.
+
+    The one check of every class's ``save_freq``. ``True``, 0 and negative numbers are refused
+    (Keras 3.15 takes them and then saves every batch, or never).
+
+    Args:
+        value: The ``save_freq`` argument.
+        keras_class: For a drop-in class, the Keras class whose message (and exception class,
+            plain ``ValueError``) the error keeps: ``"ModelCheckpoint"``, or
+            ``"BackupAndRestore"``, which also takes ``False``. ``None`` for a native class:
+            keras_ckpt's message, and ``ArgumentTypeError`` for a value of the wrong type.
+
+    Returns:
+        ``value``, unchanged.
+
+    Raises:
+        ValueError: On any other value.
+
+    Example:
+        >>> save_freq(500)
+        500
+        >>> save_freq(0, keras_class="BackupAndRestore")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid value for argument `save_freq`. Received: save_freq=0. Expected ...
+    """
+    if value == "epoch":
+        return value
+    if keras_class is None:
+        positive_int("save_freq", value)
+        return value
+    if keras_class == "BackupAndRestore" and value is False:
+        return value
+    # Keras accepts a Python int only (an isinstance check), so a NumPy integer is refused too.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(_KERAS_SAVE_FREQ_ERRORS[keras_class].format(value=value))
+    return value
+
+
+def restore_best_weights(value: Any) -> str | None:
+    """The ``BestCheckpoint`` directory named by ``EarlyStopping``'s ``restore_best_weights``,
+    or ``None`` when it is a flag (``True``, ``False``, an int, a NumPy bool), as in Keras.
+
+    ``value`` may be a ``BestCheckpoint`` (anything with a ``directory`` attribute) or a
+    directory path. A string is a directory here, so an empty one is an error (Keras would take
+    ``""`` as ``False``).
+
+    Example:
+        >>> restore_best_weights(True) is None
+        True
+        >>> restore_best_weights("runs/best")
+        'runs/best'
+    """
+    if isinstance(value, (bool, int)) or _is_numpy_bool(value):
+        return None
+    named = getattr(value, "directory", value)
+    if isinstance(named, (str, os.PathLike)):
+        return directory("restore_best_weights", named)
+    raise ValueError(
+        "Argument `restore_best_weights` must be True, False, a BestCheckpoint or its "
+        f"directory. Received: restore_best_weights={value!r}"
+    )
+
+
+def _is_numpy_bool(value: Any) -> bool:
+    # A NumPy bool exists only if NumPy is imported; this module does not import it itself.
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.bool_)
+
+
+def plateau_factor(factor: Any) -> Any:
+    """``ReduceLROnPlateau``'s ``factor`` if it is below 1.0, with Keras's check and message.
+
+    Example:
+        >>> plateau_factor(0.5)
+        0.5
+    """
+    if factor >= 1.0:
+        raise ValueError(
+            f"ReduceLROnPlateau does not support a factor >= 1.0. Received factor={factor}"
+        )
+    return factor
+
+
+def keras_filepath_extension(filepath: str, save_weights_only: bool) -> str:
+    """``ModelCheckpoint``'s ``filepath`` if its extension fits ``save_weights_only``, with
+    Keras's messages: ``.weights.h5`` for weights, ``.keras`` (or legacy ``.h5``) for models.
+
+    Example:
+        >>> keras_filepath_extension("ckpt/{epoch}.weights.h5", save_weights_only=True)
+        'ckpt/{epoch}.weights.h5'
+    """
+    if save_weights_only:
+        if not filepath.endswith(".weights.h5"):
+            raise ValueError(
+                "When using `save_weights_only=True` in `ModelCheckpoint`, the filepath "
+                "provided must end in `.weights.h5` (Keras weights format). Received: "
+                f"filepath={filepath}"
+            )
+    elif not filepath.endswith((".keras", ".h5")):
+        raise ValueError(
+            "The filepath provided must end in `.keras` (Keras model format). Received: "
+            f"filepath={filepath}"
+        )
+    return filepath

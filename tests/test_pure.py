@@ -12,10 +12,11 @@ import keras_ckpt
 from keras_ckpt import naming, ranking, validation
 from keras_ckpt.policies import KeepAll, KeepBest
 from keras_ckpt.records import CheckpointRecord, Manifest
-from keras_ckpt.triggers import EveryNBatches
+from keras_ckpt.triggers import IntervalTrigger
 
 PURE_MODULES = [
     "keras_ckpt",
+    "keras_ckpt.decisions",
     "keras_ckpt.naming",
     "keras_ckpt.policies",
     "keras_ckpt.ranking",
@@ -205,17 +206,27 @@ def test_default_best_template():
 # Triggers -------------------------------------------------------------------------------
 
 
-def test_every_n_batches_counts_across_epochs():
+def keras_save_freq(n):
+    """The trigger of ``ModelCheckpoint(save_freq=n)``: Keras's count of batches."""
+    return IntervalTrigger(every_steps=n, step_counting="since_last")
+
+
+def test_keras_batch_count_runs_across_epochs():
     # 5 batches per epoch, save every 15 batches: fires at the end of epochs 3, 6, 9.
-    trigger = EveryNBatches(15)
-    fired = [(epoch, batch) for epoch in range(10) for batch in range(5) if trigger.observe(batch)]
+    trigger = keras_save_freq(15)
+    fired = [
+        (epoch, batch)
+        for epoch in range(10)
+        for batch in range(5)
+        if trigger.due_after_batch(batch)
+    ]
     assert fired == [(2, 4), (5, 4), (8, 4)]
 
 
-def test_every_n_batches_with_steps_per_execution():
+def test_keras_batch_count_with_steps_per_execution():
     # steps_per_execution=2 over 6 batches: Keras reports batches 1, 3, 5.
-    trigger = EveryNBatches(4)
-    assert [trigger.observe(batch) for batch in (1, 3, 5, 1, 3, 5)] == [
+    trigger = keras_save_freq(4)
+    assert [trigger.due_after_batch(batch) for batch in (1, 3, 5, 1, 3, 5)] == [
         False,
         True,
         False,
@@ -225,11 +236,52 @@ def test_every_n_batches_with_steps_per_execution():
     ]
 
 
-def test_every_n_batches_reset():
-    trigger = EveryNBatches(2)
-    trigger.observe(0)
-    trigger.reset()
-    assert trigger.observe(0) is False
+def test_keras_batch_count_restarts_with_start():
+    trigger = keras_save_freq(2)
+    trigger.due_after_batch(0)
+    trigger.start(now=0.0)
+    assert trigger.due_after_batch(0) is False
+
+
+@pytest.mark.parametrize(
+    ("step_counting", "due_steps"),
+    [
+        # Reported every 3 steps (steps_per_execution=3), every_steps=4: a multiple of 4 was
+        # passed at steps 6, 9, 12; Keras counts 4 steps since the last firing: 6, 12.
+        ("multiples", [6, 9, 12]),
+        ("since_last", [6, 12]),
+    ],
+)
+def test_step_countings_differ_when_steps_skip_multiples(step_counting, due_steps):
+    trigger = IntervalTrigger(every_steps=4, step_counting=step_counting)
+    steps = [3, 6, 9, 12]
+    assert [step for step in steps if trigger.due_mid_epoch(step, now=0.0)] == due_steps
+
+
+@pytest.mark.parametrize("step_counting", ["multiples", "since_last"])
+def test_batch_indices_and_steps_agree(step_counting):
+    # due_after_batch(batch) is due_mid_epoch(step) with the step counted from the indices.
+    by_batch = IntervalTrigger(every_steps=3, step_counting=step_counting)
+    by_step = IntervalTrigger(every_steps=3, step_counting=step_counting)
+    batches = [1, 3, 4, 0, 2, 4]  # 5 batches per epoch, uneven reports
+    steps = [2, 4, 5, 6, 8, 10]
+    assert [by_batch.due_after_batch(b) for b in batches] == [
+        by_step.due_mid_epoch(s, now=0.0) for s in steps
+    ]
+
+
+def test_keras_batch_count_with_a_time_trigger_needs_the_time():
+    trigger = IntervalTrigger(every_steps=10, every_seconds=60.0, step_counting="since_last")
+    trigger.start(now=100.0)
+    assert trigger.due_after_batch(0, now=130.0) is False
+    assert trigger.due_after_batch(1, now=160.0) is True
+    with pytest.raises(ValueError, match="needs `now`"):
+        trigger.due_after_batch(2)
+
+
+def test_unknown_step_counting_is_refused():
+    with pytest.raises(ValueError, match=r"`step_counting` must be one of .*'keras'"):
+        IntervalTrigger(every_steps=2, step_counting="keras")
 
 
 # Records --------------------------------------------------------------------------------
@@ -285,3 +337,83 @@ def test_one_of_message():
         match=r"Argument `mode` must be one of 'auto', 'min', 'max'\. Received: mode='mx'",
     ):
         validation.one_of("mode", "mx", ranking.MODES)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, r"must be a number > 0\. Received: every_seconds=0"),
+        (-1.5, r"must be a number > 0\. Received: every_seconds=-1\.5"),
+        (math.nan, r"must be a number > 0\. Received: every_seconds=nan"),
+        (math.inf, r"must be finite\. Received: every_seconds=inf"),
+        (True, r"must be a number > 0\. Received: every_seconds=True"),
+        ("60", r"must be a number > 0\. Received: every_seconds='60'"),
+    ],
+)
+def test_positive_seconds_rejects(value, message):
+    with pytest.raises(ValueError, match=rf"Argument `every_seconds` {message}"):
+        validation.positive_seconds("every_seconds", value)
+
+
+def test_optional_passes_none_and_checks_the_rest():
+    assert validation.optional(validation.positive_seconds, "every_seconds", None) is None
+    assert validation.optional(validation.positive_seconds, "every_seconds", 2) == 2.0
+    with pytest.raises(ValueError, match="Received: every_seconds=0"):
+        validation.optional(validation.positive_seconds, "every_seconds", 0)
+
+
+@pytest.mark.parametrize("keras_class", [None, "ModelCheckpoint", "BackupAndRestore"])
+@pytest.mark.parametrize("value", ["epoch", 1, 500])
+def test_save_freq_accepts(keras_class, value):
+    assert validation.save_freq(value, keras_class) == value
+
+
+# One check, three messages: keras_ckpt's idiom for ResumeFromLatest, Keras's opening words
+# for the drop-ins (the tests of those classes pin the rest).
+SAVE_FREQ_MESSAGES = {
+    None: r"Argument `save_freq` must be a positive integer\. Received: save_freq={value!r}",
+    "ModelCheckpoint": r"Unrecognized save_freq: {value!r}\. .*Received: save_freq={value!r}",
+    "BackupAndRestore": r"Invalid value for argument `save_freq`\. Received: save_freq={value}\.",
+}
+
+
+@pytest.mark.parametrize("keras_class", [None, "ModelCheckpoint", "BackupAndRestore"])
+@pytest.mark.parametrize("value", [0, -3, True, 2.5, "batch", None])
+def test_save_freq_rejects(keras_class, value):
+    message = SAVE_FREQ_MESSAGES[keras_class].format(value=value)
+    with pytest.raises(ValueError, match=message):
+        validation.save_freq(value, keras_class)
+
+
+def test_save_freq_false_is_only_backup_and_restore_s():
+    assert validation.save_freq(False, "BackupAndRestore") is False
+    with pytest.raises(ValueError, match="save_freq=False"):
+        validation.save_freq(False, "ModelCheckpoint")
+    with pytest.raises(validation.ArgumentTypeError, match="save_freq=False"):
+        validation.save_freq(False)
+
+
+def test_keras_mode_warns_and_falls_back_for_drop_ins():
+    assert validation.keras_mode("EarlyStopping", "min") == "min"
+    with pytest.warns(UserWarning, match="EarlyStopping mode 'mx' is unknown, fallback to auto"):
+        assert validation.keras_mode("EarlyStopping", "mx") == "auto"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, None),
+        (False, None),
+        (0, None),
+        ("runs/best", "runs/best"),
+        (SimpleNamespace(directory="runs/best"), "runs/best"),
+    ],
+)
+def test_restore_best_weights_names_a_directory_or_is_a_flag(value, expected):
+    assert validation.restore_best_weights(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", [3], 1.0, SimpleNamespace(directory=None)])
+def test_restore_best_weights_rejects(value):
+    with pytest.raises(ValueError, match="`restore_best_weights`"):
+        validation.restore_best_weights(value)

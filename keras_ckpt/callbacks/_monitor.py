@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,14 +29,6 @@ def plain_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
         if array.size == 1 and np.issubdtype(array.dtype, np.number):
             metrics[name] = float(array.reshape(()))
     return metrics
-
-
-def keras_mode(callback_name: str, mode: str) -> str:
-    """``mode``, or ``"auto"`` with Keras's warning for an unknown one (drop-ins keep it)."""
-    if mode in ranking.MODES:
-        return mode
-    warnings.warn(f"{callback_name} mode '{mode}' is unknown, fallback to auto mode.", stacklevel=3)
-    return "auto"
 
 
 def metric_direction(model: keras.Model | None, monitor: str) -> str | None:
@@ -74,6 +65,36 @@ def resolve_mode_or_raise(
             "`mode='min'` in order to use the lowest value."
         )
     return resolved
+
+
+class LazyMode:
+    """Mixin for a callback with ``monitor``, ``mode`` and ``model``: ``_mode()`` is ``mode``
+    settled to ``"min"`` or ``"max"`` on first use, then kept until ``_forget_mode()``.
+
+    Settled late, as Keras does at the first epoch end: with ``mode="auto"`` the direction may
+    come from one of the model's compiled metrics, which exist only once training runs.
+    """
+
+    _resolved_mode: str | None = None
+
+    def _mode(self) -> str:
+        """``"min"`` or ``"max"``; a ``ValueError`` (Keras's) if ``"auto"`` cannot tell."""
+        if self._resolved_mode is None:
+            callback: Any = self
+            self._resolved_mode = resolve_mode_or_raise(
+                type(self).__name__, callback.model, callback.monitor, callback.mode
+            )
+        return self._resolved_mode
+
+    def _mode_if_known(self) -> str | None:
+        try:
+            return self._mode()
+        except ValueError:
+            return None
+
+    def _forget_mode(self) -> None:
+        """For ``on_train_begin``: the next ``fit`` may train a model with other metrics."""
+        self._resolved_mode = None
 
 
 def batches_trained(model: keras.Model | None) -> int:

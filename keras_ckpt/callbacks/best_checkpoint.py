@@ -9,13 +9,13 @@ from typing import Any
 
 from keras_ckpt import naming, ranking, validation
 from keras_ckpt.callbacks._base import StoreCallback
-from keras_ckpt.callbacks._monitor import plain_metrics, resolve_mode_or_raise
+from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
 from keras_ckpt.policies import KeepBest
 from keras_ckpt.records import BEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import CheckpointStore, check_directory_usable
 
 
-class BestCheckpoint(StoreCallback):
+class BestCheckpoint(LazyMode, StoreCallback):
     """Keeps the ``top_k`` best checkpoints of a training run by a monitored metric.
 
     At the end of each epoch whose ``monitor`` value would rank among the ``top_k`` best of the
@@ -85,7 +85,6 @@ class BestCheckpoint(StoreCallback):
             varying_reason="`top_k` > 1" if self.top_k > 1 else None,
         )
         self._store: CheckpointStore | None = None
-        self._resolved_mode: str | None = None
         self._epochs_without_validation = 0
 
     @property
@@ -99,7 +98,7 @@ class BestCheckpoint(StoreCallback):
         self._warn_if_tensorboard_comes_first()
         self._store = self._open_store(self.directory)
         self._begin_run(continue_run=True)
-        self._resolved_mode = None
+        self._forget_mode()
         self._epochs_without_validation = 0
         earlier = [r for r in self._store.records() if r.run != self._run]
         if earlier:
@@ -195,13 +194,6 @@ class BestCheckpoint(StoreCallback):
         if self._store is None:
             raise RuntimeError("BestCheckpoint is used before on_train_begin.")
         return self._store
-
-    def _mode(self) -> str:
-        if self._resolved_mode is None:
-            self._resolved_mode = resolve_mode_or_raise(
-                "BestCheckpoint", self.model, self.monitor, self.mode
-            )
-        return self._resolved_mode
 
     def _best_record(
         self, records: list[CheckpointRecord], mode: str | None = None

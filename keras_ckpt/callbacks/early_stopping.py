@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import math
-import os
 import warnings
 from typing import Any
 
 import keras
-import numpy as np
 
-from keras_ckpt import ranking, validation
-from keras_ckpt.callbacks._monitor import keras_mode, plain_metrics, resolve_mode_or_raise
+from keras_ckpt import decisions, validation
+from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
 from keras_ckpt.callbacks._state import Resumable
 
-PATIENCE = "patience"
-STOPPING_THRESHOLD = "stopping_threshold"
-DIVERGENCE_THRESHOLD = "divergence_threshold"
-NON_FINITE = "non_finite"
 
-
-class EarlyStopping(Resumable, keras.callbacks.Callback):
+class EarlyStopping(LazyMode, Resumable, keras.callbacks.Callback):
     """Stops training when a monitored metric stops improving; a drop-in for Keras's class.
 
     Takes every argument of ``keras.callbacks.EarlyStopping`` with the same defaults and
@@ -75,7 +67,7 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
         check_finite: bool = True,
     ):
         super().__init__()
-        mode = keras_mode(type(self).__name__, mode)  # Keras warns, falls back
+        mode = validation.keras_mode(type(self).__name__, mode)  # Keras warns, falls back
         self.monitor = monitor
         self.mode = mode
         self.min_delta = abs(min_delta)
@@ -90,20 +82,15 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
             "divergence_threshold", divergence_threshold
         )
         self.check_finite = validation.boolean("check_finite", check_finite)
-        self._best_directory = _best_directory(restore_best_weights)
+        self._best_directory = validation.restore_best_weights(restore_best_weights)
         self.restore_best_weights = (
             restore_best_weights if self._best_directory else bool(restore_best_weights)
         )
-        self._resolved_mode: str | None = None
         self._reset()
 
     def _reset(self) -> None:
-        self.wait = 0
-        self.stopped_epoch = 0
-        self.best: float | None = None
+        self._set_state(decisions.StoppingState())
         self.best_weights: list[Any] | None = None
-        self.best_epoch = 0
-        self.stopping_reason: str | None = None
 
     # Hooks -------------------------------------------------------------------------------
 
@@ -112,30 +99,16 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
         self._begin_training()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        mode = self._mode()
+        rule = self._rule()  # settles the mode first, raising as Keras does if it cannot
         current = self._monitor_value(logs)
-        if current is None or epoch < self.start_from_epoch:
+        if current is None:
             return
-        reason = self._threshold_reason(current, mode)
-        if reason is not None:
-            self._stop(epoch, reason)
-            return
-        if self.restore_best_weights is True and self.best_weights is None and self.best is None:
+        state, reason = decisions.decide_stop(self._state(), epoch, current, rule)
+        self._set_state(state)
+        if state.new_best and self.restore_best_weights is True:
             self.best_weights = self.model.get_weights()
-            self.best_epoch = epoch
-        self.wait += 1
-        if ranking.keras_is_improvement(current, self.best, mode, self.min_delta):
-            self.best = current
-            self.best_epoch = epoch
-            if self.restore_best_weights is True:
-                self.best_weights = self.model.get_weights()
-            if self.baseline is None or ranking.keras_is_improvement(
-                current, self.baseline, mode, self.min_delta
-            ):
-                self.wait = 0
-            return
-        if self.wait >= self.patience and epoch > 0:
-            self._stop(epoch, PATIENCE)
+        if reason is not None:
+            self.model.stop_training = True
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._end_training()
@@ -173,30 +146,42 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """Counters a resumed run needs (not the in-memory best weights)."""
-        return {
-            "wait": self.wait,
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "stopped_epoch": self.stopped_epoch,
-            "stopping_reason": self.stopping_reason,
-        }
+        return self._state().state_dict()
 
     def _apply_state(self, state: dict[str, Any]) -> None:
-        self.wait = int(state.get("wait", 0))
-        best = state.get("best")
-        self.best = None if best is None else float(best)
-        self.best_epoch = int(state.get("best_epoch", 0))
-        self.stopped_epoch = int(state.get("stopped_epoch", 0))
-        self.stopping_reason = state.get("stopping_reason")
+        self._set_state(decisions.StoppingState.from_state_dict(state))
 
     # Internals ---------------------------------------------------------------------------
 
-    def _mode(self) -> str:
-        if self._resolved_mode is None:
-            self._resolved_mode = resolve_mode_or_raise(
-                type(self).__name__, self.model, self.monitor, self.mode
-            )
-        return self._resolved_mode
+    def _rule(self) -> decisions.StoppingRule:
+        # Built at every epoch from the attributes, which a user may change between fits.
+        return decisions.StoppingRule(
+            mode=self._mode(),
+            min_delta=self.min_delta,
+            patience=self.patience,
+            baseline=self.baseline,
+            start_from_epoch=self.start_from_epoch,
+            stopping_threshold=self.stopping_threshold,
+            divergence_threshold=self.divergence_threshold,
+            check_finite=self.check_finite,
+        )
+
+    def _state(self) -> decisions.StoppingState:
+        return decisions.StoppingState(
+            wait=self.wait,
+            best=self.best,
+            best_epoch=self.best_epoch,
+            stopped_epoch=self.stopped_epoch,
+            stopping_reason=self.stopping_reason,
+        )
+
+    def _set_state(self, state: decisions.StoppingState) -> None:
+        # Kept as plain attributes: Keras's EarlyStopping has them, and code reads them.
+        self.wait = state.wait
+        self.best = state.best
+        self.best_epoch = state.best_epoch
+        self.stopped_epoch = state.stopped_epoch
+        self.stopping_reason = state.stopping_reason
 
     def _monitor_value(self, logs: dict[str, Any] | None) -> float | None:
         metrics = plain_metrics(logs)
@@ -208,35 +193,3 @@ class EarlyStopping(Resumable, keras.callbacks.Callback):
             )
             return None
         return metrics[self.monitor]
-
-    def _threshold_reason(self, current: float, mode: str) -> str | None:
-        if self.check_finite and not math.isfinite(current):
-            return NON_FINITE
-        if self.stopping_threshold is not None and ranking.is_improvement(
-            current, self.stopping_threshold, mode
-        ):
-            return STOPPING_THRESHOLD
-        opposite = "max" if mode == "min" else "min"
-        if self.divergence_threshold is not None and ranking.is_improvement(
-            current, self.divergence_threshold, opposite
-        ):
-            return DIVERGENCE_THRESHOLD
-        return None
-
-    def _stop(self, epoch: int, reason: str) -> None:
-        self.stopped_epoch = epoch
-        self.stopping_reason = reason
-        self.model.stop_training = True
-
-
-def _best_directory(restore_best_weights: Any) -> str | None:
-    if isinstance(restore_best_weights, (bool, np.bool_, int)):
-        return None
-    directory = getattr(restore_best_weights, "directory", restore_best_weights)
-    if isinstance(directory, (str, os.PathLike)):
-        # A string is a directory here (Keras would take "" as False): an empty one is an error.
-        return validation.directory("restore_best_weights", directory)
-    raise ValueError(
-        "Argument `restore_best_weights` must be True, False, a BestCheckpoint or its "
-        f"directory. Received: restore_best_weights={restore_best_weights!r}"
-    )

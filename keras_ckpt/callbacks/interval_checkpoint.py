@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
-from numbers import Real
 from typing import Any
 
 from keras_ckpt import naming, validation
@@ -87,11 +85,15 @@ class IntervalCheckpoint(StoreCallback):
             validation.boolean("save_weights_only", save_weights_only), async_save=async_save
         )
         self.directory = check_directory_usable(directory, "directory")
-        self.every_epochs = _optional(validation.positive_int, "every_epochs", every_epochs)
-        self.every_steps = _optional(validation.positive_int, "every_steps", every_steps)
-        self.every_seconds = _optional(_positive_seconds, "every_seconds", every_seconds)
-        self.keep_last = _optional(validation.positive_int, "keep_last", keep_last)
-        self.keep_every = _optional(validation.positive_int, "keep_every", keep_every)
+        self.every_epochs = validation.optional(
+            validation.positive_int, "every_epochs", every_epochs
+        )
+        self.every_steps = validation.optional(validation.positive_int, "every_steps", every_steps)
+        self.every_seconds = validation.optional(
+            validation.positive_seconds, "every_seconds", every_seconds
+        )
+        self.keep_last = validation.optional(validation.positive_int, "keep_last", keep_last)
+        self.keep_every = validation.optional(validation.positive_int, "keep_every", keep_every)
         self.save_on_train_end = validation.boolean("save_on_train_end", save_on_train_end)
         self.verbose = validation.one_of("verbose", verbose, (0, 1))
         if self.every_epochs is self.every_steps is self.every_seconds is None:
@@ -236,15 +238,3 @@ class IntervalCheckpoint(StoreCallback):
         self._epoch_saves += 1
         self._epoch_deleted += len(dropped)
         self._kept = len(kept) + (filename not in {r.filename for r in kept})
-
-
-def _optional(check: Callable[[str, Any], Any], name: str, value: Any) -> Any:
-    return None if value is None else check(name, value)
-
-
-def _positive_seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not value > 0:
-        raise ValueError(f"Argument `{name}` must be a number > 0. Received: {name}={value!r}")
-    if math.isinf(value):
-        raise ValueError(f"Argument `{name}` must be finite. Received: {name}={value!r}")
-    return float(value)

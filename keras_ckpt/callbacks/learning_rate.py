@@ -10,15 +10,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_ckpt import ranking, validation
+from keras_ckpt import decisions, validation
 from keras_ckpt.callbacks._monitor import (
+    LazyMode,
     current_learning_rate,
     epoch_start_batches,
-    keras_mode,
     learning_rate_optimizers,
     log_learning_rates,
     plain_metrics,
-    resolve_mode_or_raise,
 )
 from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.keras_adapter import (
@@ -31,7 +30,7 @@ from keras_ckpt.schedules import Scaled
 Schedule = keras.optimizers.schedules.LearningRateSchedule
 
 
-class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
+class ReduceLROnPlateau(LazyMode, Resumable, keras.callbacks.Callback):
     """Lowers the learning rate when a metric has stopped improving; a drop-in for Keras's class.
 
     Takes every argument of ``keras.callbacks.ReduceLROnPlateau`` with the same defaults and
@@ -68,26 +67,19 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
         **kwargs: Any,
     ):
         super().__init__()
-        if factor >= 1.0:
-            raise ValueError(
-                f"ReduceLROnPlateau does not support a factor >= 1.0. Received factor={factor}"
-            )
-        mode = keras_mode(type(self).__name__, mode)  # Keras warns, falls back
+        self.factor = validation.plateau_factor(factor)
+        mode = validation.keras_mode(type(self).__name__, mode)  # Keras warns, falls back
         self.monitor = monitor
-        self.factor = factor
         self.patience = patience
         self.verbose = verbose
         self.mode = mode
         self.min_delta = abs(min_delta)
         self.cooldown = cooldown
         self.min_lr = min_lr
-        self._resolved_mode: str | None = None
         self._reset()
 
     def _reset(self) -> None:
-        self.best: float | None = None
-        self.cooldown_counter = 0
-        self.wait = 0
+        self._set_state(decisions.PlateauState())
 
     def in_cooldown(self) -> bool:
         return self.cooldown_counter > 0
@@ -100,16 +92,15 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
         self._end_training()
 
     def _apply_state(self, state: dict[str, Any]) -> None:
-        self.wait = int(state.get("wait", 0))
-        self.cooldown_counter = int(state.get("cooldown_counter", 0))
-        best = state.get("best")
-        self.best = None if best is None else float(best)
+        self._set_state(decisions.PlateauState.from_state_dict(state))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._resolved_mode is None:
-            self._resolved_mode = resolve_mode_or_raise(
-                type(self).__name__, self.model, self.monitor, self.mode
-            )
+        rule = decisions.PlateauRule(
+            mode=self._mode(),  # settled first, raising as Keras does if it cannot
+            min_delta=self.min_delta,
+            patience=self.patience,
+            cooldown=self.cooldown,
+        )
         log_learning_rates(self.model, logs)
         current = plain_metrics(logs).get(self.monitor)
         if current is None:
@@ -119,22 +110,26 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
                 stacklevel=2,
             )
             return
-        if self.in_cooldown():
-            self.cooldown_counter -= 1
-            self.wait = 0
-        if ranking.keras_is_improvement(current, self.best, self._resolved_mode, self.min_delta):
-            self.best = current
-            self.wait = 0
-        elif not self.in_cooldown():
-            self.wait += 1
-            if self.wait >= self.patience:
-                reduced = [
-                    self._reduce(optimizer, epoch)
-                    for optimizer in learning_rate_optimizers(self.model)
-                ]
-                if any(reduced):
-                    self.cooldown_counter = self.cooldown
-                    self.wait = 0
+        state, reason = decisions.decide_plateau(self._state(), current, rule)
+        if reason is not None:
+            reduced = [
+                self._reduce(optimizer, epoch) for optimizer in learning_rate_optimizers(self.model)
+            ]
+            # At min_lr nothing is reduced: no cooldown, and the next epoch tries again.
+            if any(reduced):
+                state = decisions.after_reduction(state, rule)
+        self._set_state(state)
+
+    def _state(self) -> decisions.PlateauState:
+        return decisions.PlateauState(
+            wait=self.wait, cooldown_counter=self.cooldown_counter, best=self.best
+        )
+
+    def _set_state(self, state: decisions.PlateauState) -> None:
+        # Kept as plain attributes: Keras's ReduceLROnPlateau has them, and code reads them.
+        self.wait = state.wait
+        self.cooldown_counter = state.cooldown_counter
+        self.best = state.best
 
     def _reduce(self, optimizer: Any, epoch: int) -> bool:
         old = current_learning_rate(optimizer)
@@ -159,7 +154,7 @@ class ReduceLROnPlateau(Resumable, keras.callbacks.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """Counters a resumed run needs; the rate itself is in the optimizer's saved state."""
-        return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": self.best}
+        return self._state().state_dict()
 
 
 class LearningRateScheduler(keras.callbacks.Callback):

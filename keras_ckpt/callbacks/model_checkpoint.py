@@ -12,15 +12,15 @@ import numpy as np
 
 from keras_ckpt import naming, ranking, validation
 from keras_ckpt.callbacks._base import StoreCallback
-from keras_ckpt.callbacks._monitor import keras_mode, plain_metrics, resolve_mode_or_raise
+from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
 from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.policies import KeepBest
 from keras_ckpt.records import CheckpointRecord
 from keras_ckpt.store import CheckpointStore
-from keras_ckpt.triggers import EveryNBatches
+from keras_ckpt.triggers import IntervalTrigger
 
 
-class ModelCheckpoint(Resumable, StoreCallback):
+class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
     """Saves the model or its weights during ``fit``; a drop-in for Keras's ModelCheckpoint.
 
     Takes every argument of ``keras.callbacks.ModelCheckpoint`` with the same defaults and
@@ -89,7 +89,7 @@ class ModelCheckpoint(Resumable, StoreCallback):
         async_save: bool = True,
     ):
         super().__init__(save_weights_only=save_weights_only, async_save=async_save)
-        mode = keras_mode(type(self).__name__, mode)  # Keras warns, falls back
+        mode = validation.keras_mode(type(self).__name__, mode)  # Keras warns, falls back
         self.filepath = validation.path(
             "filepath", filepath, what="a file path template", type_error=_FilepathTypeError
         )
@@ -106,14 +106,8 @@ class ModelCheckpoint(Resumable, StoreCallback):
         )
         if self.save_top_k is not None:  # ours, so strict: it ranks by `monitor`
             validation.non_empty_str("monitor", monitor)
-        if save_freq != "epoch" and (
-            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
-        ):
-            raise ValueError(
-                f"Unrecognized save_freq: {save_freq!r}. Argument `save_freq` must be 'epoch' or "
-                f"a positive integer number of batches. Received: save_freq={save_freq!r}"
-            )
-        self._check_extension()
+        validation.save_freq(save_freq, keras_class="ModelCheckpoint")
+        validation.keras_filepath_extension(self.filepath, self.save_weights_only)
         naming.check_renders(self.filepath, "filepath")
         fields = naming.template_fields(self.filepath, "filepath")
         if self.save_top_k is not None and self.save_top_k > 1 and not fields:
@@ -122,31 +116,21 @@ class ModelCheckpoint(Resumable, StoreCallback):
                 f"or every save would overwrite the last. Received: filepath={self.filepath!r}"
             )
         self.best = self.initial_value_threshold
-        self._batch_trigger = EveryNBatches(save_freq) if save_freq != "epoch" else None
+        # Keras's count: batches since the last due save, kept across fit calls as in Keras.
+        self._batch_trigger = (
+            IntervalTrigger(every_steps=save_freq, step_counting="since_last")
+            if save_freq != "epoch"
+            else None
+        )
         if self._batch_trigger is not None:
             # Only a batch-frequency checkpoint needs the batch hook. Defining it on the class
             # would make Keras turn off asynchronous dispatch for every user (see KERAS_NOTES).
             self.on_train_batch_end = self._on_train_batch_end_saving
         self._current_epoch = 0
-        self._resolved_mode: str | None = None
         # One store per directory the template resolves to, opened (and recovered) once a run.
         self._stores: dict[str, CheckpointStore] = {}
         self._has_saved = False
         self._warned_replaced: set[str] = set()
-
-    def _check_extension(self) -> None:
-        if self.save_weights_only:
-            if not self.filepath.endswith(".weights.h5"):
-                raise ValueError(
-                    "When using `save_weights_only=True` in `ModelCheckpoint`, the filepath "
-                    "provided must end in `.weights.h5` (Keras weights format). Received: "
-                    f"filepath={self.filepath}"
-                )
-        elif not self.filepath.endswith((".keras", ".h5")):
-            raise ValueError(
-                "The filepath provided must end in `.keras` (Keras model format). Received: "
-                f"filepath={self.filepath}"
-            )
 
     # Hooks -------------------------------------------------------------------------------
 
@@ -154,7 +138,7 @@ class ModelCheckpoint(Resumable, StoreCallback):
         self._settle()
         self._begin_run(continue_run=False)
         self.best = self.initial_value_threshold
-        self._resolved_mode = None
+        self._forget_mode()
         self._has_saved = False
         self._warned_replaced = set()
         self._stores = {}
@@ -186,7 +170,7 @@ class ModelCheckpoint(Resumable, StoreCallback):
 
     def _on_train_batch_end_saving(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         assert self._batch_trigger is not None
-        if self._batch_trigger.observe(batch):
+        if self._batch_trigger.due_after_batch(batch):
             self._save_model(self._current_epoch, batch, logs or {})
 
     # Results -----------------------------------------------------------------------------
@@ -317,19 +301,6 @@ class ModelCheckpoint(Resumable, StoreCallback):
         if new_best:
             self.best = value
         return improved
-
-    def _mode(self) -> str:
-        if self._resolved_mode is None:
-            self._resolved_mode = resolve_mode_or_raise(
-                type(self).__name__, self.model, self.monitor, self.mode
-            )
-        return self._resolved_mode
-
-    def _mode_if_known(self) -> str | None:
-        try:
-            return self._mode()
-        except ValueError:
-            return None
 
     def _warn_if_replacing_earlier_file(self, store: CheckpointStore, filename: str) -> None:
         path = store.path(filename)
