@@ -22,6 +22,7 @@ FLOORS = {
     "naming": CORE,
     "policies": CORE,
     "triggers": CORE,
+    "decisions": CORE,
     "validation": CORE,
     "store": STORE,
     "writer": STORE,

@@ -12,7 +12,7 @@ from keras_ckpt.callbacks._base import StoreCallback
 from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
 from keras_ckpt.policies import KeepBest
 from keras_ckpt.records import BEST_ALIAS, CheckpointRecord
-from keras_ckpt.store import CheckpointStore, check_directory_usable
+from keras_ckpt.store import Store, check_directory_usable
 
 
 class BestCheckpoint(LazyMode, StoreCallback):
@@ -84,7 +84,7 @@ class BestCheckpoint(LazyMode, StoreCallback):
             self.save_weights_only,
             varying_reason="`top_k` > 1" if self.top_k > 1 else None,
         )
-        self._store: CheckpointStore | None = None
+        self._store: Store | None = None
         self._epochs_without_validation = 0
 
     @property
@@ -114,7 +114,7 @@ class BestCheckpoint(LazyMode, StoreCallback):
         self._log_events(logs, saved=saved, kept=kept, deleted=deleted)
 
     def _save_if_among_the_best(
-        self, store: CheckpointStore, epoch: int, metrics: dict[str, float]
+        self, store: Store, epoch: int, metrics: dict[str, float]
     ) -> tuple[int, int, int]:
         """Saves when the epoch ranks among the top k. Returns how many checkpoints were saved,
         are kept once the save commits, and are deleted then."""
@@ -148,7 +148,9 @@ class BestCheckpoint(LazyMode, StoreCallback):
             batch=None,
             metrics=metrics,
         )
-        best = self._best_record(kept, mode).filename
+        best_record = self._best_record(kept, mode)
+        assert best_record is not None, "kept holds the new checkpoint, which has the metric"
+        best = best_record.filename
 
         def tidy(record: CheckpointRecord) -> None:
             # The alias moves before anything is deleted, so it never names a missing file.
@@ -190,7 +192,7 @@ class BestCheckpoint(LazyMode, StoreCallback):
 
     # Internals ---------------------------------------------------------------------------
 
-    def _require_store(self) -> CheckpointStore:
+    def _require_store(self) -> Store:
         if self._store is None:
             raise RuntimeError("BestCheckpoint is used before on_train_begin.")
         return self._store

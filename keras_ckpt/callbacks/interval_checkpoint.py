@@ -13,7 +13,7 @@ from keras_ckpt.callbacks._monitor import epoch_start_batches, plain_metrics, re
 from keras_ckpt.policies import AnyOf, KeepAll, KeepEvery, KeepLatest, RetentionPolicy
 from keras_ckpt.processes import agree_on_save
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
-from keras_ckpt.store import CheckpointStore, check_directory_usable
+from keras_ckpt.store import Store, check_directory_usable
 from keras_ckpt.triggers import IntervalTrigger
 
 DEFAULT_FILENAME = "epoch{epoch:03d}-step{step:06d}"
@@ -117,7 +117,7 @@ class IntervalCheckpoint(StoreCallback):
         self._clock = validation.function("clock", clock, what="returning seconds")
         if self.every_steps is not None or self.every_seconds is not None:
             self.on_train_batch_begin = self._check_mid_epoch
-        self._store: CheckpointStore | None = None
+        self._store: Store | None = None
         self._epoch_start_step = 0
         self._replayed = 0
         self._current_epoch = 0

@@ -16,7 +16,7 @@ from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
 from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.policies import KeepBest
 from keras_ckpt.records import CheckpointRecord
-from keras_ckpt.store import CheckpointStore
+from keras_ckpt.store import Store
 from keras_ckpt.triggers import IntervalTrigger
 
 
@@ -119,7 +119,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         # Keras's count: batches since the last due save, kept across fit calls as in Keras.
         self._batch_trigger = (
             IntervalTrigger(every_steps=save_freq, step_counting="since_last")
-            if save_freq != "epoch"
+            if isinstance(save_freq, int)
             else None
         )
         if self._batch_trigger is not None:
@@ -128,7 +128,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
             self.on_train_batch_end = self._on_train_batch_end_saving
         self._current_epoch = 0
         # One store per directory the template resolves to, opened (and recovered) once a run.
-        self._stores: dict[str, CheckpointStore] = {}
+        self._stores: dict[str, Store] = {}
         self._has_saved = False
         self._warned_replaced: set[str] = set()
 
@@ -256,7 +256,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         logs: dict[str, Any],
         metrics: dict[str, float],
         filepath: str,
-        store: CheckpointStore,
+        store: Store,
     ) -> bool:
         if not (self.save_best_only or self.save_top_k is not None):
             if self.verbose > 0:
@@ -302,7 +302,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
             self.best = value
         return improved
 
-    def _warn_if_replacing_earlier_file(self, store: CheckpointStore, filename: str) -> None:
+    def _warn_if_replacing_earlier_file(self, store: Store, filename: str) -> None:
         path = store.path(filename)
         if path in self._warned_replaced or not os.path.exists(path):
             return
