@@ -45,7 +45,9 @@ class ResumeFromLatest(StoreCallback):
     batch within it (the batches already trained are read from the data and not trained again),
     Keras seed-generator states (Dropout and other random layers), Python's and NumPy's random
     states, and the state of every callback in the same ``fit`` that has ``state_dict()`` /
-    ``load_state_dict()`` (all of keras_ckpt's, and your own if they implement them).
+    ``load_state_dict()`` (all of keras_ckpt's, and your own if they implement them). Each
+    callback's state is found by its class and configuration (``monitor``, ``mode``,
+    ``directory``, ``filepath``), not by its place in the list.
 
     With deterministic ops and a data order that depends only on the epoch (unshuffled NumPy
     inputs, a ``PyDataset`` whose order is a function of the epoch), the final weights are
