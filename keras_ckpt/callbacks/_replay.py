@@ -11,6 +11,7 @@ from typing import Any
 import keras
 
 from keras_ckpt.callbacks._monitor import set_replayed_batches
+from keras_ckpt.callbacks._random_state import set_torch_generators
 from keras_ckpt.keras_adapter import (
     fit_epoch_iterator,
     fit_is_running,
@@ -20,6 +21,28 @@ from keras_ckpt.keras_adapter import (
     replace_train_function,
     skip_train_step,
 )
+
+
+def continue_epoch(
+    model: keras.Model, batch: int, random_state: dict[str, Any]
+) -> Callable[[], None]:
+    """Continues an epoch that a checkpoint saved after ``batch`` of its batches.
+
+    Warns if the data cannot come in the original order, and has ``fit`` read those batches
+    again without training them (``replay_trained_batches``). The checkpoint's generator states
+    as of the epoch's start were restored, so that the data pipeline draws as the interrupted
+    run did; once the batches were read, PyTorch's generators are set to their state at the
+    save (``random_state["torch_now"]``), which training (Dropout) goes on drawing from.
+
+    Returns:
+        What ends the replay at once (does nothing without a replay).
+    """
+    warn_if_order_is_not_replayed(batch)
+    if not batch:
+        return lambda: None
+    torch_now = random_state.get("torch_now")
+    on_done = (lambda: set_torch_generators(torch_now)) if torch_now else lambda: None
+    return replay_trained_batches(model, batch, on_done=on_done)
 
 
 def replay_trained_batches(
@@ -79,7 +102,7 @@ def warn_if_order_is_not_replayed(batch: int) -> None:
             "ResumeFromLatest: training reads a tf.data.Dataset. The epoch and step are resumed "
             "exactly, but a shuffled Dataset is not replayed in the same order after a restart, "
             "so results differ from an uninterrupted run. See the README on exact resume.",
-            stacklevel=3,
+            stacklevel=4,
         )
         return
     shuffle = fit_shuffle()
@@ -90,5 +113,5 @@ def warn_if_order_is_not_replayed(batch: int) -> None:
             "rest of this epoch sees the data in another order (some samples twice, some not "
             "at all). Call keras.utils.set_random_seed(...) at the top of the script for an "
             "exact resume.",
-            stacklevel=3,
+            stacklevel=4,
         )

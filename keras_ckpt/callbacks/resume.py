@@ -14,12 +14,8 @@ from keras_ckpt.callbacks._base import StoreCallback, agreed_due, any_process, p
 from keras_ckpt.callbacks._batches import EpochPosition, enable_batch_hook
 from keras_ckpt.callbacks._callback_states import load_callback_states
 from keras_ckpt.callbacks._monitor import plain_metrics
-from keras_ckpt.callbacks._random_state import (
-    host_generators,
-    set_random_state,
-    set_torch_generators,
-)
-from keras_ckpt.callbacks._replay import replay_trained_batches, warn_if_order_is_not_replayed
+from keras_ckpt.callbacks._random_state import host_generators, set_random_state
+from keras_ckpt.callbacks._replay import continue_epoch
 from keras_ckpt.callbacks._signals import StopRequests
 from keras_ckpt.callbacks._training_state import (
     capture_state,
@@ -333,14 +329,7 @@ class ResumeFromLatest(StoreCallback):
             return
         set_fit_start_epoch(self.model, epoch)
         batch = int(state.get("batch", 0))
-        warn_if_order_is_not_replayed(batch)
-        if batch:
-            torch_now = state.get("random", {}).get("torch_now")
-            self._end_replay = replay_trained_batches(
-                self.model,
-                batch,
-                on_done=(lambda: set_torch_generators(torch_now)) if torch_now else lambda: None,
-            )
+        self._end_replay = continue_epoch(self.model, batch, state.get("random", {}))
         load_callback_states(_sibling_callbacks(self), state.get("callbacks", {}), record.path)
         # History resets in its own on_train_begin, which runs after this one: refill it when
         # the first epoch begins.
