@@ -255,15 +255,15 @@ def test_well_formed_states_have_no_problem():
 # Callback states: keyed by class and configuration ------------------------------------------
 
 
-def test_keys_name_class_and_configuration():
+def test_keys_name_class_and_configuration(tmp_path):
     from keras_ckpt import EarlyStopping, IntervalCheckpoint
 
     assert callback_key(EarlyStopping(monitor="val_loss")) == (
         "EarlyStopping(monitor='val_loss', mode='auto')"
     )
     assert callback_key(Counter()) == "Counter()"
-    interval = IntervalCheckpoint("/tmp/keras-ckpt-key-test")
-    assert callback_key(interval) == "IntervalCheckpoint(directory='/tmp/keras-ckpt-key-test')"
+    interval = IntervalCheckpoint(tmp_path / "interval")  # a PathLike, kept as an absolute path
+    assert callback_key(interval) == f"IntervalCheckpoint(directory={str(tmp_path / 'interval')!r})"
 
 
 def test_states_follow_their_callbacks_into_another_order():
