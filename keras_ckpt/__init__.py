@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0.dev0"
 
 _EXPORTS = {
-    "BackupAndRestore": "keras_ckpt.callbacks.resume",
+    "BackupAndRestore": "keras_ckpt.callbacks.backup_and_restore",
     "BestCheckpoint": "keras_ckpt.callbacks.best_checkpoint",
     "CheckpointCorruptedError": "keras_ckpt.store",
     "CheckpointRecord": "keras_ckpt.records",
@@ -54,12 +54,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from keras_ckpt.callbacks.backup_and_restore import BackupAndRestore
     from keras_ckpt.callbacks.best_checkpoint import BestCheckpoint
     from keras_ckpt.callbacks.early_stopping import EarlyStopping
     from keras_ckpt.callbacks.interval_checkpoint import IntervalCheckpoint
     from keras_ckpt.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
     from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
-    from keras_ckpt.callbacks.resume import BackupAndRestore, ResumeFromLatest
+    from keras_ckpt.callbacks.resume import ResumeFromLatest
     from keras_ckpt.loading import (
         best_checkpoint,
         latest_checkpoint,

@@ -171,12 +171,27 @@ def load_checkpoint(
         return keras.saving.load_model(
             record.path, custom_objects=custom_objects, safe_mode=safe_mode
         )
+    load_weights(model, record.path)
+    return model
+
+
+def load_weights(model: keras.Model, path: str) -> None:
+    """Loads a ``.weights.h5`` (or ``.keras``) file's variables into ``model``, its optimizer's
+    included: a compiled model whose optimizer has not trained yet has it built first.
+
+    Without that, Keras skips the optimizer's saved state with only a warning ("Skipping
+    variable loading for optimizer"), and training would go on with fresh moments and
+    ``iterations`` at 0. An unbuilt model is left to Keras (its optimizer would be built over
+    no variables).
+
+    Args:
+        model: The model to load into.
+        path: The checkpoint file.
+    """
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built and model.built:
-        # Without this Keras skips the optimizer's saved state ("Skipping variable loading").
         optimizer.build(model.trainable_variables)
-    model.load_weights(record.path)
-    return model
+    model.load_weights(path)
 
 
 def _check_load_options(safe_mode: Any, custom_objects: Any) -> None:

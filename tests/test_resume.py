@@ -1,8 +1,10 @@
 """ResumeFromLatest: exact continuation after interruptions, crash safety, callback states."""
 
+import json
 import os
 import random
 import signal
+import warnings
 
 import keras
 import numpy as np
@@ -554,3 +556,159 @@ def test_a_directory_another_process_writes_into_is_refused_before_training(tmp_
         assert int(model.optimizer.iterations) == 0  # not one batch trained
     fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path)], epochs=1)
     assert len(keras_ckpt.list_checkpoints(tmp_path)) == 1
+
+
+# Callback states find their own callbacks ------------------------------------------------------
+
+FALLING = [1.0 - 0.1 * epoch for epoch in range(8)]  # "a" improves every epoch
+RISING = [0.5 + 0.1 * epoch for epoch in range(8)]  # "b" never improves after the first
+
+
+class EpochCounter(keras.callbacks.Callback):
+    """A user's callback with a state."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs += 1
+
+    def state_dict(self):
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state):
+        self.epochs = state["epochs"]
+
+
+class StatesAtFirstEpoch(keras.callbacks.Callback):
+    """Records the given callbacks' states as the rerun's first epoch begins (every
+    on_train_begin, where states are restored, has run by then)."""
+
+    def __init__(self, callbacks):
+        super().__init__()
+        self.callbacks, self.seen = callbacks, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.seen is None:
+            self.seen = (epoch, [c.state_dict() for c in self.callbacks])
+
+
+def test_callback_states_find_their_callbacks_in_another_list_order(tmp_path, data, scripted):
+    def callbacks(reverse, crash=None):
+        stateful = [
+            keras_ckpt.EarlyStopping(monitor="a", mode="min", patience=20),
+            keras_ckpt.EarlyStopping(monitor="b", mode="min", patience=20),
+            keras_ckpt.ReduceLROnPlateau(monitor="b", mode="min", patience=20),
+            EpochCounter(),
+        ]
+        probe = StatesAtFirstEpoch(stateful)
+        listed = [
+            scripted(FALLING, "a"),
+            scripted(RISING, "b"),
+            *(stateful[::-1] if reverse else stateful),
+            keras_ckpt.ResumeFromLatest(tmp_path),
+            probe,
+            *([Crash(crash)] if crash else []),
+        ]
+        return listed, probe
+
+    crashing, _ = callbacks(reverse=False, crash=27)  # in epoch index 5
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(make_model(), data, crashing, epochs=8)
+    rerun, probe = callbacks(reverse=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # each state has one callback to go to
+        fit(make_model(seed=1), data, rerun, epochs=8)
+    epoch, (stop_a, stop_b, reduce, counter) = probe.seen
+    assert epoch == 5  # resumed after five epochs
+    assert (stop_a["wait"], stop_a["best"]) == (0, pytest.approx(FALLING[4]))
+    assert (stop_b["wait"], stop_b["best"]) == (4, pytest.approx(RISING[0]))
+    assert (reduce["wait"], reduce["best"]) == (4, pytest.approx(RISING[0]))
+    assert counter == {"epochs": 5}
+
+
+def test_alike_callbacks_get_their_states_by_list_order_with_one_warning(tmp_path, data, scripted):
+    def callbacks(crash=None):
+        # One key for both (start_from_epoch is not part of it); their counters differ.
+        alike = [
+            keras_ckpt.EarlyStopping(monitor="b", mode="min", patience=20),
+            keras_ckpt.EarlyStopping(monitor="b", mode="min", patience=20, start_from_epoch=2),
+        ]
+        probe = StatesAtFirstEpoch(alike)
+        extra = [Crash(crash)] if crash else []
+        return [scripted(RISING, "b"), *alike, keras_ckpt.ResumeFromLatest(tmp_path), probe, *extra]
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(make_model(), data, callbacks(crash=27), epochs=8)
+    rerun = callbacks()
+    key = "EarlyStopping(monitor='b', mode='min')"
+    with pytest.warns(UserWarning, match="cannot be told apart") as caught:
+        fit(make_model(seed=1), data, rerun, epochs=8)
+    [warning] = [w for w in caught if "cannot be told apart" in str(w.message)]
+    assert f"the 2 callbacks {key} got their states by their order" in str(warning.message)
+    _, (first, second) = rerun[-1].seen
+    assert (first["wait"], first["best"]) == (4, pytest.approx(RISING[0]))
+    assert (second["wait"], second["best"]) == (2, pytest.approx(RISING[2]))
+
+
+def test_callback_states_of_an_older_checkpoint_load_by_class_and_occurrence(
+    tmp_path, data, scripted
+):
+    def callbacks(crash=None):
+        stops = [
+            keras_ckpt.EarlyStopping(monitor="a", mode="min", patience=20),
+            keras_ckpt.EarlyStopping(monitor="b", mode="min", patience=20),
+        ]
+        probe = StatesAtFirstEpoch(stops)
+        listed = [
+            scripted(FALLING, "a"),
+            scripted(RISING, "b"),
+            *stops,
+            keras_ckpt.ResumeFromLatest(tmp_path),
+            probe,
+        ]
+        return [*listed, *([Crash(crash)] if crash else [])], probe
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(make_model(), data, callbacks(crash=27)[0], epochs=8)
+    # Keys as keras_ckpt wrote them before they named the configuration.
+    older = {
+        "EarlyStopping(monitor='a', mode='min')": "EarlyStopping#0",
+        "EarlyStopping(monitor='b', mode='min')": "EarlyStopping#1",
+    }
+    path = tmp_path / "keras_ckpt.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    for record in manifest["checkpoints"]:
+        states = record["state"]["callbacks"]
+        assert set(states) == set(older)
+        record["state"]["callbacks"] = {older[key]: state for key, state in states.items()}
+    os.remove(path)
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+    rerun, probe = callbacks()
+    fit(make_model(seed=1), data, rerun, epochs=8)
+    _, (stop_a, stop_b) = probe.seen
+    assert (stop_a["wait"], stop_a["best"]) == (0, pytest.approx(FALLING[4]))
+    assert (stop_b["wait"], stop_b["best"]) == (4, pytest.approx(RISING[0]))
+
+
+def test_a_stop_request_during_the_replay_is_served_at_the_first_trained_batch(tmp_path, data):
+    """The batches read again are skipped with ``batch < replayed``: the begin hook of batch
+    ``replayed`` is a real boundary (the one the checkpoint was taken at), where a signal that
+    came during the replay saves and stops before one more batch trains into the checkpoint."""
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        # Resumes after batch 12: epoch index 2, its first 2 batches read again.
+        fit(make_model(), data, [keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3), Crash(13)])
+
+    class SignalDuringReplay(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 1 and not hasattr(self, "sent"):
+                self.sent = True
+                signal.raise_signal(signal.SIGTERM)
+
+    resume = keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3)
+    history = fit(make_model(seed=1), data, [SignalDuringReplay(), resume])
+    assert (resume.resumed_from.state["epoch"], resume.resumed_from.state["batch"]) == (2, 2)
+    assert history.epoch == [0, 1, 2]  # stopped in the epoch it resumed
+    newest = keras_ckpt.list_checkpoints(tmp_path)[-1]
+    assert (newest.state["epoch"], newest.state["batch"], newest.step) == (2, 2, 12)

@@ -1,11 +1,12 @@
 """The Keras callbacks. Importing this package imports Keras."""
 
+from keras_ckpt.callbacks.backup_and_restore import BackupAndRestore
 from keras_ckpt.callbacks.best_checkpoint import BestCheckpoint
 from keras_ckpt.callbacks.early_stopping import EarlyStopping
 from keras_ckpt.callbacks.interval_checkpoint import IntervalCheckpoint
 from keras_ckpt.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
 from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
-from keras_ckpt.callbacks.resume import BackupAndRestore, ResumeFromLatest
+from keras_ckpt.callbacks.resume import ResumeFromLatest
 
 __all__ = [
     "BackupAndRestore",

@@ -9,7 +9,8 @@ from typing import Any
 
 from keras_ckpt import naming, validation
 from keras_ckpt.callbacks._base import StoreCallback
-from keras_ckpt.callbacks._monitor import epoch_start_batches, plain_metrics, replayed_batches
+from keras_ckpt.callbacks._batches import EpochPosition, enable_batch_hook
+from keras_ckpt.callbacks._monitor import plain_metrics
 from keras_ckpt.policies import AnyOf, KeepAll, KeepEvery, KeepLatest, RetentionPolicy
 from keras_ckpt.processes import agree_on_save
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
@@ -116,10 +117,9 @@ class IntervalCheckpoint(StoreCallback):
         self._trigger = IntervalTrigger(self.every_epochs, self.every_steps, self.every_seconds)
         self._clock = validation.function("clock", clock, what="returning seconds")
         if self.every_steps is not None or self.every_seconds is not None:
-            self.on_train_batch_begin = self._check_mid_epoch
+            enable_batch_hook(self, "on_train_batch_begin", self._check_mid_epoch)
         self._store: Store | None = None
-        self._epoch_start_step = 0
-        self._replayed = 0
+        self._position = EpochPosition()
         self._current_epoch = 0
         self._last_saved_step: int | None = None
         self._last_metrics: dict[str, float] = {}
@@ -176,14 +176,13 @@ class IntervalCheckpoint(StoreCallback):
         self._current_epoch = epoch
         self._epoch_saves = self._epoch_deleted = 0
         if self.every_steps is not None or self.every_seconds is not None:
-            self._epoch_start_step = epoch_start_batches(self.model) - self._start_batches
-            self._replayed = replayed_batches(self.model)
+            self._position = EpochPosition.current(self.model, self._start_batches)
 
     def _check_mid_epoch(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # `batch` batches of this epoch are done; batch 0's state was handled at the epoch end.
-        if batch <= self._replayed:  # batch 0, and batches a resumed run reads again
+        if not self._position.has_trained(batch):  # nothing new since the epoch end or resume
             return
-        due = self._trigger.due_mid_epoch(self._epoch_start_step + batch, self._clock())
+        due = self._trigger.due_mid_epoch(self._position.step(batch), self._clock())
         if agree_on_save(self._trigger, due).due:
             self._save(self._current_epoch, batch - 1, {})
 

@@ -11,10 +11,10 @@ import keras
 import numpy as np
 
 from keras_ckpt import decisions, validation
+from keras_ckpt.callbacks._batches import EpochPosition, enable_batch_hook
 from keras_ckpt.callbacks._monitor import (
     LazyMode,
     current_learning_rate,
-    epoch_start_batches,
     learning_rate_optimizers,
     log_learning_rates,
     plain_metrics,
@@ -198,8 +198,8 @@ class LearningRateScheduler(keras.callbacks.Callback):
         self.verbose = verbose
         self.per = validation.one_of("per", per, ("epoch", "step"))
         if self.per == "step":
-            self.on_train_batch_begin = self._set_for_step
-        self._epoch_start_step = 0
+            enable_batch_hook(self, "on_train_batch_begin", self._set_for_step)
+        self._position = EpochPosition()
         self.last_learning_rate: float | None = None
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -218,7 +218,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.per == "step":
             # The optimizer's own batch count: a resumed model continues the curve.
-            self._epoch_start_step = epoch_start_batches(self.model)
+            self._position = EpochPosition.current(self.model)
             return
         for optimizer in learning_rate_optimizers(self.model):
             rate = self._rate_for_epoch(optimizer, epoch)
@@ -232,7 +232,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
                 )
 
     def _set_for_step(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        rate = _as_float(self.schedule(self._epoch_start_step + batch))
+        rate = _as_float(self.schedule(self._position.step(batch)))
         for optimizer in learning_rate_optimizers(self.model):
             optimizer.learning_rate = rate
         self.last_learning_rate = rate

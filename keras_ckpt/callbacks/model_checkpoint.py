@@ -12,6 +12,7 @@ import numpy as np
 
 from keras_ckpt import naming, ranking, validation
 from keras_ckpt.callbacks._base import StoreCallback
+from keras_ckpt.callbacks._batches import enable_batch_hook
 from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
 from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.policies import KeepBest
@@ -123,9 +124,8 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
             else None
         )
         if self._batch_trigger is not None:
-            # Only a batch-frequency checkpoint needs the batch hook. Defining it on the class
-            # would make Keras turn off asynchronous dispatch for every user (see KERAS_NOTES).
-            self.on_train_batch_end = self._on_train_batch_end_saving
+            # Only a batch-frequency checkpoint needs the batch hook (why: enable_batch_hook).
+            enable_batch_hook(self, "on_train_batch_end", self._on_train_batch_end_saving)
         self._current_epoch = 0
         # One store per directory the template resolves to, opened (and recovered) once a run.
         self._stores: dict[str, Store] = {}
