@@ -252,7 +252,10 @@ def test_directory_is_a_checkpoint_store(tmp_path, data):
         ),
         ({"save_freq": True}, r"Received: save_freq=True"),
         ({"save_freq": "batch"}, r"Received: save_freq='batch'"),
-        ({"every_seconds": 0}, r"Argument `every_seconds` must be a finite number > 0 or None"),
+        (
+            {"every_seconds": 0},
+            r"Argument `every_seconds` must be a number > 0\. Received: every_seconds=0",
+        ),
         ({"keep_last": 0}, r"Argument `keep_last` must be a positive integer"),
         ({"handle_signals": "yes"}, r"Argument `handle_signals` must be True or False"),
         ({"verbose": 2}, r"Argument `verbose` must be one of 0, 1"),

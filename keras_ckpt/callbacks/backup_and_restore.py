@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from keras_ckpt import validation
 from keras_ckpt.callbacks.resume import ResumeFromLatest
 
 
@@ -76,16 +77,11 @@ class BackupAndRestore(ResumeFromLatest):
     def _save_schedule(self, save_freq: Any) -> tuple[int | None, bool]:
         """Keras's values: ``"epoch"`` saves at epoch ends, an integer every this many batches
         (and not at epoch ends), ``False`` never periodically."""
+        validation.save_freq(save_freq, keras_class="BackupAndRestore")
         if save_freq is False:
             return None, False
         if save_freq == "epoch":
             return None, True
-        if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1:
-            raise ValueError(
-                "Invalid value for argument `save_freq`. "
-                f"Received: save_freq={save_freq}. "
-                "Expected either 'epoch', a positive integer or False."
-            )
         return save_freq, False
 
     def _after_finish(self) -> None:

@@ -103,23 +103,16 @@ class ResumeFromLatest(StoreCallback):
         self.directory = check_directory_usable(directory, self._directory_argument)
         every_steps, at_epoch_end = self._save_schedule(save_freq)
         self.save_freq = save_freq
-        if every_seconds is not None and (
-            isinstance(every_seconds, bool)
-            or not isinstance(every_seconds, (int, float))
-            or not 0 < every_seconds < float("inf")
-        ):
-            raise ValueError(
-                "Argument `every_seconds` must be a finite number > 0 or None. "
-                f"Received: every_seconds={every_seconds!r}"
-            )
-        self.every_seconds = every_seconds
+        self.every_seconds = validation.optional(
+            validation.positive_seconds, "every_seconds", every_seconds
+        )
         self.keep_last = validation.positive_int("keep_last", keep_last)
         self.handle_signals = validation.boolean("handle_signals", handle_signals)
         self.verbose = validation.one_of("verbose", verbose, (0, 1))
         self._trigger = IntervalTrigger(
             every_epochs=1 if at_epoch_end else None,
             every_steps=every_steps,
-            every_seconds=None if every_seconds is None else float(every_seconds),
+            every_seconds=self.every_seconds,
         )
         self._clock = validation.function("clock", clock, what="returning seconds")
         if every_steps is not None or every_seconds is not None or handle_signals:
@@ -140,9 +133,8 @@ class ResumeFromLatest(StoreCallback):
     def _save_schedule(self, save_freq: Any) -> tuple[int | None, bool]:
         """Checks ``save_freq``; returns the interval in batches of the mid-epoch saves
         (``None``: none) and whether each epoch end saves."""
-        if save_freq == "epoch":
-            return None, True
-        return int(validation.positive_int("save_freq", save_freq)), True
+        validation.save_freq(save_freq)
+        return (None if save_freq == "epoch" else int(save_freq)), True
 
     # Hooks -------------------------------------------------------------------------------
 
