@@ -14,7 +14,9 @@ Checked against Keras 3.15.1 on the TensorFlow, JAX and PyTorch backends.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -89,8 +91,16 @@ SEED_GENERATORS_SUPPORTED = LAYER_TREE_SUPPORTED and "_seed_generators" in _clas
 )
 """Each layer lists its ``SeedGenerator``s in ``_seed_generators``."""
 
-GLOBAL_SEED_SUPPORTED = _rng_utils is not None and hasattr(_rng_utils, "get_random_seed")
-"""``keras.src.utils.rng_utils.get_random_seed`` reads what ``set_random_seed`` set."""
+_KERAS_SEED_READER = _rng_utils is not None and hasattr(_rng_utils, "get_random_seed")
+"""``keras.src.utils.rng_utils.get_random_seed`` reads what ``set_random_seed`` set (3.10+)."""
+
+# Keras before 3.10 keeps no record of the seed, but its set_random_seed also seeds TensorFlow
+# (where installed), whose eager context reads it back without side effects.
+_TF_SEED_READER = importlib.util.find_spec("tensorflow") is not None
+
+GLOBAL_SEED_SUPPORTED = _KERAS_SEED_READER or _TF_SEED_READER
+"""The seed ``keras.utils.set_random_seed`` set can be read back (from Keras, or from
+TensorFlow's eager context where Keras keeps none)."""
 
 METRIC_DIRECTION_SUPPORTED = "_direction" in _class_code_names(keras.metrics.MeanSquaredError)
 """Keras's metrics say whether higher is better in ``_direction`` (``"up"``/``"down"``)."""
@@ -132,6 +142,12 @@ SAVING_SUPPORTED = (
     and hasattr(_base_optimizer, "BaseOptimizer")
 )
 """Keras's saving traversal, model serialization and archive layout can be reused."""
+
+H5_GROUPS_DEFERRED = SAVING_SUPPORTED and "_h5_entry_initialized" in _class_code_names(
+    _saving_lib.H5IOStore
+)
+"""Keras's ``H5IOStore.make`` leaves an object's ``vars`` group to its first variable (3.10+);
+before, ``make`` creates it, empty or not (and Keras 3.5's loader requires the root's)."""
 
 
 # Degrading -----------------------------------------------------------------------------------
@@ -317,7 +333,14 @@ def global_seed() -> int | None:
             "whether a global seed is set cannot be told (taken as not set)",
         )
         return None
-    return _rng_utils.get_random_seed()
+    if _KERAS_SEED_READER:
+        return _rng_utils.get_random_seed()
+    if "tensorflow" not in sys.modules:
+        return None  # set_random_seed imports TensorFlow to seed it: no seed was set
+    from tensorflow.python.eager import context
+
+    seed: int | None = context.global_seed()
+    return seed
 
 
 # Metrics and optimizers ----------------------------------------------------------------------
@@ -446,9 +469,11 @@ def skip_train_step(args: tuple[Any, ...], batches: int) -> Any:
     """
     backend = keras.backend.backend()
     if backend == "jax":
-        state, iterator = args
-        for _ in range(batches):
-            next(iterator, None)
+        state, data = args
+        # Keras 3.7+ passes the data iterator; 3.5 and 3.6 pass the batches fit already read.
+        if hasattr(data, "__next__"):
+            for _ in range(batches):
+                next(data, None)
         return {}, state
     if backend == "tensorflow":
         (iterator,) = args

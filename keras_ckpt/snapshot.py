@@ -98,7 +98,9 @@ def _write_h5(path: str, calls: list[tuple[str, Any, Any]]) -> None:
         for op, key, value in calls:
             if op == "make":
                 group_path, group = key, None
-                if value:  # with metadata the group is made at once, else at its first variable
+                # With metadata (or a Keras before 3.10) the group is made at once, else at
+                # its first variable.
+                if value or not keras_adapter.H5_GROUPS_DEFERRED:
                     group = _vars_group(file, group_path, value)
                 continue
             if group is None:

@@ -9,8 +9,18 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+KERAS_VERSION = tuple(int(part) for part in keras.__version__.split(".")[:2])
+
+
+def needs_keras(version, why):
+    """Skips a test on a Keras older than ``version`` (``(3, 11)``), saying ``why``."""
+    shown = ".".join(map(str, version))
+    return pytest.mark.skipif(KERAS_VERSION < version, reason=f"Keras {shown}+: {why}")
+
 
 # Scripts run in subprocesses by the tests; importing them (as --doctest-modules would) trains.
 collect_ignore = [

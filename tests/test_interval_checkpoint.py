@@ -4,7 +4,7 @@ import os
 
 import keras
 import pytest
-from conftest import assert_weights_equal
+from conftest import assert_weights_equal, needs_keras
 from keras.src.utils.python_utils import is_default
 
 import keras_ckpt
@@ -186,6 +186,7 @@ def test_shares_a_directory_with_best_checkpoint(tmp_path, make_model, data, scr
     keras_ckpt.load_latest(tmp_path)
 
 
+@needs_keras((3, 6), "batch hooks are marked default, for asynchronous dispatch")
 def test_batch_hooks_only_for_step_or_time_triggers():
     epoch_only = keras_ckpt.IntervalCheckpoint("unused", every_epochs=2)
     assert is_default(epoch_only.on_train_batch_begin)
