@@ -11,7 +11,8 @@ import pytest
 from conftest import assert_weights_equal
 
 import keras_ckpt
-from keras_ckpt import ModelCheckpoint
+from keras_ckpt import ModelCheckpoint, keras_adapter
+from keras_ckpt.keras_adapter import KerasInternalsError
 from keras_ckpt.records import LOCK_NAME, MANIFEST_NAME
 
 
@@ -117,6 +118,14 @@ def test_legacy_files_keep_the_top_k(tmp_path, scripted):
     assert [r.filename for r in keras_ckpt.list_checkpoints(tmp_path)] == ["e4.h5", "e5.h5"]
     assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".h5")) == ["e4.h5", "e5.h5"]
     assert callback.best_path == str(tmp_path / "e4.h5")
+
+
+def test_legacy_weights_need_keras_s_legacy_writer(tmp_path, monkeypatch):
+    model = tiny_model()
+    monkeypatch.setattr(keras_adapter, "LEGACY_H5_WEIGHTS_SUPPORTED", False)
+    with pytest.raises(KerasInternalsError, match=r"legacy `\.h5`.*save_weights_to_hdf5_group"):
+        keras_adapter.save_legacy_h5_weights(model, str(tmp_path / "w.h5"))
+    assert not (tmp_path / "w.h5").exists()
 
 
 def test_native_names_do_not_warn():
