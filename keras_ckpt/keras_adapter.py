@@ -603,3 +603,38 @@ def optimizer_saves_like_keras(optimizer: Any) -> bool:
         return False
     base = _base_optimizer.BaseOptimizer
     return type(optimizer).save_own_variables is base.save_own_variables
+
+
+# Legacy HDF5 weights -------------------------------------------------------------------------
+# Keras 2 code names weights files "x.h5" / "x.hdf5"; Keras 3's ``model.save_weights`` refuses
+# those names, but ``model.load_weights`` still reads the legacy layout there (and only that:
+# a ``.weights.h5`` file renamed to ``.h5`` does not load). Keras writes the layout only
+# inside a legacy ``.h5`` model; this reaches that writer.
+
+try:
+    from keras.src.legacy.saving import legacy_h5_format as _legacy_h5_format  # noqa: E402
+except ImportError:  # pragma: no cover - a Keras without the legacy HDF5 code
+    _legacy_h5_format = None
+
+LEGACY_H5_WEIGHTS_SUPPORTED = _legacy_h5_format is not None and hasattr(
+    _legacy_h5_format, "save_weights_to_hdf5_group"
+)
+"""Keras's legacy HDF5 code can write a model's weights into an HDF5 group."""
+
+
+def save_legacy_h5_weights(model: keras.Model, path: str) -> None:
+    """Writes the model's weights to ``path`` as tf.keras 2's ``model.save_weights("x.h5")``
+    did (layer weights only, no optimizer state), which ``model.load_weights`` reads back.
+
+    Probe ``LEGACY_H5_WEIGHTS_SUPPORTED``. Raises:
+        KerasInternalsError: Where it fails (there is no public way to write that layout).
+    """
+    if not LEGACY_H5_WEIGHTS_SUPPORTED:
+        raise _missing(
+            "Saving weights to a legacy `.h5` / `.hdf5` file",
+            "`keras.src.legacy.saving.legacy_h5_format.save_weights_to_hdf5_group`",
+        )
+    import h5py
+
+    with h5py.File(path, "w") as file:
+        _legacy_h5_format.save_weights_to_hdf5_group(file, model)

@@ -9,9 +9,9 @@ the copies in the HDF5 layout of Keras's ``.weights.h5`` (the bytes equal those 
 model, so plain ``keras.saving.load_model`` / ``model.load_weights`` open the files.
 
 The traversal and the model config come from Keras internals, reached through
-``keras_ckpt.keras_adapter``. Where the file is a legacy ``.h5`` model, or the Keras version
-lacks those internals (then with one warning), ``take_snapshot`` returns ``None`` and the
-callers save synchronously with ``model.save`` / ``model.save_weights``.
+``keras_ckpt.keras_adapter``. Where the file is a legacy ``.h5`` / ``.hdf5`` file, or the Keras
+version lacks those internals (then with one warning), ``take_snapshot`` returns ``None`` and
+the callers save synchronously with ``write_now``.
 """
 
 from __future__ import annotations
@@ -241,8 +241,8 @@ def _with_optimizer_variables(
 def take_snapshot(model: keras.Model, filepath: str, weights_only: bool) -> ModelSnapshot | None:
     """Copies what ``model.save_weights(filepath)`` / ``model.save(filepath)`` would write.
 
-    Returns ``None`` where the file must be written synchronously by Keras: a legacy ``.h5``
-    model, or a Keras without the saving internals used here (probe
+    Returns ``None`` where the file must be written synchronously by Keras: a legacy ``.h5`` /
+    ``.hdf5`` model or weights file, or a Keras without the saving internals used here (probe
     ``keras_adapter.SAVING_SUPPORTED``; then with one warning per process).
     """
     if not keras_adapter.can_snapshot():
@@ -271,8 +271,15 @@ def take_snapshot(model: keras.Model, filepath: str, weights_only: bool) -> Mode
 
 
 def write_now(model: keras.Model, path: str, weights_only: bool) -> None:
-    """Keras's own synchronous save, for files ``take_snapshot`` does not handle."""
-    if weights_only:
+    """Keras's own synchronous save, for files ``take_snapshot`` does not handle.
+
+    Weights to a legacy ``.h5`` / ``.hdf5`` name (which Keras 3's ``save_weights`` refuses)
+    are written in the legacy layout ``model.load_weights`` reads there; a whole model to such
+    a name is Keras's legacy HDF5 model (``model.save`` writes it).
+    """
+    if weights_only and not path.endswith(".weights.h5"):
+        keras_adapter.save_legacy_h5_weights(model, path)
+    elif weights_only:
         model.save_weights(path, overwrite=True)
     else:
         model.save(path, overwrite=True)

@@ -319,24 +319,47 @@ def plateau_factor(factor: Any) -> Any:
     return factor
 
 
+LEGACY_HDF5_EXTENSIONS = (".h5", ".hdf5")
+"""The extensions of Keras 2's HDF5 files, which Keras 3 still reads."""
+
+
 def keras_filepath_extension(filepath: str, save_weights_only: bool) -> str:
-    """``ModelCheckpoint``'s ``filepath`` if its extension fits ``save_weights_only``, with
-    Keras's messages: ``.weights.h5`` for weights, ``.keras`` (or legacy ``.h5``) for models.
+    """``ModelCheckpoint``'s ``filepath`` if its extension fits ``save_weights_only``:
+    ``.weights.h5`` for weights, ``.keras`` for models, or for either the legacy ``.h5`` /
+    ``.hdf5`` of Keras 2 code (Keras 3 refuses ``.hdf5``, and ``.h5`` with weights only).
 
     Example:
         >>> keras_filepath_extension("ckpt/{epoch}.weights.h5", save_weights_only=True)
         'ckpt/{epoch}.weights.h5'
+        >>> keras_filepath_extension("weights.{epoch:02d}.hdf5", save_weights_only=True)
+        'weights.{epoch:02d}.hdf5'
     """
+    if filepath.endswith(LEGACY_HDF5_EXTENSIONS):  # .weights.h5 included
+        return filepath
     if save_weights_only:
-        if not filepath.endswith(".weights.h5"):
-            raise ValueError(
-                "When using `save_weights_only=True` in `ModelCheckpoint`, the filepath "
-                "provided must end in `.weights.h5` (Keras weights format). Received: "
-                f"filepath={filepath}"
-            )
-    elif not filepath.endswith((".keras", ".h5")):
         raise ValueError(
-            "The filepath provided must end in `.keras` (Keras model format). Received: "
-            f"filepath={filepath}"
+            "When using `save_weights_only=True` in `ModelCheckpoint`, the filepath "
+            "provided must end in `.weights.h5` (Keras weights format), or in `.h5` or "
+            f"`.hdf5` (legacy HDF5). Received: filepath={filepath}"
+        )
+    if not filepath.endswith(".keras"):
+        raise ValueError(
+            "The filepath provided must end in `.keras` (Keras model format), or in `.h5` or "
+            f"`.hdf5` (legacy HDF5). Received: filepath={filepath}"
         )
     return filepath
+
+
+def legacy_hdf5(filepath: str, save_weights_only: bool) -> bool:
+    """Whether ``ModelCheckpoint`` writes ``filepath`` in Keras 2's legacy HDF5 format: a
+    whole model to ``.h5`` / ``.hdf5``, or weights to such a name other than ``.weights.h5``.
+
+    Example:
+        >>> legacy_hdf5("weights.{epoch:02d}.hdf5", save_weights_only=False)
+        True
+        >>> legacy_hdf5("ckpt.weights.h5", save_weights_only=True)
+        False
+    """
+    if save_weights_only and filepath.endswith(".weights.h5"):
+        return False
+    return filepath.endswith(LEGACY_HDF5_EXTENSIONS)

@@ -127,7 +127,7 @@ class StoreCallback(keras.callbacks.Callback):
             snapshot.discard()
             snapshot = None
         if snapshot is None:
-            # A legacy .h5 model, or a Keras without the saving internals: Keras writes it now
+            # A legacy .h5/.hdf5 file, or a Keras without the saving internals: Keras writes it now
             # (a store that does not write never calls ``write``).
             def write(path: str) -> None:
                 write_now(model, path, weights_only)

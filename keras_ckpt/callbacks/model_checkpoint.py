@@ -43,7 +43,10 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
     Args:
         filepath: Path template of the files, e.g. ``"ckpt/{epoch:02d}-{val_loss:.2f}.keras"``;
             filled from ``epoch`` (1-based), ``batch`` and the logs. Must end in ``.weights.h5``
-            when ``save_weights_only=True``, else in ``.keras`` (or legacy ``.h5``).
+            when ``save_weights_only=True``, else in ``.keras``; or, for Keras 2 code, in
+            ``.h5`` / ``.hdf5``: the legacy HDF5 format that ``keras.saving.load_model`` and
+            ``model.load_weights`` read (written synchronously, with one warning recommending
+            ``.keras``; weights-only files hold no optimizer state, as in tf.keras 2).
         monitor: The metric compared for ``save_best_only`` and ``save_top_k``.
         verbose: 0 is silent; 1 prints a line when the callback acts.
         save_best_only: Save only when ``monitor`` improves on the best so far.
@@ -60,12 +63,19 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
             save or at the end of training; when ``fit`` returns every file is on disk).
             ``False`` writes before training goes on, as Keras does. Legacy ``.h5`` models are
             always written synchronously.
+        period: tf.keras 2's deprecated argument, kept so its code runs: save only every
+            ``period``-th epoch end this callback sees (counted across ``fit`` calls, as
+            tf.keras counted), with a ``FutureWarning``. Ignored with an integer
+            ``save_freq``, as in tf.keras. Use ``save_freq`` or ``IntervalCheckpoint``.
+        options: tf.keras 2's ``tf.train.CheckpointOptions`` / ``tf.saved_model.SaveOptions``;
+            accepted with a ``FutureWarning`` and ignored (Keras 3 saves have no such options).
 
     Raises:
-        ValueError: On a bad ``save_freq``, ``save_top_k`` or ``initial_value_threshold``, a
-            ``filepath`` extension that does not match ``save_weights_only``, or a ``filepath``
-            that cannot be filled in (a format spec such as ``{epoch:s}`` that does not apply,
-            a NUL, a name the checkpoint store keeps for itself).
+        ValueError: On a bad ``save_freq``, ``save_top_k``, ``period`` or
+            ``initial_value_threshold``, a ``filepath`` extension that does not match
+            ``save_weights_only``, or a ``filepath`` that cannot be filled in (a format spec
+            such as ``{epoch:s}`` that does not apply, a NUL, a name the checkpoint store keeps
+            for itself).
         AttributeError: On a ``filepath`` that is not a ``str`` or ``os.PathLike``, as in Keras
             (the error is also a ``ValueError`` and a ``TypeError``).
 
@@ -88,6 +98,8 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         save_top_k: int | None = None,
         *,
         async_save: bool = True,
+        period: int | None = None,
+        options: Any = None,
     ):
         super().__init__(save_weights_only=save_weights_only, async_save=async_save)
         mode = validation.keras_mode(type(self).__name__, mode)  # Keras warns, falls back
@@ -109,6 +121,8 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
             validation.non_empty_str("monitor", monitor)
         validation.save_freq(save_freq, keras_class="ModelCheckpoint")
         validation.keras_filepath_extension(self.filepath, self.save_weights_only)
+        self.period = validation.optional(validation.positive_int, "period", period)
+        self.options = options
         naming.check_renders(self.filepath, "filepath")
         fields = naming.template_fields(self.filepath, "filepath")
         if self.save_top_k is not None and self.save_top_k > 1 and not fields:
@@ -126,6 +140,13 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         if self._batch_trigger is not None:
             # Only a batch-frequency checkpoint needs the batch hook (why: enable_batch_hook).
             enable_batch_hook(self, "on_train_batch_end", self._on_train_batch_end_saving)
+        # tf.keras 2's `period`: due at every period-th epoch end this instance sees, which is
+        # its count of epochs since the last due save (reset when due, kept across fit calls).
+        self._epoch_trigger = (
+            None if self.period is None else IntervalTrigger(every_epochs=self.period)
+        )
+        self._epochs_seen = 0
+        self._warn_about_keras_2_arguments()
         self._current_epoch = 0
         # One store per directory the template resolves to, opened (and recovered) once a run.
         self._stores: dict[str, Store] = {}
@@ -149,14 +170,20 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         self._finish_training(announce=False)  # when fit returns, every checkpoint is on disk
 
     def state_dict(self) -> dict[str, Any]:
-        """The run and Keras's ``best``, so a resumed run continues ``save_best_only``."""
-        return {**StoreCallback.state_dict(self), "best": self.best}
+        """The run and Keras's ``best``, so a resumed run continues ``save_best_only`` (and
+        the epochs counted for ``period``)."""
+        return {
+            **StoreCallback.state_dict(self),
+            "best": self.best,
+            "epochs_seen": self._epochs_seen,
+        }
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         StoreCallback.load_state_dict(self, state)
         best = state.get("best", self.best)
         # The manifest stores a non-finite best (an initial_value_threshold of inf) as text.
         self.best = None if best is None else float(best)
+        self._epochs_seen = int(state.get("epochs_seen", self._epochs_seen))
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._current_epoch = epoch
@@ -165,8 +192,14 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         # Keras settles the direction of `monitor` here, raising for an unknown metric in
         # "auto" mode whether or not it is needed; a drop-in raises the same.
         self._mode()
-        if self.save_freq == "epoch":
+        self._epochs_seen += 1
+        if self.save_freq == "epoch" and self._period_due():
             self._save_model(epoch, None, logs or {})
+
+    def _period_due(self) -> bool:
+        if self._epoch_trigger is None:
+            return True
+        return self._epoch_trigger.due_at_epoch_end(self._epochs_seen, step=0, now=0.0)
 
     def _on_train_batch_end_saving(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         assert self._batch_trigger is not None
@@ -301,6 +334,39 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         if new_best:
             self.best = value
         return improved
+
+    def _warn_about_keras_2_arguments(self) -> None:
+        """Keras 2 code runs with the import swapped; each leftover gets a warning, once per
+        instance (here, at construction). ``stacklevel`` points at the caller's line."""
+        if validation.legacy_hdf5(self.filepath, self.save_weights_only):
+            if self.save_weights_only:
+                what = "legacy HDF5 weights format (no optimizer state)"
+                instead = "'.weights.h5' (or '.keras', with save_weights_only=False)"
+            else:
+                what, instead = "legacy HDF5 format", "'.keras'"
+            warnings.warn(
+                f"ModelCheckpoint saves filepath={self.filepath!r} in Keras's {what}, which "
+                "Keras 3 reads but no longer recommends, and writes it synchronously. End "
+                f"`filepath` in {instead} for Keras's native format.",
+                UserWarning,
+                stacklevel=3,
+            )
+        if self.period is not None:
+            warnings.warn(
+                "`period` argument is deprecated. Please use `save_freq` to specify the "
+                "frequency in number of batches seen. (keras_ckpt saves every "
+                f"{self.period}-th epoch, as tf.keras did. Received: period={self.period!r})",
+                FutureWarning,
+                stacklevel=3,
+            )
+        if self.options is not None:
+            warnings.warn(
+                "`options` argument is ignored: Keras 3 saves take no "
+                "tf.train.CheckpointOptions / tf.saved_model.SaveOptions. Remove it. "
+                f"Received: options={self.options!r}",
+                FutureWarning,
+                stacklevel=3,
+            )
 
     def _warn_if_replacing_earlier_file(self, store: Store, filename: str) -> None:
         path = store.path(filename)
