@@ -12,7 +12,7 @@ import keras
 
 from keras_ckpt import naming, processes, ranking, validation
 from keras_ckpt.callbacks._monitor import EVENT_PREFIX, batches_trained, log_learning_rates
-from keras_ckpt.keras_adapter import fit_callbacks
+from keras_ckpt.keras_adapter import fit_callbacks, print_message
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
 from keras_ckpt.snapshot import take_snapshot, write_now
@@ -81,7 +81,7 @@ class StoreCallback(keras.callbacks.Callback):
         """One short line when ``verbose``: "Epoch 3: BestCheckpoint saved ..."."""
         if getattr(self, "verbose", 0) and processes.is_writer():  # the process that saves
             where = "" if epoch is None else f"Epoch {epoch + 1}: "
-            print(f"\n{where}{type(self).__name__} {message}", flush=True)
+            print_message(f"\n{where}{type(self).__name__} {message}")
 
     def _settle(self, announce: bool = False) -> None:
         """Waits for the save in flight, and raises here what went wrong in the background.
