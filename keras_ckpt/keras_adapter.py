@@ -638,3 +638,28 @@ def save_legacy_h5_weights(model: keras.Model, path: str) -> None:
 
     with h5py.File(path, "w") as file:
         _legacy_h5_format.save_weights_to_hdf5_group(file, model)
+
+
+# Keras's message printing --------------------------------------------------------------------
+
+try:
+    from keras.src.utils import io_utils as _io_utils
+except ImportError:  # pragma: no cover - a Keras without its message printing
+    _io_utils = None
+
+PRINT_MESSAGE_SUPPORTED = _io_utils is not None and callable(getattr(_io_utils, "print_msg", None))
+"""``keras.src.utils.io_utils.print_msg`` prints Keras's callback messages: to stdout, or to the
+``keras`` logger after ``keras.config.disable_interactive_logging()``."""
+
+
+def print_message(text: str) -> None:
+    """Prints a callback's verbose message the way Keras's own callbacks do, so it goes where
+    Keras's go (the ``keras`` logger once a user turned interactive logging off).
+
+    Probe ``PRINT_MESSAGE_SUPPORTED``; where it fails: ``print`` (the message then stays on
+    stdout when Keras's output is routed to logging). No warning: the message is still shown.
+    """
+    if PRINT_MESSAGE_SUPPORTED:
+        _io_utils.print_msg(text)
+    else:
+        print(text, flush=True)

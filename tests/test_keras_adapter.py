@@ -32,7 +32,7 @@ PRIVATE_ATTRIBUTES = {
     "f_locals",
     "train_function",
 }
-INTERNAL_MODULES = {"saving_lib", "base_optimizer", "rng_utils"}
+INTERNAL_MODULES = {"saving_lib", "base_optimizer", "rng_utils", "io_utils"}
 
 
 def private_keras_uses(source: str) -> list[str]:
@@ -79,6 +79,8 @@ def private_keras_uses(source: str) -> list[str]:
         "schedule = optimizer._learning_rate",
         "count = optimizer._iterations",
         "generators = layer._seed_generators",
+        "from keras.src.utils import io_utils",
+        "io_utils.print_msg('Epoch 1')",
     ],
 )
 def test_the_scan_finds_private_keras_access(source):

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import keras
 
 from keras_ckpt import naming, processes, ranking, validation
 from keras_ckpt.callbacks._monitor import EVENT_PREFIX, batches_trained, log_learning_rates
-from keras_ckpt.keras_adapter import fit_callbacks
+from keras_ckpt.keras_adapter import fit_callbacks, print_message
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
 from keras_ckpt.snapshot import take_snapshot, write_now
@@ -81,7 +82,7 @@ class StoreCallback(keras.callbacks.Callback):
         """One short line when ``verbose``: "Epoch 3: BestCheckpoint saved ..."."""
         if getattr(self, "verbose", 0) and processes.is_writer():  # the process that saves
             where = "" if epoch is None else f"Epoch {epoch + 1}: "
-            print(f"\n{where}{type(self).__name__} {message}", flush=True)
+            print_message(f"\n{where}{type(self).__name__} {message}")
 
     def _settle(self, announce: bool = False) -> None:
         """Waits for the save in flight, and raises here what went wrong in the background.
@@ -134,6 +135,9 @@ class StoreCallback(keras.callbacks.Callback):
         else:
             write = snapshot.write
         step, run = self._step(), self._run or ""
+        # Where this thread's Keras messages go; Keras keeps it per thread, and ``then`` may
+        # print from the writer's.
+        interactive = keras.config.is_interactive_logging_enabled()
 
         def job() -> None:
             try:
@@ -153,7 +157,8 @@ class StoreCallback(keras.callbacks.Callback):
                 if snapshot is not None:
                     snapshot.discard()
             if then is not None:
-                then(record)
+                with _interactive_logging(interactive):
+                    then(record)
 
         if self.async_save and snapshot is not None:
             WRITER.submit(job, on_error=self._write_errors.append)
@@ -274,3 +279,25 @@ class StoreCallback(keras.callbacks.Callback):
         """This run's checkpoints that this callback keeps, oldest first."""
         WRITER.wait()  # as committed, with the save in flight
         return [r for r in store.records() if r.run == self._run and self.keeper in r.kept_by]
+
+
+@contextlib.contextmanager
+def _interactive_logging(enabled: bool) -> Iterator[None]:
+    """Keras's messages go to stdout (``enabled``) or to logging, in this thread, for a while:
+    ``keras.config.disable_interactive_logging()`` holds only in the thread that called it."""
+    before = keras.config.is_interactive_logging_enabled()
+    if before == enabled:
+        yield
+        return
+    _set_interactive_logging(enabled)
+    try:
+        yield
+    finally:
+        _set_interactive_logging(before)
+
+
+def _set_interactive_logging(enabled: bool) -> None:
+    if enabled:
+        keras.config.enable_interactive_logging()
+    else:
+        keras.config.disable_interactive_logging()

@@ -97,6 +97,15 @@ class LazyMode:
         self._resolved_mode = None
 
 
+def set_keras_monitor_attributes(callback: Any, mode: str) -> None:
+    """Gives a drop-in callback whose mode is settled to ``mode`` the public attributes Keras's
+    ``MonitorCallback`` has then: ``monitor_op`` is ``keras.ops.less`` or ``keras.ops.greater``,
+    and ``min_delta`` is negative when lower is better (Keras subtracts it from the value before
+    comparing). The callback's own decisions use ``abs(min_delta)``."""
+    callback.monitor_op = keras.ops.less if mode == "min" else keras.ops.greater
+    callback.min_delta = -abs(callback.min_delta) if mode == "min" else abs(callback.min_delta)
+
+
 def batches_trained(model: keras.Model | None) -> int:
     """Training batches the model's optimizer has seen (not updates: with gradient
     accumulation these differ)."""

@@ -73,6 +73,19 @@ class BackupAndRestore(ResumeFromLatest):
         self.backup_dir = backup_dir
         self.double_checkpoint = double_checkpoint
         self.delete_checkpoint = delete_checkpoint
+        # Keras's attribute, which code and Keras's own tests read: the epochs completed, i.e.
+        # the 0-based epoch a restore continues at.
+        self._current_epoch = 0
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        # Restored from the checkpoint (Keras's counter is not, which is its bug).
+        resumed = self.resumed_from
+        self._current_epoch = 0 if resumed is None else int((resumed.state or {})["epoch"])
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_epoch_end(epoch, logs)
+        self._current_epoch = epoch + 1
 
     def _save_schedule(self, save_freq: Any) -> tuple[int | None, bool]:
         """Keras's values: ``"epoch"`` saves at epoch ends, an integer every this many batches

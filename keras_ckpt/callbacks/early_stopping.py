@@ -8,8 +8,9 @@ from typing import Any
 import keras
 
 from keras_ckpt import decisions, validation
-from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
+from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics, set_keras_monitor_attributes
 from keras_ckpt.callbacks._state import Resumable
+from keras_ckpt.keras_adapter import print_message
 
 
 class EarlyStopping(LazyMode, Resumable, keras.callbacks.Callback):
@@ -70,7 +71,9 @@ class EarlyStopping(LazyMode, Resumable, keras.callbacks.Callback):
         mode = validation.keras_mode(type(self).__name__, mode)  # Keras warns, falls back
         self.monitor = monitor
         self.mode = mode
-        self.min_delta = abs(min_delta)
+        self.min_delta = abs(min_delta)  # negative once the mode is "min", as in Keras
+        # Keras's comparison (keras.ops.less or greater), set once the mode is settled.
+        self.monitor_op: Any = None
         self.patience = patience
         self.verbose = verbose
         self.baseline = baseline
@@ -113,12 +116,14 @@ class EarlyStopping(LazyMode, Resumable, keras.callbacks.Callback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._end_training()
         if self.stopped_epoch > 0 and self.verbose > 0:
-            print(f"Epoch {self.stopped_epoch + 1}: early stopping ({self.stopping_reason})")
+            print_message(
+                f"Epoch {self.stopped_epoch + 1}: early stopping ({self.stopping_reason})"
+            )
         if self._best_directory is not None:
             from keras_ckpt.loading import load_best
 
             if self.verbose > 0:
-                print(
+                print_message(
                     f"Restoring model weights from the best checkpoint in {self._best_directory}."
                 )
             load_best(self._best_directory, model=self.model)
@@ -136,7 +141,7 @@ class EarlyStopping(LazyMode, Resumable, keras.callbacks.Callback):
             )
         elif self.restore_best_weights is True and self.best_weights is not None:
             if self.verbose > 0:
-                print(
+                print_message(
                     "Restoring model weights from the end of the best epoch: "
                     f"{self.best_epoch + 1}."
                 )
@@ -155,9 +160,11 @@ class EarlyStopping(LazyMode, Resumable, keras.callbacks.Callback):
 
     def _rule(self) -> decisions.StoppingRule:
         # Built at every epoch from the attributes, which a user may change between fits.
+        mode = self._mode()
+        set_keras_monitor_attributes(self, mode)
         return decisions.StoppingRule(
-            mode=self._mode(),
-            min_delta=self.min_delta,
+            mode=mode,
+            min_delta=abs(self.min_delta),
             patience=self.patience,
             baseline=self.baseline,
             start_from_epoch=self.start_from_epoch,

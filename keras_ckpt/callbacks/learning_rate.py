@@ -18,10 +18,12 @@ from keras_ckpt.callbacks._monitor import (
     learning_rate_optimizers,
     log_learning_rates,
     plain_metrics,
+    set_keras_monitor_attributes,
 )
 from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.keras_adapter import (
     optimizer_schedule,
+    print_message,
     rebuild_train_function,
     set_optimizer_schedule,
 )
@@ -73,7 +75,9 @@ class ReduceLROnPlateau(LazyMode, Resumable, keras.callbacks.Callback):
         self.patience = patience
         self.verbose = verbose
         self.mode = mode
-        self.min_delta = abs(min_delta)
+        self.min_delta = abs(min_delta)  # negative once the mode is "min", as in Keras
+        # Keras's comparison (keras.ops.less or greater), set once the mode is settled.
+        self.monitor_op: Any = None
         self.cooldown = cooldown
         self.min_lr = min_lr
         self._reset()
@@ -95,9 +99,11 @@ class ReduceLROnPlateau(LazyMode, Resumable, keras.callbacks.Callback):
         self._set_state(decisions.PlateauState.from_state_dict(state))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        mode = self._mode()  # settled first, raising as Keras does if it cannot
+        set_keras_monitor_attributes(self, mode)
         rule = decisions.PlateauRule(
-            mode=self._mode(),  # settled first, raising as Keras does if it cannot
-            min_delta=self.min_delta,
+            mode=mode,
+            min_delta=abs(self.min_delta),
             patience=self.patience,
             cooldown=self.cooldown,
         )
@@ -149,7 +155,9 @@ class ReduceLROnPlateau(LazyMode, Resumable, keras.callbacks.Callback):
             optimizer.learning_rate = new
         if self.verbose > 0:
             name = "" if len(learning_rate_optimizers(self.model)) == 1 else f" {optimizer.name}"
-            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing{name} learning rate to {new}.")
+            print_message(
+                f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing{name} learning rate to {new}."
+            )
         return True
 
     def state_dict(self) -> dict[str, Any]:
@@ -172,7 +180,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
     - The learning rate is written into the epoch's ``logs`` (``learning_rate``), so History,
       CSVLogger and TensorBoard show it.
     - An optimizer whose learning rate is itself a schedule is a clear error at the start of
-      training, instead of Keras's ``TypeError`` mid-way.
+      training, instead of Keras's ``TypeError`` mid-way (it is still a ``TypeError``).
 
     Args:
         schedule: ``epoch -> rate``, ``(epoch, rate) -> rate``, or with ``per="step"``
@@ -182,7 +190,9 @@ class LearningRateScheduler(keras.callbacks.Callback):
 
     Raises:
         ValueError: If ``schedule`` is not callable (or is a class; the error is also the
-            ``TypeError`` Keras raises when it calls it) or ``per`` is unknown.
+            ``TypeError`` Keras raises when it calls it) or ``per`` is unknown; at the start of
+            training, if the optimizer's learning rate is a ``LearningRateSchedule`` (also the
+            ``TypeError`` Keras raises).
 
     Example:
         >>> import keras_ckpt
@@ -208,10 +218,14 @@ class LearningRateScheduler(keras.callbacks.Callback):
                 raise ValueError('Optimizer must have a "learning_rate" attribute.')
             schedule = optimizer_schedule(optimizer)
             if isinstance(schedule, Schedule):
-                raise ValueError(
+                # Keras raises TypeError here (when it sets the rate); this is one too, and
+                # quotes Keras's sentence, which code may match.
+                raise validation.ArgumentTypeError(
                     "LearningRateScheduler cannot set the learning rate of an optimizer created "
-                    "with a LearningRateSchedule; pass the schedule to LearningRateScheduler and "
-                    "a float learning rate to the optimizer. "
+                    "with a LearningRateSchedule: This optimizer was created with a "
+                    "`LearningRateSchedule` object as its `learning_rate` constructor argument, "
+                    "hence its learning rate is not settable. Pass the schedule to "
+                    "LearningRateScheduler and a float learning rate to the optimizer. "
                     f"Received: learning_rate={schedule!r}"
                 )
 
@@ -226,7 +240,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
                 name = (
                     "" if len(learning_rate_optimizers(self.model)) == 1 else f" {optimizer.name}"
                 )
-                print(
+                print_message(
                     f"\nEpoch {epoch + 1}: LearningRateScheduler setting{name} learning rate "
                     f"to {rate}."
                 )

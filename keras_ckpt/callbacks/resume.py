@@ -23,7 +23,12 @@ from keras_ckpt.callbacks._training_state import (
     newest_resumable,
     restore_history,
 )
-from keras_ckpt.keras_adapter import clear_fit_start_epoch, fit_callbacks, set_fit_start_epoch
+from keras_ckpt.keras_adapter import (
+    clear_fit_start_epoch,
+    fit_callbacks,
+    print_message,
+    set_fit_start_epoch,
+)
 from keras_ckpt.policies import KeepLatest
 from keras_ckpt.processes import agree_on_save, is_writer
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
@@ -313,7 +318,7 @@ class ResumeFromLatest(StoreCallback):
         finished = state.get("finished")
         if finished is not None and epochs is not None and epochs <= finished:
             if is_writer():
-                print(
+                print_message(
                     f"ResumeFromLatest: training in {self.directory} already finished "
                     f"({epoch} epochs); restored the final weights and not training again."
                 )
