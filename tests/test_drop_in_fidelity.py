@@ -144,6 +144,9 @@ def test_messages_go_where_keras_s_go(keras_output_to_logging, capsys, tmp_path)
         keras_ckpt.LearningRateScheduler(lambda epoch: 0.05, verbose=1),
         keras_ckpt.ReduceLROnPlateau(monitor="loss", patience=0, mode="max", verbose=1),
         keras_ckpt.ResumeFromLatest(tmp_path, verbose=1),
+        keras_ckpt.ModelCheckpoint(
+            str(tmp_path / "model.keras"), monitor="loss", save_best_only=True, verbose=1
+        ),
         stop,
     ]
     model.fit(x, y, epochs=3, verbose=0, callbacks=callbacks)
@@ -152,6 +155,8 @@ def test_messages_go_where_keras_s_go(keras_output_to_logging, capsys, tmp_path)
         "Epoch 1: LearningRateScheduler setting learning rate to 0.05.",
         "ReduceLROnPlateau reducing learning rate to",
         "ResumeFromLatest saved",
+        "Epoch 1: loss improved from None to",
+        "finished saving model to",
         f"Epoch {stop.stopped_epoch + 1}: early stopping (patience)",
         "Restoring model weights from the end of the best epoch: 1.",
     ):

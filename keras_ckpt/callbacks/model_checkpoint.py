@@ -15,6 +15,7 @@ from keras_ckpt.callbacks._base import StoreCallback
 from keras_ckpt.callbacks._batches import enable_batch_hook
 from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
 from keras_ckpt.callbacks._state import Resumable
+from keras_ckpt.keras_adapter import print_message
 from keras_ckpt.policies import KeepBest
 from keras_ckpt.records import CheckpointRecord
 from keras_ckpt.store import Store
@@ -272,7 +273,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         def tidy(record: CheckpointRecord) -> None:
             store.release(self.keeper, dropped)
             if self.verbose > 0:
-                print(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
+                print_message(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 
         self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics, then=tidy)
         self._has_saved = True
@@ -293,7 +294,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
     ) -> bool:
         if not (self.save_best_only or self.save_top_k is not None):
             if self.verbose > 0:
-                print(f"\nEpoch {epoch + 1}: saving model to {filepath}")
+                print_message(f"\nEpoch {epoch + 1}: saving model to {filepath}")
             return True
         current = logs.get(self.monitor)
         if current is None:
@@ -325,12 +326,14 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         if self.verbose > 0:
             best_text = "None" if self.best is None else f"{self.best:.5f}"
             if improved:
-                print(
+                print_message(
                     f"\nEpoch {epoch + 1}: {self.monitor} improved from {best_text} to "
                     f"{value:.5f}, saving model to {filepath}"
                 )
             else:
-                print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best_text}")
+                print_message(
+                    f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best_text}"
+                )
         if new_best:
             self.best = value
         return improved
