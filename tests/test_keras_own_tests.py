@@ -25,6 +25,7 @@ import keras
 import pytest
 
 import keras_ckpt
+from keras_ckpt.writer import WRITER
 
 KERAS_TESTS = pathlib.Path(keras.__file__).parent / "src" / "callbacks"
 TEST_FILES = [
@@ -188,11 +189,15 @@ class Interrupt(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.batches = None if self.batches is None else self.batches - 1
         if self.batches == 0:
+            WRITER.wait()
             raise RuntimeError("interrupted")
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs = None if self.epochs is None else self.epochs - 1
         if self.epochs == 0:
+            # A crash skips on_train_end: let the save in flight land first, as the writer
+            # thread would before the interpreter exits, so the directory is the same each time.
+            WRITER.wait()
             raise RuntimeError("interrupted")
 
 
