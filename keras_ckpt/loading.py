@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import zipfile
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from keras_ckpt import validation
+from keras_ckpt import processes, validation
 from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, LATEST_ALIAS, CheckpointRecord
-from keras_ckpt.store import check_regular_file, read_committed, verify
+from keras_ckpt.store import (
+    CheckpointCorruptedError,
+    check_regular_file,
+    open_regular,
+    read_committed,
+    verify,
+)
 from keras_ckpt.validation import boolean
 
 if TYPE_CHECKING:
@@ -83,14 +93,32 @@ def load_best(
             name -> class or function, for custom layers, losses and metrics that are not
             registered with ``keras.saving.register_keras_serializable``.
 
+    Under ``safe_mode=True`` the archive's ``config.json`` is read first, and a checkpoint
+    whose config names a module outside Keras (``keras``, ``keras_hub``, ``keras_cv``,
+    ``keras_nlp``) for an object that is neither in ``custom_objects`` nor registered is
+    refused before Keras sees it: Keras before 3.9 imports any module a config names, even in
+    safe mode (CVE-2025-1550), and importing a module runs its code.
+
+    In a run of several processes (JAX's ``keras.distribution.initialize``), a whole-model
+    checkpoint is built outside the distribution, on this process's own device: any one
+    process may load it (``if jax.process_index() == 0: load_best(directory)``), and gets a
+    plain model, as for exporting or evaluating. Building it under the distribution would be a
+    collective that the other processes never join. The same holds for a ``model`` whose
+    variables are all on this process's devices (one built with the distribution unset). A
+    ``model`` built under the distribution spans every process: loading into it is a
+    collective, so every process must call the loader at the same point (as
+    ``EarlyStopping(restore_best_weights=<BestCheckpoint>)`` does).
+
     Returns:
         The loaded model.
 
     Raises:
         FileNotFoundError: If the directory has no best checkpoint.
-        keras_ckpt.CheckpointCorruptedError: If the file does not match its manifest entry.
+        keras_ckpt.CheckpointCorruptedError: If the file does not match its manifest entry,
+            or a whole-model file is not a ``.keras`` archive with a readable ``config.json``.
         ValueError: If the best checkpoint holds weights only and no ``model`` is given, if
-            ``safe_mode`` is not a bool or ``custom_objects`` is not a dict or None, or when
+            ``safe_mode`` is not a bool or ``custom_objects`` is not a dict or None, when the
+            config names a module outside Keras under ``safe_mode=True`` (see above), or when
             Keras refuses the model (a ``Lambda`` layer under ``safe_mode=True``, say).
 
     Example:
@@ -148,11 +176,13 @@ def load_checkpoint(
             the default ``True`` unless you trust the file (see ``load_best``).
         custom_objects: For a whole-model checkpoint, passed to ``keras.saving.load_model``.
 
+    Modules named in the config and several processes: as for ``load_best``.
+
     Returns:
         The loaded model.
 
     Raises:
-        keras_ckpt.CheckpointCorruptedError: If the file does not match its manifest entry.
+        keras_ckpt.CheckpointCorruptedError: As for ``load_best``.
         ValueError: As for ``load_best``.
     """
     import keras
@@ -168,10 +198,17 @@ def load_checkpoint(
                 f"The checkpoint {record.path} holds weights only; pass the model to load "
                 "them into, e.g. load_best(directory, model=model)."
             )
-        return keras.saving.load_model(
-            record.path, custom_objects=custom_objects, safe_mode=safe_mode
-        )
-    load_weights(model, record.path)
+        if safe_mode:
+            check_config_modules(record.path, custom_objects)
+        with _outside_distribution():
+            return keras.saving.load_model(
+                record.path, custom_objects=custom_objects, safe_mode=safe_mode
+            )
+    if _spans_other_processes(model):
+        load_weights(model, record.path)  # a collective: every process loads together
+    else:
+        with _outside_distribution():  # the optimizer's variables, if built, stay local too
+            load_weights(model, record.path)
     return model
 
 
@@ -201,3 +238,158 @@ def _check_load_options(safe_mode: Any, custom_objects: Any) -> None:
             "Argument `custom_objects` must be a dict (name -> class or function) or None. "
             f"Received: custom_objects={custom_objects!r}"
         )
+
+
+# Several processes ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _outside_distribution() -> Iterator[None]:
+    """Runs the body with no ``keras.distribution`` set, in a run of several processes.
+
+    Variables created under a distribution that spans several processes are laid out over all
+    their devices, which is a collective: on one process alone it never returns. Keras keeps
+    the distribution per thread, so unsetting it here leaves other threads alone. With one
+    process nothing changes (a distribution over its own devices is no collective).
+    """
+    import keras
+
+    current = keras.distribution.distribution()
+    if current is None or processes.process_count() == 1:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(current)
+
+
+def _spans_other_processes(model: keras.Model) -> bool:
+    """Whether some variable of ``model`` lives partly on another process's devices (a JAX
+    array that is not fully addressable): assigning to it is then a collective."""
+    if processes.process_count() == 1:
+        return False
+    return any(
+        not getattr(variable.value, "is_fully_addressable", True) for variable in model.variables
+    )
+
+
+# Modules named in a .keras config ------------------------------------------------------------
+
+KERAS_PACKAGES = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp"})
+"""The packages whose modules a config may name: those Keras 3.9+ itself imports from."""
+
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+"""The largest ``config.json`` read from an archive (a model's config is kilobytes)."""
+
+_CONFIG_NAME = "config.json"  # saving_lib._CONFIG_FILENAME, in every Keras 3 release
+
+
+def check_config_modules(path: str, custom_objects: dict[str, Any] | None = None) -> None:
+    """Refuses a ``.keras`` archive whose ``config.json`` names a module outside Keras.
+
+    Keras before 3.9 imports every module a config names (``"module": "x"``) to find a class
+    or function there, even with ``safe_mode=True`` (CVE-2025-1550), and importing runs the
+    module's code. An object Keras finds without importing (one in ``custom_objects``, in a
+    ``keras.saving.custom_object_scope`` or registered with
+    ``keras.saving.register_keras_serializable``, under the name Keras looks up) is allowed
+    wherever its module is; so are modules of ``keras``, ``keras_hub``,
+    ``keras_cv`` and ``keras_nlp`` (those Keras 3.9+ allows) and ``builtins`` (always
+    imported). The check runs with every Keras version, so the refusal is the same
+    everywhere.
+
+    Args:
+        path: The ``.keras`` file (a regular file; links are refused).
+        custom_objects: As passed to ``keras.saving.load_model``.
+
+    Raises:
+        ValueError: Naming the checkpoint and the module, if one is refused.
+        keras_ckpt.CheckpointCorruptedError: If the file is not a zip archive with a
+            ``config.json`` of at most ``MAX_CONFIG_BYTES`` bytes holding JSON.
+    """
+    config = _read_config(path)
+    for entry in _serialized_objects(config):
+        module = entry.get("module")
+        if module is None or module == "":
+            continue
+        if not isinstance(module, str):
+            raise ValueError(
+                f"The checkpoint {path} is refused: its config.json has a `module` that is not "
+                f"a string ({module!r})."
+            )
+        if module == "builtins" or module.split(".", 1)[0] in KERAS_PACKAGES:
+            continue
+        if _found_without_import(entry, custom_objects):
+            continue
+        name = entry.get("class_name")
+        raise ValueError(
+            f"The checkpoint {path} is refused: its config.json names the module {module!r} "
+            f"(for {name!r}), which is not part of Keras, and {name!r} is neither in "
+            "`custom_objects` nor registered with keras.saving.register_keras_serializable. "
+            "Loading it could import that module and run its code (Keras before 3.9 does so "
+            "even with safe_mode=True). Pass the class in `custom_objects` or register it "
+            "if you trust it."
+        )
+
+
+def _read_config(path: str) -> Any:
+    """The parsed ``config.json`` of the archive at ``path``, read within the size limit."""
+    with os.fdopen(open_regular(path), "rb") as file:
+        try:
+            with zipfile.ZipFile(file) as archive:
+                info = archive.getinfo(_CONFIG_NAME)
+                if info.file_size > MAX_CONFIG_BYTES:
+                    raise CheckpointCorruptedError(
+                        f"Checkpoint {path}: its {_CONFIG_NAME} is {info.file_size} bytes, over "
+                        f"the {MAX_CONFIG_BYTES} keras_ckpt reads."
+                    )
+                with archive.open(info) as member:
+                    raw = member.read(MAX_CONFIG_BYTES + 1)  # the size in the header may lie
+        except (zipfile.BadZipFile, KeyError, NotImplementedError, OSError, EOFError) as error:
+            raise CheckpointCorruptedError(
+                f"Checkpoint {path} is not a .keras archive with a readable {_CONFIG_NAME} "
+                f"({type(error).__name__}: {error})."
+            ) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise CheckpointCorruptedError(
+            f"Checkpoint {path}: its {_CONFIG_NAME} is over the {MAX_CONFIG_BYTES} bytes "
+            "keras_ckpt reads."
+        )
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise CheckpointCorruptedError(
+            f"Checkpoint {path}: its {_CONFIG_NAME} is not valid JSON ({type(error).__name__})."
+        ) from None
+
+
+def _serialized_objects(config: Any) -> Iterator[dict[str, Any]]:
+    """Every dict in ``config`` that names a module, however deeply nested (no recursion:
+    the depth is the archive's to choose)."""
+    pending = [config]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            if "module" in value:
+                yield value
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+
+
+def _found_without_import(entry: dict[str, Any], custom_objects: dict[str, Any] | None) -> bool:
+    """Whether Keras finds the object of ``entry`` among custom or registered objects, which
+    it looks up before importing anything, under the one name Keras looks up: a function's
+    name (``config``), else the registered name (the class name where the key is absent)."""
+    import keras
+
+    class_name = entry.get("class_name")
+    if class_name == "function":
+        name = entry.get("config")
+    else:
+        name = entry.get("registered_name", class_name)
+    return (
+        isinstance(name, str)
+        and keras.saving.get_registered_object(name, custom_objects=custom_objects) is not None
+    )

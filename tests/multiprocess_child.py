@@ -9,10 +9,12 @@ Usage: python multiprocess_child.py PROCESS_ID PORT DIRECTORY MODE
         "twice": fit(epochs=2), then fit(epochs=4) continues it; process 0 commits slowly;
         "signal": the same, and process 1 sends itself SIGTERM before batch 6;
         "stop": the same with EarlyStopping(patience=1) that no epoch after the first improves;
-        "unshared": "train", but process 1 uses DIRECTORY-elsewhere (no shared file system).
+        "unshared": "train", but process 1 uses DIRECTORY-elsewhere (no shared file system);
+        "load": "train", then process 0 alone loads the best and the latest whole models and
+        the last resume checkpoint's weights into a model built outside the distribution.
 Prints one line "report=<JSON>": commits per callback, calls that changed something under
-DIRECTORY, epochs trained, the checkpoint resumed from, the sum of the weights' magnitudes, and
-History's checkpoint events and learning rates.
+DIRECTORY, epochs trained, the checkpoint resumed from, the sum of the weights' magnitudes,
+History's checkpoint events and learning rates, and (mode "load", process 0) what was loaded.
 """
 
 import builtins
@@ -43,9 +45,8 @@ from keras_ckpt.schedules import WarmupCosine  # noqa: E402
 keras.distribution.initialize(
     job_addresses=f"127.0.0.1:{port}", num_processes=2, process_id=process_id
 )
-keras.distribution.set_distribution(
-    keras.distribution.DataParallel(devices=jax.devices(), auto_shard_dataset=False)
-)
+distribution = keras.distribution.DataParallel(devices=jax.devices(), auto_shard_dataset=False)
+keras.distribution.set_distribution(distribution)
 
 commits = collections.Counter()
 original_commit = store.CheckpointStore.commit
@@ -157,7 +158,31 @@ logged = {
     for key, values in history.history.items()
     if key.startswith("ckpt/") or key == "learning_rate"
 }
+loaded = {}
+if mode == "load" and process_id == 0:
+    # What a user writes after training: only process 0 loads. Building a model under the
+    # distribution would be a collective process 1 never joins.
+    models = {
+        "best": keras_ckpt.load_best(os.path.join(directory, "best")),
+        "latest": keras_ckpt.load_latest(os.path.join(directory, "interval")),
+    }
+    keras.distribution.set_distribution(None)  # a model of this process alone
+    local = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+    local.compile(optimizer="adam", loss="mse")
+    keras.distribution.set_distribution(distribution)
+    last = keras_ckpt.list_checkpoints(os.path.join(directory, "resume"))[-1]
+    models["resume"] = keras_ckpt.load_checkpoint(last, local)
+    loaded = {
+        key: {
+            "weights": [w.tolist() for w in loaded_model.get_weights()],
+            "iterations": int(loaded_model.optimizer.iterations),
+            "local": all(v.value.is_fully_addressable for v in loaded_model.variables),
+        }
+        for key, loaded_model in models.items()
+    }
+    assert keras.distribution.distribution() is distribution  # set again after each load
 report = {
+    "loaded": loaded,
     "commits": dict(commits),
     "changes": changes[0],
     "epochs": history.epoch,

@@ -1,6 +1,11 @@
 """load_best, load_latest and load_checkpoint: safe_mode and custom_objects reach Keras."""
 
+import hashlib
+import io
+import json
 import re
+import uuid
+import zipfile
 
 import keras
 import numpy as np
@@ -8,6 +13,8 @@ import pytest
 from keras.src.utils import python_utils
 
 import keras_ckpt
+from keras_ckpt import loading
+from keras_ckpt.store import MANIFEST_NAME, CheckpointCorruptedError
 
 
 class Doubler(keras.layers.Layer):
@@ -81,7 +88,8 @@ def test_a_lambda_checkpoint_loads_with_safe_mode_false(lambda_directory, data, 
 def test_a_custom_layer_loads_with_custom_objects(tmp_path, data):
     x, _ = data
     train_best(tmp_path, data, Doubler(name="doubler"))
-    with pytest.raises(TypeError, match="Doubler"):
+    # keras_ckpt refuses the unknown module (test_loading) before Keras could import it.
+    with pytest.raises(ValueError, match="module 'test_loading' .*'Doubler'"):
         keras_ckpt.load_best(tmp_path)
     model = keras_ckpt.load_best(tmp_path, custom_objects={"Doubler": Doubler})
     assert isinstance(model.get_layer("doubler"), Doubler)
@@ -108,3 +116,182 @@ def test_load_options_are_checked_before_anything_is_read(tmp_path, loader, kwar
     target = tmp_path / "missing" if loader != "load_checkpoint" else None
     with pytest.raises(ValueError, match=re.escape(message)):
         getattr(keras_ckpt, loader)(target, **kwargs)
+
+
+# Modules named in config.json (Keras before 3.9 imports them even with safe_mode=True) ------
+
+
+@keras.saving.register_keras_serializable(package="keras_ckpt_tests")
+class Tripler(keras.layers.Layer):
+    """A custom layer registered with Keras: found by its registered name, nothing imported."""
+
+    def call(self, inputs):
+        return inputs * 3
+
+
+def rewrite_config(record, change):
+    """Rewrites the checkpoint's config.json with ``change(config)`` in place (the ``best``
+    hard link sees it too) and records the new size and SHA-256 in the manifest, as a hostile
+    directory would be made."""
+    with zipfile.ZipFile(record.path) as original:
+        members = {info.filename: original.read(info) for info in original.infolist()}
+    config = json.loads(members["config.json"])
+    change(config)
+    members["config.json"] = json.dumps(config).encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    raw = buffer.getvalue()
+    with open(record.path, "wb") as file:
+        file.write(raw)
+    manifest_path = f"{record.path.rsplit('/', 1)[0]}/{MANIFEST_NAME}"
+    with open(manifest_path) as file:
+        manifest = json.load(file)
+    for entry in manifest["checkpoints"]:
+        if entry["file"] == record.filename:
+            entry["size"], entry["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
+    with open(manifest_path, "w") as file:
+        json.dump(manifest, file)
+
+
+@pytest.fixture
+def planted_module(tmp_path, monkeypatch):
+    """A module on sys.path that creates a marker file when imported: (name, marker)."""
+    name = f"keras_ckpt_planted_{uuid.uuid4().hex}"
+    marker = tmp_path / "imported"
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / f"{name}.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "import keras\n\n\n"
+        "class Doubler(keras.layers.Layer):\n"
+        "    def call(self, inputs):\n"
+        "        return inputs * 2\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
+    return name, marker
+
+
+def point_at(module, registered_name=None):
+    """A config change: the Doubler layer's entry names ``module``."""
+
+    def change(config):
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "Doubler":
+                layer["module"] = module
+                if registered_name is not None:
+                    layer["registered_name"] = registered_name
+
+    return change
+
+
+@pytest.mark.parametrize("loader", ["load_best", "load_checkpoint"])
+def test_a_config_naming_a_module_outside_keras_is_refused_before_it_is_imported(
+    tmp_path, data, planted_module, loader
+):
+    name, marker = planted_module
+    directory = tmp_path / "run"
+    train_best(directory, data, Doubler(name="doubler"))
+    record = keras_ckpt.best_checkpoint(directory)
+    rewrite_config(record, point_at(name))
+    target = directory if loader == "load_best" else keras_ckpt.best_checkpoint(directory)
+    with pytest.raises(ValueError, match=f"{re.escape(record.path)}.*module '{name}'"):
+        getattr(keras_ckpt, loader)(target)
+    # custom_objects under another name does not make the module trusted.
+    with pytest.raises(ValueError, match=f"module '{name}'"):
+        getattr(keras_ckpt, loader)(target, custom_objects={"Tripler": Tripler})
+    assert not marker.exists()  # the module's code never ran
+    # With the class given, Keras finds it without importing anything: the model loads.
+    model = getattr(keras_ckpt, loader)(target, custom_objects={"Doubler": Doubler})
+    assert isinstance(model.get_layer("doubler"), Doubler)
+    assert not marker.exists()
+
+
+def test_a_registered_name_is_looked_up_as_keras_looks_it_up(tmp_path, data, planted_module):
+    # The class name is in custom_objects but the entry's registered name is not: Keras (before
+    # 3.9) looks up only the registered name, misses, and imports the module. So it is refused.
+    name, marker = planted_module
+    train_best(tmp_path, data, Doubler(name="doubler"))
+    rewrite_config(keras_ckpt.best_checkpoint(tmp_path), point_at(name, "elsewhere>Doubler"))
+    with pytest.raises(ValueError, match=f"module '{name}'"):
+        keras_ckpt.load_best(tmp_path, custom_objects={"Doubler": Doubler})
+    assert not marker.exists()
+
+
+def test_plain_and_registered_custom_checkpoints_still_load(tmp_path, data):
+    x, _ = data
+    train_best(tmp_path / "plain", data, keras.layers.Dense(1, name="second"))
+    plain = keras_ckpt.load_best(tmp_path / "plain")
+    assert plain.get_layer("second") is not None
+    train_best(tmp_path / "registered", data, Tripler(name="tripler"))
+    model = keras_ckpt.load_best(tmp_path / "registered")  # no custom_objects: registered
+    assert isinstance(model.get_layer("tripler"), Tripler)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0),
+        3 * keras.ops.convert_to_numpy(model.get_layer("dense")(x)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def write_archive(path, config, size=None):
+    """A .keras-like archive holding only ``config`` as config.json."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config) if size is None else "x" * size)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "entry, refused",
+    [
+        ({"module": "keras.layers", "class_name": "Dense"}, None),
+        ({"module": "keras_hub.models", "class_name": "Backbone"}, None),
+        ({"module": "builtins", "class_name": "function", "config": "relu"}, None),
+        ({"module": None, "class_name": "Dense"}, None),
+        ({"module": "os", "class_name": "function", "config": "system"}, "'os'"),
+        ({"module": "kerasx.layers", "class_name": "Dense"}, "'kerasx.layers'"),
+        ({"module": "subprocess", "class_name": "Popen", "registered_name": None}, "subprocess"),
+        ({"module": ["os"], "class_name": "Dense"}, "not a string"),
+        # A registered object is found by Keras before any import, wherever its module is.
+        (
+            {
+                "module": "elsewhere",
+                "class_name": "X",
+                "registered_name": "keras_ckpt_tests>Tripler",
+            },
+            None,
+        ),
+    ],
+)
+def test_every_module_in_the_config_is_checked(tmp_path, entry, refused):
+    # Nested deeply: every level is searched.
+    layers = json.dumps({"class_name": "Sequential", "config": {"layers": [entry]}})
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", '{"inner": [' * 300 + layers + "]}" * 300)
+    path = str(path)
+    if refused is None:
+        loading.check_config_modules(path)
+    else:
+        with pytest.raises(ValueError, match=re.escape(refused)):
+            loading.check_config_modules(path)
+
+
+def test_an_archive_that_cannot_be_checked_is_refused(tmp_path, monkeypatch):
+    not_zip = tmp_path / "not.keras"
+    not_zip.write_bytes(b"PK but not a zip")
+    with pytest.raises(CheckpointCorruptedError, match="not a .keras archive"):
+        loading.check_config_modules(str(not_zip))
+    with zipfile.ZipFile(tmp_path / "empty.keras", "w") as archive:
+        archive.writestr("metadata.json", "{}")
+    with pytest.raises(CheckpointCorruptedError, match="readable config.json"):
+        loading.check_config_modules(str(tmp_path / "empty.keras"))
+    monkeypatch.setattr(loading, "MAX_CONFIG_BYTES", 100)
+    with pytest.raises(CheckpointCorruptedError, match="over the 100"):
+        loading.check_config_modules(write_archive(tmp_path / "big.keras", None, size=101))
+    bad_json = write_archive(tmp_path / "bad.keras", None, size=10)
+    with pytest.raises(CheckpointCorruptedError, match="not valid JSON"):
+        loading.check_config_modules(bad_json)
+    (tmp_path / "link.keras").symlink_to(bad_json)
+    with pytest.raises(CheckpointCorruptedError, match="symbolic link"):
+        loading.check_config_modules(str(tmp_path / "link.keras"))

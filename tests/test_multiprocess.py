@@ -187,3 +187,29 @@ def test_a_directory_one_process_cannot_open_or_sees_otherwise_fails_every_proce
         "resume-epoch0001-step00000004.weights.h5",
         keras_ckpt.store.MANIFEST_NAME,
     }
+
+
+@pytest.mark.slow
+def test_process_0_alone_loads_what_the_pair_wrote(tmp_path):
+    # After training under a two-process distribution, process 0 alone calls the loaders (the
+    # natural `if jax.process_index() == 0: load_best(directory)`). Each returns a plain model
+    # on process 0's device whose weights are the checkpoint's. Before, building the model
+    # was a collective process 1 never joined: process 0 hung (killed at launch_pair's
+    # deadline, which fails the test).
+    [chief, other] = run_pair(tmp_path, "load")
+    assert other["loaded"] == {}
+    expected = {
+        "best": keras.saving.load_model(keras_ckpt.best_checkpoint(tmp_path / "best").path),
+        "latest": keras.saving.load_model(keras_ckpt.latest_checkpoint(tmp_path / "interval").path),
+    }
+    local = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+    local.compile(optimizer="adam", loss="mse")
+    last = keras_ckpt.list_checkpoints(tmp_path / "resume")[-1]
+    expected["resume"] = keras_ckpt.load_checkpoint(last, local)
+    assert sorted(chief["loaded"]) == sorted(expected)
+    for key, model in expected.items():
+        loaded = chief["loaded"][key]
+        assert loaded["local"], key
+        assert loaded["iterations"] == int(model.optimizer.iterations) > 0, key
+        for got, want in zip(loaded["weights"], model.get_weights(), strict=True):
+            np.testing.assert_array_equal(np.asarray(got, dtype="float32"), want, err_msg=key)
