@@ -286,8 +286,15 @@ MAX_CONFIG_BYTES = 64 * 1024 * 1024
 _CONFIG_NAME = "config.json"  # saving_lib._CONFIG_FILENAME, in every Keras 3 release
 
 
+class UnknownModuleError(ValueError, TypeError):
+    """A checkpoint's configuration names a module outside Keras for an object that is neither
+    in ``custom_objects`` nor registered. A ``ValueError`` (keras_ckpt refuses the file) and a
+    ``TypeError``, the class of Keras's own error for an object it cannot find."""
+
+
 def check_config_modules(path: str, custom_objects: dict[str, Any] | None = None) -> None:
-    """Refuses a ``.keras`` archive whose ``config.json`` names a module outside Keras.
+    """Refuses a ``.keras`` archive whose ``config.json`` names a module outside Keras (or a
+    legacy HDF5 model whose ``model_config`` does, or that holds a ``Lambda`` layer).
 
     Keras before 3.9 imports every module a config names (``"module": "x"``) to find a class
     or function there, even with ``safe_mode=True`` (CVE-2025-1550), and importing runs the
@@ -304,11 +311,16 @@ def check_config_modules(path: str, custom_objects: dict[str, Any] | None = None
         custom_objects: As passed to ``keras.saving.load_model``.
 
     Raises:
-        ValueError: Naming the checkpoint and the module, if one is refused.
+        UnknownModuleError: Naming the checkpoint and the module, if one is refused (a
+            ``ValueError``, and the ``TypeError`` Keras raises for an object it cannot find).
+        ValueError: If a ``module`` is not a string.
         keras_ckpt.CheckpointCorruptedError: If the file is not a zip archive with a
             ``config.json`` of at most ``MAX_CONFIG_BYTES`` bytes holding JSON.
     """
-    config = _read_config(path)
+    legacy = _is_hdf5(path)
+    config = _read_legacy_config(path) if legacy else _read_config(path)
+    if legacy:
+        _refuse_lambda(path, config)
     for entry in _serialized_objects(config):
         module = entry.get("module")
         if module is None or module == "":
@@ -323,7 +335,7 @@ def check_config_modules(path: str, custom_objects: dict[str, Any] | None = None
         if _found_without_import(entry, custom_objects):
             continue
         name = entry.get("class_name")
-        raise ValueError(
+        raise UnknownModuleError(
             f"The checkpoint {path} is refused: its config.json names the module {module!r} "
             f"(for {name!r}), which is not part of Keras, and {name!r} is neither in "
             "`custom_objects` nor registered with keras.saving.register_keras_serializable. "
@@ -331,6 +343,62 @@ def check_config_modules(path: str, custom_objects: dict[str, Any] | None = None
             "even with safe_mode=True). Pass the class in `custom_objects` or register it "
             "if you trust it."
         )
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5(path: str) -> bool:
+    """Whether ``path`` is an HDF5 file (a legacy ``.h5`` model) rather than a zip archive."""
+    with os.fdopen(open_regular(path), "rb") as file:
+        return file.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+
+
+def _read_legacy_config(path: str) -> Any:
+    """The parsed ``model_config`` of a legacy HDF5 model, read within the size limit."""
+    import h5py
+
+    with os.fdopen(open_regular(path), "rb") as file:
+        try:
+            with h5py.File(file, "r") as hdf5:
+                attribute = hdf5.attrs.get("model_config")
+        except (OSError, ValueError, KeyError) as error:
+            raise CheckpointCorruptedError(
+                f"Checkpoint {path} is not a legacy HDF5 model with a readable model_config "
+                f"({type(error).__name__}: {error})."
+            ) from None
+    if attribute is None:
+        raise CheckpointCorruptedError(f"Checkpoint {path} is an HDF5 file without a model.")
+    raw = attribute.encode() if isinstance(attribute, str) else bytes(attribute)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise CheckpointCorruptedError(
+            f"Checkpoint {path}: its model_config is over the {MAX_CONFIG_BYTES} bytes "
+            "keras_ckpt reads."
+        )
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise CheckpointCorruptedError(
+            f"Checkpoint {path}: its model_config is not valid JSON ({type(error).__name__})."
+        ) from None
+
+
+def _refuse_lambda(path: str, config: Any) -> None:
+    """Refuses a legacy HDF5 model with a ``Lambda`` layer: its function is saved as Python
+    bytecode, which building the model runs, and Keras's legacy loader has not always honoured
+    ``safe_mode``."""
+    pending = [config]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            if value.get("class_name") == "Lambda":
+                raise ValueError(
+                    f"The checkpoint {path} holds a Lambda layer, whose saved Python bytecode "
+                    "would run on loading. Pass safe_mode=False only for a checkpoint you trust."
+                )
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
 
 
 def _read_config(path: str) -> Any:

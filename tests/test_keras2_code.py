@@ -239,3 +239,32 @@ def test_extension_errors_name_the_legacy_extensions():
         ModelCheckpoint("a.ckpt", save_weights_only=True)
     with pytest.raises(ValueError, match=r"`\.keras`.*`\.h5` or `\.hdf5`.*filepath=a\.tf"):
         ModelCheckpoint("a.tf")
+
+
+def test_a_legacy_model_with_a_lambda_layer_loads_only_without_safe_mode(tmp_path):
+    # Its function is saved as Python bytecode, which building the model would run.
+    x, y = arrays(16, seed=2)
+    model = tiny_model(layer=keras.layers.Lambda(lambda t: t * 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        checkpoint = ModelCheckpoint(str(tmp_path / "model.h5"))
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[checkpoint])
+    [record] = keras_ckpt.list_checkpoints(tmp_path)
+    with pytest.raises(ValueError, match=r"model\.h5 holds a Lambda layer.*safe_mode=False"):
+        keras_ckpt.load_checkpoint(record)
+    loaded = keras_ckpt.load_checkpoint(record, safe_mode=False)
+    assert_weights_equal(loaded.get_weights(), model.get_weights())
+
+
+def test_a_damaged_legacy_model_is_reported_as_damaged(tmp_path):
+    x, y = arrays(16, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiny_model().fit(
+            x, y, epochs=1, verbose=0, callbacks=[ModelCheckpoint(str(tmp_path / "m.h5"))]
+        )
+    [record] = keras_ckpt.list_checkpoints(tmp_path)
+    with h5py.File(record.path, "r+") as file:
+        del file.attrs["model_config"]
+    with pytest.raises(keras_ckpt.CheckpointCorruptedError, match="without a model"):
+        keras_ckpt.load_checkpoint(record, verify_checksum=False)
