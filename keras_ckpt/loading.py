@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import zipfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from keras_ckpt import processes, validation
+from keras_ckpt import processes, ranking, validation
 from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, LATEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import (
     CheckpointCorruptedError,
@@ -41,7 +42,9 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointRecord
     return read_committed(path).records
 
 
-def _aliased(directory: str | os.PathLike[str], alias: str, writer: str) -> CheckpointRecord:
+def _aliased(
+    directory: str | os.PathLike[str], alias: str, writer: str, hint: str = ""
+) -> CheckpointRecord:
     path = os.path.abspath(validation.directory("directory", directory))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No checkpoint directory at {path}.")
@@ -49,17 +52,54 @@ def _aliased(directory: str | os.PathLike[str], alias: str, writer: str) -> Chec
     target = manifest.aliases.get(alias)
     record = None if target is None else manifest.find(target)
     if record is None:
-        raise FileNotFoundError(f"{path} has no {alias} checkpoint (no {writer} saved there).")
+        raise FileNotFoundError(
+            f"{path} has no {alias} checkpoint (no {writer} saved there){hint}."
+        )
     return record
 
 
-def best_checkpoint(directory: str | os.PathLike[str]) -> CheckpointRecord:
-    """The record the directory's ``best`` alias points at.
+def best_checkpoint(
+    directory: str | os.PathLike[str], monitor: str | None = None, mode: str = "auto"
+) -> CheckpointRecord:
+    """The best checkpoint of ``directory``: the one its ``best`` alias points at
+    (``BestCheckpoint`` keeps it), or with ``monitor`` the one with the best value of that metric
+    (for directories without the alias, such as ``ModelCheckpoint``'s).
+
+    Args:
+        directory: The checkpoint directory.
+        monitor: Rank the committed checkpoints by this metric instead of following the alias.
+            Checkpoints without it, or with a NaN, are never the best; ties go to the older.
+        mode: ``"min"``, ``"max"``, or ``"auto"`` (from the metric's name, as the callbacks do).
 
     Raises:
-        FileNotFoundError: If the directory has no best checkpoint.
+        FileNotFoundError: If the directory has no best checkpoint (no alias, or with
+            ``monitor`` no checkpoint with the metric).
+        ValueError: On a bad ``monitor`` or ``mode``, or ``mode="auto"`` for a metric whose
+            name does not tell whether higher is better.
     """
-    return _aliased(directory, BEST_ALIAS, "BestCheckpoint")
+    if monitor is None:
+        validation.one_of("mode", mode, ranking.MODES)
+        hint = "; pass `monitor` to pick the best checkpoint by a metric"
+        return _aliased(directory, BEST_ALIAS, "BestCheckpoint", hint)
+    validation.non_empty_str("monitor", monitor)
+    resolved = ranking.resolve_mode(monitor, validation.one_of("mode", mode, ranking.MODES))
+    if resolved is None:
+        raise ValueError(
+            f"Argument `mode` is 'auto', and the name {monitor!r} does not tell whether higher "
+            "is better. Pass mode='min' or mode='max'."
+        )
+    path = os.path.abspath(validation.directory("directory", directory))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"No checkpoint directory at {path}.")
+    candidates = [
+        record
+        for record in read_committed(path).records
+        if monitor in record.metrics and not math.isnan(record.metrics[monitor])
+    ]
+    if not candidates:
+        raise FileNotFoundError(f"{path} has no checkpoint with the metric {monitor!r}.")
+    order = ranking.ranked([record.metrics[monitor] for record in candidates], resolved)
+    return candidates[order[0]]
 
 
 def latest_checkpoint(directory: str | os.PathLike[str]) -> CheckpointRecord:
@@ -78,11 +118,15 @@ def load_best(
     verify_checksum: bool = True,
     safe_mode: bool = True,
     custom_objects: dict[str, Any] | None = None,
+    monitor: str | None = None,
+    mode: str = "auto",
 ) -> keras.Model:
-    """Loads the best checkpoint of ``directory`` (written by ``BestCheckpoint``).
+    """Loads the best checkpoint of ``directory`` (written by ``BestCheckpoint``, or by any
+    saving callback when ``monitor`` is given).
 
     Args:
-        directory: A directory written by ``BestCheckpoint``.
+        directory: A directory written by ``BestCheckpoint`` (its ``best`` alias), or with
+            ``monitor`` any checkpoint directory (``ModelCheckpoint``'s, for example).
         model: If given, the best weights are loaded into it (and it is returned); needed when
             the checkpoints hold weights only. A compiled model gets its optimizer state too.
         verify_checksum: Check the file against the SHA-256 in the manifest before loading.
@@ -92,6 +136,9 @@ def load_best(
         custom_objects: Passed to ``keras.saving.load_model`` for a whole-model checkpoint:
             name -> class or function, for custom layers, losses and metrics that are not
             registered with ``keras.saving.register_keras_serializable``.
+        monitor: Load the checkpoint with the best value of this metric instead of the one
+            the ``best`` alias names (see ``best_checkpoint``).
+        mode: ``"min"``, ``"max"`` or ``"auto"``, for ``monitor``.
 
     Under ``safe_mode=True`` the archive's ``config.json`` is read first, and a checkpoint
     whose config names a module outside Keras (``keras``, ``keras_hub``, ``keras_cv``,
@@ -126,7 +173,7 @@ def load_best(
     """
     _check_load_options(safe_mode, custom_objects)
     return load_checkpoint(
-        best_checkpoint(directory),
+        best_checkpoint(directory, monitor, mode),
         model,
         verify_checksum=verify_checksum,
         safe_mode=safe_mode,

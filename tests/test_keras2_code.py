@@ -81,6 +81,14 @@ def test_the_tutorial_snippet_runs_with_the_import_swapped(tmp_path, monkeypatch
         assert_weights_equal(loaded.get_weights(), weights.weights[record.epoch])
         through_manifest = keras_ckpt.load_checkpoint(record)  # checks the SHA-256 first
         assert_weights_equal(through_manifest.get_weights(), weights.weights[record.epoch])
+    # ModelCheckpoint keeps no `best` alias: load_best ranks the checkpoints by the metric.
+    best = min(records, key=lambda r: r.metrics["val_loss"])
+    assert best is records[-1]
+    assert keras_ckpt.best_checkpoint(tmp_path, monitor="val_loss") == best
+    assert_weights_equal(
+        keras_ckpt.load_best(tmp_path, monitor="val_loss").get_weights(),
+        weights.weights[best.epoch],
+    )
 
 
 @pytest.mark.parametrize("extension", [".h5", ".hdf5"])

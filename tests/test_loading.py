@@ -296,3 +296,65 @@ def test_an_archive_that_cannot_be_checked_is_refused(tmp_path, monkeypatch):
     (tmp_path / "link.keras").symlink_to(bad_json)
     with pytest.raises(CheckpointCorruptedError, match="symbolic link"):
         loading.check_config_modules(str(tmp_path / "link.keras"))
+
+
+def fabricated_directory(directory, losses):
+    """A committed directory whose checkpoints have these ``val_loss`` values (tiny files)."""
+    from keras_ckpt.store import CheckpointStore
+
+    store = CheckpointStore(str(directory))
+    for epoch, loss in enumerate(losses):
+        metrics = {} if loss is None else {"val_loss": loss}
+
+        def write(path, epoch=epoch):
+            with open(path, "w") as file:
+                file.write(str(epoch))
+
+        store.commit(
+            f"e{epoch}.keras",
+            write,
+            epoch=epoch,
+            step=epoch,
+            metrics=metrics,
+            kind="model",
+            run="r1",
+            keeper="ModelCheckpoint",
+        )
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("losses", "mode", "best"),
+    [
+        ([0.5, 0.3, 0.4], "auto", "e1.keras"),
+        ([0.5, 0.3, 0.4], "max", "e0.keras"),
+        ([0.5, float("nan"), 0.4, None], "min", "e2.keras"),
+        ([0.3, 0.3], "min", "e0.keras"),  # a tie goes to the older
+    ],
+)
+def test_best_checkpoint_ranks_by_a_metric_without_the_alias(tmp_path, losses, mode, best):
+    fabricated_directory(tmp_path, losses)
+    with pytest.raises(FileNotFoundError, match="no best checkpoint.*pass `monitor`"):
+        keras_ckpt.best_checkpoint(tmp_path)
+    assert keras_ckpt.best_checkpoint(tmp_path, monitor="val_loss", mode=mode).filename == best
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        (
+            {"monitor": "accuracy", "mode": "max"},
+            FileNotFoundError,
+            "no checkpoint with the metric",
+        ),
+        ({"monitor": "score"}, ValueError, "does not tell whether higher is better"),
+        ({"monitor": "val_loss", "mode": "mx"}, ValueError, "Received: mode='mx'"),
+        ({"monitor": ""}, ValueError, "monitor"),
+    ],
+)
+def test_best_checkpoint_by_a_metric_refuses_what_it_cannot_rank(
+    tmp_path, arguments, error, message
+):
+    fabricated_directory(tmp_path, [0.5])
+    with pytest.raises(error, match=message):
+        keras_ckpt.best_checkpoint(tmp_path, **arguments)
