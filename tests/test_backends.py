@@ -16,6 +16,9 @@ BACKEND_INDEPENDENT = [
     "test_arguments.py",
     "test_cli.py",
     "test_untrusted_directory.py",
+    "test_decisions.py",
+    "test_architecture.py",
+    "test_package.py",
 ]
 
 
