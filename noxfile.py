@@ -12,7 +12,7 @@ from __future__ import annotations
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.reuse_existing_virtualenvs = True  # a rerun on one machine skips the installs
+nox.options.reuse_existing_virtualenvs = True  # a rerun keeps the environment (installs are quick)
 
 # Keras 3.5 is the floor TensorFlow 2.18's wheels declare (keras>=3.5).
 FLOOR = {"keras": "3.5.0", "tensorflow-cpu": "2.18.1"}

@@ -76,7 +76,16 @@ if TYPE_CHECKING:
 
 # The public submodules, reachable as attributes after a plain ``import keras_ckpt``
 # (``keras_ckpt.schedules.WarmupCosine(...)``), loaded on first use like the names above.
-_SUBMODULES = ("callbacks", "loading", "plots", "policies", "schedules", "store", "triggers")
+_SUBMODULES = (
+    "callbacks",
+    "loading",
+    "plots",
+    "policies",
+    "processes",
+    "schedules",
+    "store",
+    "triggers",
+)
 
 
 def __getattr__(name: str) -> Any:

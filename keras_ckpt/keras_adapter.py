@@ -9,7 +9,8 @@ saying what is missing in which Keras version and what keras_ckpt does instead, 
 ``KerasInternalsError`` naming them, where going on would give a wrong result. Each function's
 docstring says which. A Keras upgrade then touches this file only.
 
-Checked against Keras 3.15.1 on the TensorFlow, JAX and PyTorch backends.
+Checked against Keras 3.5 through 3.15 (the suite runs on 3.15.1 and, for its Keras-facing
+parts, on 3.5.0) on the TensorFlow, JAX and PyTorch backends.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def _degrade(feature: str, missing: str, instead: str) -> None:
 def _missing(what: str, missing: str) -> KerasInternalsError:
     return KerasInternalsError(
         f"keras_ckpt: {what} needs {missing}, which Keras {keras.__version__} does not have. "
-        "Install a Keras version keras_ckpt supports (3.15 is tested)."
+        "Install a Keras version keras_ckpt supports (3.5 through 3.15)."
     )
 
 

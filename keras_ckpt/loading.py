@@ -341,33 +341,46 @@ class UnknownModuleError(ValueError, TypeError):
 
 def check_config_modules(path: str, custom_objects: dict[str, Any] | None = None) -> None:
     """Refuses a ``.keras`` archive whose ``config.json`` names a module outside Keras (or a
-    legacy HDF5 model whose ``model_config`` does, or that holds a ``Lambda`` layer).
+    legacy HDF5 model whose ``model_config`` or ``training_config`` does, or that holds a
+    ``Lambda`` layer).
 
     Keras before 3.9 imports every module a config names (``"module": "x"``) to find a class
     or function there, even with ``safe_mode=True`` (CVE-2025-1550), and importing runs the
     module's code. An object Keras finds without importing (one in ``custom_objects``, in a
     ``keras.saving.custom_object_scope`` or registered with
     ``keras.saving.register_keras_serializable``, under the name Keras looks up) is allowed
-    wherever its module is; so are modules of ``keras``, ``keras_hub``,
-    ``keras_cv`` and ``keras_nlp`` (those Keras 3.9+ allows) and ``builtins`` (always
-    imported). The check runs with every Keras version, so the refusal is the same
-    everywhere.
+    wherever its module is; so are modules of ``keras``, ``keras_hub``, ``keras_cv`` and
+    ``keras_nlp`` (those Keras 3.9+ allows). The check runs with every Keras version. It does
+    not repeat the later restrictions of Keras's safe mode within Keras's own modules (3.11 and
+    later refuse some Keras functions as well): for checkpoints you did not write, use a
+    current Keras.
 
     Args:
-        path: The ``.keras`` file (a regular file; links are refused).
+        path: The ``.keras``, ``.h5`` or ``.hdf5`` model file (a regular file; links are
+            refused).
         custom_objects: As passed to ``keras.saving.load_model``.
 
     Raises:
         UnknownModuleError: Naming the checkpoint and the module, if one is refused (a
             ``ValueError``, and the ``TypeError`` Keras raises for an object it cannot find).
         ValueError: If a ``module`` is not a string.
-        keras_ckpt.CheckpointCorruptedError: If the file is not a zip archive with a
-            ``config.json`` of at most ``MAX_CONFIG_BYTES`` bytes holding JSON.
+        keras_ckpt.CheckpointCorruptedError: If the file is not what its name says, read as
+            Keras reads it: a ``.keras`` zip archive with a ``config.json``, or an ``.h5`` /
+            ``.hdf5`` legacy model with a ``model_config`` (and maybe a ``training_config``),
+            each JSON of at most ``MAX_CONFIG_BYTES`` bytes; or if the name is neither.
     """
-    legacy = _is_hdf5(path)
-    config = _read_legacy_config(path) if legacy else _read_config(path)
-    if legacy:
+    # The format is told by the name, as keras.saving.load_model tells it, so the check reads
+    # what Keras will read (a file can be an HDF5 file and a zip archive at once).
+    if path.endswith(_LEGACY_EXTENSIONS):
+        config = _read_legacy_configs(path)
         _refuse_lambda(path, config)
+    elif path.endswith(".keras"):
+        config = _read_config(path)
+    else:
+        raise CheckpointCorruptedError(
+            f"Checkpoint {path} is a model, but its name ends in neither '.keras' nor "
+            "'.h5'/'.hdf5', so Keras cannot load it."
+        )
     for entry in _serialized_objects(config):
         module = entry.get("module")
         if module is None or module == "":
@@ -377,7 +390,7 @@ def check_config_modules(path: str, custom_objects: dict[str, Any] | None = None
                 f"The checkpoint {path} is refused: its config.json has a `module` that is not "
                 f"a string ({module!r})."
             )
-        if module == "builtins" or module.split(".", 1)[0] in KERAS_PACKAGES:
+        if module.split(".", 1)[0] in KERAS_PACKAGES:
             continue
         if _found_without_import(entry, custom_objects):
             continue
@@ -392,42 +405,56 @@ def check_config_modules(path: str, custom_objects: dict[str, Any] | None = None
         )
 
 
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_LEGACY_EXTENSIONS = (".h5", ".hdf5")
+
+# What Keras's legacy loader parses as JSON: the model, and with compile=True (the default) the
+# training configuration, whose decoding can deserialize objects (and import their modules).
+_LEGACY_CONFIG_ATTRIBUTES = ("model_config", "training_config")
 
 
-def _is_hdf5(path: str) -> bool:
-    """Whether ``path`` is an HDF5 file (a legacy ``.h5`` model) rather than a zip archive."""
-    with os.fdopen(open_regular(path), "rb") as file:
-        return file.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
-
-
-def _read_legacy_config(path: str) -> Any:
-    """The parsed ``model_config`` of a legacy HDF5 model, read within the size limit."""
+def _read_legacy_configs(path: str) -> list[Any]:
+    """The parsed ``model_config`` and ``training_config`` of a legacy HDF5 model, each read
+    within the size limit."""
     import h5py
 
     with os.fdopen(open_regular(path), "rb") as file:
         try:
             with h5py.File(file, "r") as hdf5:
-                attribute = hdf5.attrs.get("model_config")
-        except (OSError, ValueError, KeyError) as error:
+                attributes = {
+                    name: hdf5.attrs.get(name)
+                    for name in _LEGACY_CONFIG_ATTRIBUTES
+                    if name in hdf5.attrs
+                }
+        except (OSError, ValueError, KeyError, TypeError) as error:
             raise CheckpointCorruptedError(
                 f"Checkpoint {path} is not a legacy HDF5 model with a readable model_config "
                 f"({type(error).__name__}: {error})."
             ) from None
-    if attribute is None:
+    if "model_config" not in attributes:
         raise CheckpointCorruptedError(f"Checkpoint {path} is an HDF5 file without a model.")
-    raw = attribute.encode() if isinstance(attribute, str) else bytes(attribute)
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise CheckpointCorruptedError(
-            f"Checkpoint {path}: its model_config is over the {MAX_CONFIG_BYTES} bytes "
-            "keras_ckpt reads."
-        )
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as error:
-        raise CheckpointCorruptedError(
-            f"Checkpoint {path}: its model_config is not valid JSON ({type(error).__name__})."
-        ) from None
+    configs = []
+    for name, attribute in attributes.items():
+        # Keras writes these as strings; anything else (an integer, an array) is not its file.
+        if isinstance(attribute, str):
+            raw = attribute.encode()
+        elif isinstance(attribute, bytes):
+            raw = attribute
+        else:
+            raise CheckpointCorruptedError(
+                f"Checkpoint {path}: its {name} is a {type(attribute).__name__}, not JSON text."
+            )
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise CheckpointCorruptedError(
+                f"Checkpoint {path}: its {name} is over the {MAX_CONFIG_BYTES} bytes keras_ckpt "
+                "reads."
+            )
+        try:
+            configs.append(json.loads(raw))
+        except (ValueError, RecursionError) as error:
+            raise CheckpointCorruptedError(
+                f"Checkpoint {path}: its {name} is not valid JSON ({type(error).__name__})."
+            ) from None
+    return configs
 
 
 def _refuse_lambda(path: str, config: Any) -> None:

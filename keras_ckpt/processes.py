@@ -38,6 +38,7 @@ __all__ = [
     "open_store",
     "process_count",
     "process_index",
+    "trains_alone",
 ]
 
 
@@ -69,6 +70,11 @@ def process_count() -> int:
 def is_writer() -> bool:
     """Whether this process writes checkpoints (and prints what it saved): the chief alone."""
     return process_index() == 0
+
+
+def trains_alone() -> bool:
+    """Whether this process is the only one training (nothing to agree on with others)."""
+    return process_count() == 1
 
 
 def any_process(*flags: bool) -> tuple[bool, ...]:
@@ -198,6 +204,8 @@ def _open_together(directory: str, chief: bool) -> Store:
             error = caught
     sees = _UNOPENED if store is None else contents_digest(store)
     (differs,) = any_process(sees != chief_sees)
+    if (error is not None or differs) and store is not None:
+        store.close()  # the chief's writer lock is not held by a run that does not start
     if error is not None:
         raise error
     if differs:

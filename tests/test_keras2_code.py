@@ -276,3 +276,15 @@ def test_a_damaged_legacy_model_is_reported_as_damaged(tmp_path):
         del file.attrs["model_config"]
     with pytest.raises(keras_ckpt.CheckpointCorruptedError, match="without a model"):
         keras_ckpt.load_checkpoint(record, verify_checksum=False)
+
+
+def test_a_legacy_file_is_refused_in_a_multi_process_run(tmp_path, monkeypatch):
+    # Keras writes it on process 0 alone, where its saving may enter collectives.
+    x, y = arrays(16, seed=4)
+    monkeypatch.setattr(keras_ckpt.processes, "process_count", lambda: 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        checkpoint = ModelCheckpoint(str(tmp_path / "model.h5"))
+    with pytest.raises(ValueError, match=r"legacy HDF5\) in a multi-process run"):
+        tiny_model().fit(x, y, epochs=1, verbose=0, callbacks=[checkpoint])
+    assert os.listdir(tmp_path) == []

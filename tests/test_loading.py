@@ -247,7 +247,8 @@ def write_archive(path, config, size=None):
     [
         ({"module": "keras.layers", "class_name": "Dense"}, None),
         ({"module": "keras_hub.models", "class_name": "Backbone"}, None),
-        ({"module": "builtins", "class_name": "function", "config": "relu"}, None),
+        # Keras 3.5 hands out any builtin (exec, eval) by name; Keras 3.15 imports none.
+        ({"module": "builtins", "class_name": "function", "config": "exec"}, "'builtins'"),
         ({"module": None, "class_name": "Dense"}, None),
         ({"module": "os", "class_name": "function", "config": "system"}, "'os'"),
         ({"module": "kerasx.layers", "class_name": "Dense"}, "'kerasx.layers'"),
@@ -358,3 +359,58 @@ def test_best_checkpoint_by_a_metric_refuses_what_it_cannot_rank(
     fabricated_directory(tmp_path, [0.5])
     with pytest.raises(error, match=message):
         keras_ckpt.best_checkpoint(tmp_path, **arguments)
+
+
+def legacy_model_file(path, model_config, training_config=None):
+    """An HDF5 file with the attributes a legacy ``.h5`` model keeps its configuration in."""
+    import h5py
+
+    with h5py.File(path, "w") as file:
+        file.attrs["model_config"] = json.dumps(model_config)
+        if training_config is not None:
+            file.attrs["training_config"] = json.dumps(training_config)
+    return str(path)
+
+
+HARMLESS = {"class_name": "Sequential", "config": {"layers": []}}
+EVIL = {"module": "keras_ckpt_planted", "class_name": "function", "config": "run"}
+
+
+def test_a_file_is_checked_as_the_format_its_name_says(tmp_path):
+    # An HDF5 file with a harmless model, with a zip archive holding an evil config appended:
+    # Keras opens a .keras name as a zip archive, so that is what must be checked.
+    path = legacy_model_file(tmp_path / "model.keras", HARMLESS)
+    appended = io.BytesIO()
+    with zipfile.ZipFile(appended, "w") as archive:
+        archive.writestr("config.json", json.dumps({"config": {"layers": [EVIL]}}))
+    with open(path, "ab") as file:
+        file.write(appended.getvalue())
+    with zipfile.ZipFile(path) as archive:  # a zip archive too, as Keras would open it
+        assert "config.json" in archive.namelist()
+    with pytest.raises(ValueError, match="'keras_ckpt_planted'"):
+        loading.check_config_modules(path)
+    other = tmp_path / "model.bin"
+    other.write_bytes(b"anything")
+    with pytest.raises(CheckpointCorruptedError, match="neither '.keras' nor"):
+        loading.check_config_modules(str(other))
+
+
+@pytest.mark.parametrize("extension", [".h5", ".hdf5"])
+def test_a_legacy_model_s_training_config_is_checked_too(tmp_path, extension):
+    # Keras's legacy loader decodes the training configuration too (compile=True), and Keras
+    # 3.5's decoding imports the module of a passively serialized object.
+    evil = {"__passive_serialization__": True, **EVIL}
+    path = legacy_model_file(tmp_path / f"model{extension}", HARMLESS, {"loss": evil})
+    with pytest.raises(ValueError, match="'keras_ckpt_planted'"):
+        loading.check_config_modules(path)
+    loading.check_config_modules(legacy_model_file(tmp_path / f"ok{extension}", HARMLESS))
+
+
+def test_a_legacy_config_that_is_not_text_is_damage(tmp_path):
+    import h5py
+
+    path = tmp_path / "model.h5"
+    with h5py.File(path, "w") as file:
+        file.attrs["model_config"] = 10**12  # bytes(10**12) would allocate a terabyte
+    with pytest.raises(CheckpointCorruptedError, match="model_config is a"):
+        loading.check_config_modules(str(path))

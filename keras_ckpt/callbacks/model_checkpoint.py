@@ -10,7 +10,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_ckpt import naming, ranking, validation
+from keras_ckpt import naming, processes, ranking, validation
 from keras_ckpt.callbacks._base import StoreCallback
 from keras_ckpt.callbacks._batches import enable_batch_hook
 from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
@@ -141,8 +141,8 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         if self._batch_trigger is not None:
             # Only a batch-frequency checkpoint needs the batch hook (why: enable_batch_hook).
             enable_batch_hook(self, "on_train_batch_end", self._on_train_batch_end_saving)
-        # tf.keras 2's `period`: due at every period-th epoch end this instance sees, which is
-        # its count of epochs since the last due save (reset when due, kept across fit calls).
+        # tf.keras 2's `period`: due at every period-th epoch end this instance sees (counted
+        # across fit calls), which is tf.keras's count of epochs since the last due save.
         self._epoch_trigger = (
             None if self.period is None else IntervalTrigger(every_epochs=self.period)
         )
@@ -157,6 +157,15 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
     # Hooks -------------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if not processes.trains_alone() and validation.legacy_hdf5(
+            self.filepath, self.save_weights_only
+        ):
+            # A legacy file is written by Keras on process 0 alone, and Keras's saving may
+            # enter collectives that the other processes would never join.
+            raise ValueError(
+                f"ModelCheckpoint cannot save filepath={self.filepath!r} (legacy HDF5) in a "
+                "multi-process run. End `filepath` in '.keras' or '.weights.h5'."
+            )
         self._settle()
         self._begin_run(continue_run=False)
         self.best = self.initial_value_threshold
