@@ -390,7 +390,7 @@ def check_config_modules(path: str, custom_objects: dict[str, Any] | None = None
                 f"The checkpoint {path} is refused: its config.json has a `module` that is not "
                 f"a string ({module!r})."
             )
-        if module.split(".", 1)[0] in KERAS_PACKAGES:
+        if module.split(".", 1)[0] in KERAS_PACKAGES or _keras_builtin_function(module, entry):
             continue
         if _found_without_import(entry, custom_objects):
             continue
@@ -518,6 +518,33 @@ def _serialized_objects(config: Any) -> Iterator[dict[str, Any]]:
             pending.extend(value.values())
         elif isinstance(value, list):
             pending.extend(value)
+
+
+# Where Keras looks up a function saved with the module "builtins" (how it saves its own
+# losses, metrics and activations passed as functions) before it would import ``builtins``.
+_KERAS_FUNCTION_MODULES = (
+    "activations",
+    "constraints",
+    "initializers",
+    "losses",
+    "metrics",
+    "optimizers",
+    "regularizers",
+)
+
+
+def _keras_builtin_function(module: str, entry: dict[str, Any]) -> bool:
+    """Whether ``entry`` is a Keras function saved under the module ``builtins``, which Keras
+    finds in its own modules first (a Python builtin such as ``exec`` is not)."""
+    import keras
+
+    name = entry.get("config")
+    if module != "builtins" or entry.get("class_name") != "function" or not isinstance(name, str):
+        return False
+    return any(
+        getattr(getattr(keras, namespace, None), name, None) is not None
+        for namespace in _KERAS_FUNCTION_MODULES
+    )
 
 
 def _found_without_import(entry: dict[str, Any], custom_objects: dict[str, Any] | None) -> bool:

@@ -247,8 +247,14 @@ def write_archive(path, config, size=None):
     [
         ({"module": "keras.layers", "class_name": "Dense"}, None),
         ({"module": "keras_hub.models", "class_name": "Backbone"}, None),
-        # Keras 3.5 hands out any builtin (exec, eval) by name; Keras 3.15 imports none.
+        # How Keras saves its own functions (a loss passed as a function): found in Keras.
+        ({"module": "builtins", "class_name": "function", "config": "mean_squared_error"}, None),
+        # Keras 3.5 hands out any other builtin (exec, eval) by name; Keras 3.15 imports none.
         ({"module": "builtins", "class_name": "function", "config": "exec"}, "'builtins'"),
+        (
+            {"module": "builtins", "class_name": "builtin_function_or_method", "config": "max"},
+            "'builtins'",
+        ),
         ({"module": None, "class_name": "Dense"}, None),
         ({"module": "os", "class_name": "function", "config": "system"}, "'os'"),
         ({"module": "kerasx.layers", "class_name": "Dense"}, "'kerasx.layers'"),
@@ -414,3 +420,27 @@ def test_a_legacy_config_that_is_not_text_is_damage(tmp_path):
         file.attrs["model_config"] = 10**12  # bytes(10**12) would allocate a terabyte
     with pytest.raises(CheckpointCorruptedError, match="model_config is a"):
         loading.check_config_modules(str(path))
+
+
+def test_keras_s_own_functions_passed_as_functions_load(tmp_path, data):
+    # Keras saves them under the module "builtins"; the check must not refuse them.
+    x, y = data
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(2, activation=keras.activations.relu)]
+    )
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.mean_squared_error,
+        metrics=[keras.metrics.mean_absolute_error],
+    )
+    model.fit(
+        x,
+        np.repeat(y, 2, axis=1),
+        validation_data=(x[:32], np.repeat(y[:32], 2, axis=1)),
+        epochs=1,
+        verbose=0,
+        callbacks=[keras_ckpt.BestCheckpoint(tmp_path)],
+    )
+    loaded = keras_ckpt.load_best(tmp_path)
+    np.testing.assert_array_equal(loaded.get_weights()[0], model.get_weights()[0])
