@@ -443,17 +443,7 @@ def _read_legacy_configs(path: str) -> list[Any]:
             raise CheckpointCorruptedError(
                 f"Checkpoint {path}: its {name} is a {type(attribute).__name__}, not JSON text."
             )
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise CheckpointCorruptedError(
-                f"Checkpoint {path}: its {name} is over the {MAX_CONFIG_BYTES} bytes keras_ckpt "
-                "reads."
-            )
-        try:
-            configs.append(json.loads(raw))
-        except (ValueError, RecursionError) as error:
-            raise CheckpointCorruptedError(
-                f"Checkpoint {path}: its {name} is not valid JSON ({type(error).__name__})."
-            ) from None
+        configs.append(_parse_config(path, name, raw))
     return configs
 
 
@@ -461,18 +451,11 @@ def _refuse_lambda(path: str, config: Any) -> None:
     """Refuses a legacy HDF5 model with a ``Lambda`` layer: its function is saved as Python
     bytecode, which building the model runs, and Keras's legacy loader has not always honoured
     ``safe_mode``."""
-    pending = [config]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, dict):
-            if value.get("class_name") == "Lambda":
-                raise ValueError(
-                    f"The checkpoint {path} holds a Lambda layer, whose saved Python bytecode "
-                    "would run on loading. Pass safe_mode=False only for a checkpoint you trust."
-                )
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
+    if any(entry.get("class_name") == "Lambda" for entry in _every_object(config)):
+        raise ValueError(
+            f"The checkpoint {path} holds a Lambda layer, whose saved Python bytecode would run "
+            "on loading. Pass safe_mode=False only for a checkpoint you trust."
+        )
 
 
 def _read_config(path: str) -> Any:
@@ -493,31 +476,40 @@ def _read_config(path: str) -> Any:
                 f"Checkpoint {path} is not a .keras archive with a readable {_CONFIG_NAME} "
                 f"({type(error).__name__}: {error})."
             ) from None
+    return _parse_config(path, _CONFIG_NAME, raw)
+
+
+def _parse_config(path: str, name: str, raw: bytes) -> Any:
+    """``raw``, the configuration ``name`` of the checkpoint at ``path``, parsed as JSON within
+    the size limit."""
     if len(raw) > MAX_CONFIG_BYTES:
         raise CheckpointCorruptedError(
-            f"Checkpoint {path}: its {_CONFIG_NAME} is over the {MAX_CONFIG_BYTES} bytes "
-            "keras_ckpt reads."
+            f"Checkpoint {path}: its {name} is over the {MAX_CONFIG_BYTES} bytes keras_ckpt reads."
         )
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as error:
         raise CheckpointCorruptedError(
-            f"Checkpoint {path}: its {_CONFIG_NAME} is not valid JSON ({type(error).__name__})."
+            f"Checkpoint {path}: its {name} is not valid JSON ({type(error).__name__})."
         ) from None
 
 
-def _serialized_objects(config: Any) -> Iterator[dict[str, Any]]:
-    """Every dict in ``config`` that names a module, however deeply nested (no recursion:
-    the depth is the archive's to choose)."""
+def _every_object(config: Any) -> Iterator[dict[str, Any]]:
+    """Every dict in ``config``, however deeply nested (no recursion: the depth is the
+    file's to choose)."""
     pending = [config]
     while pending:
         value = pending.pop()
         if isinstance(value, dict):
-            if "module" in value:
-                yield value
+            yield value
             pending.extend(value.values())
         elif isinstance(value, list):
             pending.extend(value)
+
+
+def _serialized_objects(config: Any) -> Iterator[dict[str, Any]]:
+    """Every dict in ``config`` that names a module."""
+    return (entry for entry in _every_object(config) if "module" in entry)
 
 
 # Where Keras looks up a function saved with the module "builtins" (how it saves its own
