@@ -34,24 +34,15 @@ def arrays(samples, seed):
     return x, y
 
 
-class WeightsByEpoch(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.weights = {}
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.weights[epoch + 1] = [w.copy() for w in self.model.get_weights()]
-
-
 def legacy_warnings(caught):
     return [w for w in caught if "legacy HDF5" in str(w.message)]
 
 
-def test_the_tutorial_snippet_runs_with_the_import_swapped(tmp_path, monkeypatch):
+def test_the_tutorial_snippet_runs_with_the_import_swapped(tmp_path, monkeypatch, weights_by_epoch):
     monkeypatch.chdir(tmp_path)  # the tutorial's filepath is relative
     (x_train, y_train), (x_val, y_val) = arrays(96, 0), arrays(32, 1)
     model = tiny_model()
-    weights = WeightsByEpoch()
+    weights = weights_by_epoch()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # The tutorial, verbatim (apart from `weights` to compare against).
@@ -166,14 +157,16 @@ class FailFromEpoch(keras.callbacks.Callback):
         Fragile.fail = epoch + 1 >= self.epoch
 
 
-def test_a_failed_legacy_save_leaves_the_earlier_checkpoint_intact(tmp_path, monkeypatch):
+def test_a_failed_legacy_save_leaves_the_earlier_checkpoint_intact(
+    tmp_path, monkeypatch, weights_by_epoch
+):
     monkeypatch.setattr(Fragile, "fail", False)
     x, y = arrays(96, 0)
     model = tiny_model(layer=Fragile())
     path = tmp_path / "model.h5"  # one name: the failed save would replace the good file
     with pytest.warns(UserWarning, match="legacy HDF5"):
         callback = ModelCheckpoint(path)
-    weights = WeightsByEpoch()
+    weights = weights_by_epoch()
     with pytest.raises(RuntimeError, match="get_config failed"):
         model.fit(x, y, epochs=3, verbose=0, callbacks=[FailFromEpoch(2), weights, callback])
 
