@@ -10,13 +10,16 @@ against no callback, and the peak resident memory above the level before ``fit``
 Targets (issue 6): async stall at most 2x the floor and at least 5x lower than Keras's
 ModelCheckpoint.
 
-Run: python benchmarks/save_stall.py [--sizes small,large] [--epochs 6]
-(KERAS_BACKEND picks the backend; the default is TensorFlow.)
+Run: python benchmarks/save_stall.py [--sizes small,large] [--epochs 6] [--epoch-seconds S]
+(KERAS_BACKEND picks the backend; the default is TensorFlow.) On a GPU an epoch of the default
+data lasts milliseconds, so the next save always waits for the previous write; --epoch-seconds
+repeats the data until an epoch without a callback lasts at least S seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import statistics
@@ -67,6 +70,7 @@ def variants(directory: str) -> dict[str, Callable[[], keras.callbacks.Callback 
             path("c4/m.keras"), async_save=False
         ),
         "keras_ckpt BackupAndRestore async": lambda: keras_ckpt.BackupAndRestore(path("c5")),
+        "keras_ckpt ResumeFromLatest async": lambda: keras_ckpt.ResumeFromLatest(path("c6")),
     }
 
 
@@ -85,11 +89,19 @@ def timed_epoch_hooks(callback: keras.callbacks.Callback, per_epoch: list[float]
         setattr(callback, hook, timed)
 
 
-def run_size(size: str, epochs: int) -> None:
+def run_size(size: str, epochs: int, epoch_seconds: float) -> None:
     width, samples, batch = SIZES[size]
     model = mlp(width)
     x, y = mlp_data(samples)
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # builds the optimizer, traces
+    if epoch_seconds > 0:
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+        repeats = math.ceil(epoch_seconds / (time.perf_counter() - start))
+        if repeats > 1:
+            samples *= repeats
+            x, y = mlp_data(samples)
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
     megabytes = state_bytes(model) / 1e6
     floor = host_copy_seconds(model)
     print(
@@ -136,11 +148,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="small,large", help="comma-separated: small, large")
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument(
+        "--epoch-seconds",
+        type=float,
+        default=0.0,
+        help="repeat the data until an epoch without a callback lasts this long (for GPUs)",
+    )
     args = parser.parse_args()
     print(f"machine: {describe_machine()}")
     print("stall/save: median time in the callback's epoch hooks per save (epochs 2..N)")
     for size in args.sizes.split(","):
-        run_size(size.strip(), args.epochs)
+        run_size(size.strip(), args.epochs, args.epoch_seconds)
 
 
 if __name__ == "__main__":
