@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -10,8 +11,8 @@ import zipfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from keras_ckpt import processes, ranking, validation
-from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, LATEST_ALIAS, CheckpointRecord
+from keras_ckpt import processes, ranking, remote, validation
+from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, LATEST_ALIAS, CheckpointRecord, Manifest
 from keras_ckpt.store import (
     CheckpointCorruptedError,
     check_regular_file,
@@ -36,19 +37,28 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointRecord
         FileNotFoundError: If ``directory`` does not exist.
         ValueError: If ``directory`` is not a non-empty path without NUL.
     """
-    path = os.path.abspath(validation.directory("directory", directory))
+    return _committed(directory)[1].records
+
+
+def _committed(directory: str | os.PathLike[str]) -> tuple[str, Manifest]:
+    """``directory``'s absolute path (or normalized URL) and its committed manifest."""
+    text = validation.directory("directory", directory)
+    if remote.is_url(text):
+        url = remote.check_url("directory", text)
+        manifest = read_committed(url)
+        if not manifest.records and not manifest.aliases and not remote.list_names(url):
+            raise FileNotFoundError(f"No checkpoint directory at {url}.")
+        return url, manifest
+    path = os.path.abspath(remote.local_path(text))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No checkpoint directory at {path}.")
-    return read_committed(path).records
+    return path, read_committed(path)
 
 
 def _aliased(
     directory: str | os.PathLike[str], alias: str, writer: str, hint: str = ""
 ) -> CheckpointRecord:
-    path = os.path.abspath(validation.directory("directory", directory))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"No checkpoint directory at {path}.")
-    manifest = read_committed(path)
+    path, manifest = _committed(directory)
     target = manifest.aliases.get(alias)
     record = None if target is None else manifest.find(target)
     if record is None:
@@ -88,12 +98,10 @@ def best_checkpoint(
             f"Argument `mode` is 'auto', and the name {monitor!r} does not tell whether higher "
             "is better. Pass mode='min' or mode='max'."
         )
-    path = os.path.abspath(validation.directory("directory", directory))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"No checkpoint directory at {path}.")
+    path, manifest = _committed(directory)
     candidates = [
         record
-        for record in read_committed(path).records
+        for record in manifest.records
         if monitor in record.metrics and not math.isnan(record.metrics[monitor])
     ]
     if not candidates:
@@ -235,6 +243,15 @@ def load_checkpoint(
     import keras
 
     _check_load_options(safe_mode, custom_objects)
+    if remote.is_url(record.path):  # Keras opens local files: a verified download, then that
+        with remote.local_copy(record, verify_checksum) as path:
+            return load_checkpoint(
+                dataclasses.replace(record, path=path),
+                model,
+                verify_checksum=False,
+                safe_mode=safe_mode,
+                custom_objects=custom_objects,
+            )
     if verify_checksum:
         verify(record)
     else:

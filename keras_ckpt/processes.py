@@ -25,6 +25,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
+from keras_ckpt import remote
 from keras_ckpt.store import CheckpointStore, FollowerStore, Store, contents_digest
 from keras_ckpt.triggers import IntervalTrigger
 from keras_ckpt.writer import WRITER
@@ -172,6 +173,14 @@ def open_store(directory: str) -> Store:
     if not is_writer():  # a torch.distributed rank: nothing is agreed (see the README)
         return FollowerStore(directory, keras_version=keras.__version__)
     WRITER.wait()
+    return _writing_store(directory)
+
+
+def _writing_store(directory: str) -> Store:
+    """The store that writes ``directory``: a ``RemoteStore`` for a URL, else a
+    ``CheckpointStore``."""
+    if remote.is_url(directory):
+        return remote.RemoteStore(directory, keras_version=keras.__version__)
     return CheckpointStore(directory, keras_version=keras.__version__)
 
 
@@ -186,7 +195,7 @@ def _open_together(directory: str, chief: bool) -> Store:
     if chief:
         WRITER.wait()
         try:
-            store = CheckpointStore(directory, keras_version=keras.__version__)
+            store = _writing_store(directory)
         except Exception as caught:
             error = caught
     chief_sees = chief_text(_UNOPENED if store is None else contents_digest(store))

@@ -52,7 +52,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -134,11 +134,19 @@ def check_regular_file(path: str) -> None:
 def check_directory_usable(directory: str | os.PathLike[str], argument: str) -> str:
     """Checks, without creating anything, that ``directory`` can hold checkpoints.
 
+    A URL of a remote store (``s3://bucket/run``) is checked by ``keras_ckpt.remote.check_url``
+    and returned normalized; a ``file://`` URL is a local path.
+
     Returns the absolute path. Raises ``ValueError`` naming ``argument`` when ``directory`` is not
     a non-empty ``str`` or ``os.PathLike`` without NUL (``validation.directory``), when the path
     is a file, or when the nearest existing parent is not a writable directory.
     """
-    path = os.path.abspath(validation.directory(argument, directory))
+    text = validation.directory(argument, directory)
+    from keras_ckpt import remote
+
+    if remote.is_url(text):
+        return remote.check_url(argument, text)
+    path = os.path.abspath(remote.local_path(text))
     probe = path
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)
@@ -245,6 +253,19 @@ def read_manifest(directory: str) -> Manifest:
     )
 
 
+def list_names(directory: str) -> set[str]:
+    """The names in ``directory`` (a path or a remote directory's URL) but the writer lock; an
+    empty set if it does not exist."""
+    from keras_ckpt import remote
+
+    if remote.is_url(directory):
+        return remote.list_names(directory) - {LOCK_NAME}
+    try:
+        return set(os.listdir(directory)) - {LOCK_NAME}
+    except FileNotFoundError:
+        return set()
+
+
 def _problem_of(error: CheckpointCorruptedError) -> str:
     """ "Checkpoint X is a symbolic link; ..." as "it is a symbolic link; ..."."""
     text = str(error)
@@ -253,7 +274,12 @@ def _problem_of(error: CheckpointCorruptedError) -> str:
 
 def verify(record: CheckpointRecord) -> None:
     """Raises ``CheckpointCorruptedError`` unless the file is a regular file (not a link) that
-    matches its recorded size and SHA-256."""
+    matches its recorded size and SHA-256 (for a remote directory: the object matches)."""
+    from keras_ckpt import remote
+
+    if remote.is_url(record.path):
+        remote.verify(record)
+        return
     with os.fdopen(open_regular(record.path), "rb") as file:
         size = os.fstat(file.fileno()).st_size
         if size != record.size:
@@ -269,11 +295,31 @@ def verify(record: CheckpointRecord) -> None:
         )
 
 
+@contextlib.contextmanager
+def local_file(record: CheckpointRecord, verify_checksum: bool = True) -> Iterator[str]:
+    """A local path of the checkpoint for Keras to open: the file itself, or for a remote
+    directory a downloaded copy, deleted afterwards. ``verify_checksum`` checks it first."""
+    from keras_ckpt import remote
+
+    if remote.is_url(record.path):
+        with remote.local_copy(record, verify_checksum) as path:
+            yield path
+        return
+    if verify_checksum:
+        verify(record)
+    yield record.path
+
+
 def read_committed(directory: str) -> Manifest:
     """What a reader may rely on: the manifest with an interrupted commit resolved in memory.
 
     Writes nothing, so listing a directory that a killed process left is safe and read-only.
+    ``directory`` may be the URL of a remote directory (``keras_ckpt.remote``).
     """
+    from keras_ckpt import remote
+
+    if remote.is_url(directory):
+        return remote.read_committed(directory)
     manifest = read_manifest(directory)
     _resolve_pending(manifest, directory)
     return manifest
@@ -304,10 +350,10 @@ def _resolve_pending(manifest: Manifest, directory: str) -> None:
         verify(record)
     except CheckpointCorruptedError:
         return
-    _add_record(manifest, record)
+    add_record(manifest, record)
 
 
-def _add_record(manifest: Manifest, record: CheckpointRecord) -> None:
+def add_record(manifest: Manifest, record: CheckpointRecord) -> None:
     previous = manifest.find(record.filename)
     if previous is not None:
         keepers = tuple(dict.fromkeys(previous.kept_by + record.kept_by))
@@ -316,7 +362,7 @@ def _add_record(manifest: Manifest, record: CheckpointRecord) -> None:
     manifest.records.append(record)
 
 
-def _drop_keeper(manifest: Manifest, keeper: str, names: set[str]) -> tuple[list[str], list[str]]:
+def drop_keeper(manifest: Manifest, keeper: str, names: set[str]) -> tuple[list[str], list[str]]:
     """Takes ``keeper`` off the records of ``names`` in ``manifest``; drops those nobody keeps
     any more, and the aliases that named them. Returns the checkpoints dropped, and every file
     name that goes with them (the checkpoints and the dropped aliases' files)."""
@@ -337,7 +383,7 @@ def _drop_keeper(manifest: Manifest, keeper: str, names: set[str]) -> tuple[list
     return deleted, files
 
 
-def _check_plain_name(filename: str) -> None:
+def check_plain_name(filename: str) -> None:
     problem = name_problem(filename)
     if problem is None and filename.startswith(TEMP_PREFIX):
         problem = f"starts with {TEMP_PREFIX!r}, which keras_ckpt reserves for temporary files"
@@ -647,7 +693,7 @@ class CheckpointStore(Store):
         A same-named committed file is replaced only at the instant of the atomic rename; if
         ``write`` raises, nothing on disk or in the manifest changes.
         """
-        _check_plain_name(filename)
+        check_plain_name(filename)
         self._take_directory()
         temporary = self._temporary_path(filename)
         with _locks_guard:
@@ -685,7 +731,7 @@ class CheckpointStore(Store):
                 os.replace(temporary, record.path)
                 _fsync_directory(self.directory)
                 manifest.pending = None
-                _add_record(manifest, record)
+                add_record(manifest, record)
                 self._write_manifest(manifest)
             except BaseException:
                 with _locks_guard:
@@ -708,7 +754,7 @@ class CheckpointStore(Store):
         self._take_directory()
         with self._lock:
             manifest = self.manifest()
-            deleted, manifest.trash = _drop_keeper(manifest, keeper, names)
+            deleted, manifest.trash = drop_keeper(manifest, keeper, names)
             self._write_manifest(manifest)
             if manifest.trash:
                 self._empty_trash(manifest)
@@ -914,19 +960,15 @@ class FollowerStore(Store):
     """
 
     def __init__(self, directory: str | os.PathLike[str], keras_version: str = "unknown"):
-        self.directory = os.path.abspath(os.fspath(directory))
+        text = os.fspath(directory)
+        from keras_ckpt import remote
+
+        self.directory = text if remote.is_url(text) else os.path.abspath(text)
         self.keras_version = keras_version
         self._lock = _directory_lock(self.directory)
         manifest = read_committed(self.directory)
         manifest.trash = []
-        try:
-            names = {
-                n
-                for n in os.listdir(self.directory)
-                if not n.startswith(TEMP_PREFIX) and n != LOCK_NAME
-            }
-        except FileNotFoundError:
-            names = set()
+        names = {n for n in list_names(self.directory) if not n.startswith(TEMP_PREFIX)}
         with self._lock:
             self._view = _followed.setdefault(self.directory, _FollowedDirectory())
             self._view.manifest, self._view.names = manifest, names
@@ -963,7 +1005,7 @@ class FollowerStore(Store):
     ) -> CheckpointRecord:
         """Commits in memory what the chief commits; ``write`` is never called. Takes
         ``CheckpointStore.commit``'s arguments."""
-        _check_plain_name(filename)
+        check_plain_name(filename)
         record = self._new_record(
             filename,
             0,
@@ -978,14 +1020,14 @@ class FollowerStore(Store):
             state=state,
         )
         with self._lock:
-            _add_record(self._view.manifest, record)
+            add_record(self._view.manifest, record)
             self._view.names.add(filename)
         return record
 
     def release(self, keeper: str, filenames: Iterable[str]) -> list[str]:
         """As ``CheckpointStore.release``, in memory."""
         with self._lock:
-            deleted, files = _drop_keeper(self._view.manifest, keeper, set(filenames))
+            deleted, files = drop_keeper(self._view.manifest, keeper, set(filenames))
             self._view.names.difference_update(files)
         return deleted
 

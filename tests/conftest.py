@@ -140,3 +140,48 @@ def another_process_writing(directory):
     finally:
         holder.kill()
         holder.wait()
+
+
+# Remote storage ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API: moto's server on 127.0.0.1 at a free port, for the whole session. boto
+    (under s3fs) finds it through the environment, with fake credentials; subprocesses inherit
+    both. Yields the endpoint's URL."""
+    import logging
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    environment = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": endpoint,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh, empty bucket on the session's S3 server: ``s3://<name>``."""
+    import uuid
+
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem().mkdir(name)
+    return f"s3://{name}"

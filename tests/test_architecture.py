@@ -25,6 +25,7 @@ FLOORS = {
     "decisions": CORE,
     "validation": CORE,
     "store": STORE,
+    "remote": STORE,
     "writer": STORE,
     "keras_adapter": KERAS,
     "processes": KERAS,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 import warnings
 from typing import Any
 
 import keras
 import numpy as np
 
-from keras_ckpt import naming, processes, ranking, validation
+from keras_ckpt import naming, processes, ranking, remote, validation
 from keras_ckpt.callbacks._base import StoreCallback
 from keras_ckpt.callbacks._batches import enable_batch_hook
 from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
@@ -107,6 +108,8 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         self.filepath = validation.path(
             "filepath", filepath, what="a file path template", type_error=_FilepathTypeError
         )
+        if remote.is_url(self.filepath):  # a bad URL or a missing file system fails here
+            remote.check_url("filepath", posixpath.dirname(self.filepath))
         self.monitor = monitor
         self.mode = mode
         self.verbose = verbose
@@ -251,7 +254,10 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         self._settle()
         filepath = self._format_path(epoch, batch, logs)
         metrics = plain_metrics(logs)
-        directory, filename = os.path.split(os.path.abspath(filepath))
+        if remote.is_url(filepath):
+            directory, filename = posixpath.split(filepath)
+        else:
+            directory, filename = os.path.split(os.path.abspath(remote.local_path(filepath)))
         if not filename:
             raise OSError(
                 "Please specify a non-directory filepath for ModelCheckpoint. "

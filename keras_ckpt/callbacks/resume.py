@@ -32,7 +32,7 @@ from keras_ckpt.keras_adapter import (
 from keras_ckpt.policies import KeepLatest
 from keras_ckpt.processes import agree_on_save, is_writer
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
-from keras_ckpt.store import Store, check_directory_usable
+from keras_ckpt.store import Store, check_directory_usable, local_file
 from keras_ckpt.triggers import IntervalTrigger
 
 FILENAME = "resume-epoch{epoch:04d}-step{step:08d}.weights.h5"
@@ -309,7 +309,8 @@ class ResumeFromLatest(StoreCallback):
 
     def _restore(self, record: CheckpointRecord) -> None:
         state = record.state or {}
-        load_variables(self.model, record.path, state.get("variables", []))
+        with local_file(record, verify_checksum=False) as path:  # verified when chosen
+            load_variables(self.model, path, state.get("variables", []))
         self._run = record.run
         self._start_batches = int(state.get("start_batches", 0))
         set_random_state(self.model, state.get("random", {}))
