@@ -28,6 +28,7 @@ collect_ignore = [
     "crash_child.py",
     "distribution_child.py",
     "multiprocess_child.py",
+    "remote_child.py",
     "resume_child.py",
     "resume_setup.py",
     "snapshot_child.py",
