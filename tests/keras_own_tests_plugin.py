@@ -6,6 +6,9 @@ Loaded with ``-p keras_own_tests_plugin`` by ``test_keras_own_tests.py``, in a p
 module is imported; the test modules do ``from keras.src import callbacks`` and look the classes
 up on that module at every use, so they get keras_ckpt's. Importing this module alone (as
 ``--doctest-modules`` does) replaces nothing.
+
+``--keras-own-classes`` replaces nothing either: the reference run, for tests from a newer Keras
+than the installed one, which tells a test the installed Keras cannot pass from a keras_ckpt bug.
 """
 
 import os
@@ -27,9 +30,18 @@ REPLACED = (
 )
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--keras-own-classes",
+        action="store_true",
+        help="run Keras's tests with Keras's own callback classes (the reference)",
+    )
+
+
 def pytest_configure(config):
-    for name in REPLACED:
-        setattr(callbacks, name, getattr(keras_ckpt, name))
+    if not config.getoption("--keras-own-classes"):
+        for name in REPLACED:
+            setattr(callbacks, name, getattr(keras_ckpt, name))
     # Keras's own conftest (not in the wheel) registers this marker and skips such tests on a
     # backend that cannot train; every backend keras_ckpt supports trains.
     config.addinivalue_line("markers", "requires_trainable_backend: needs a training backend")

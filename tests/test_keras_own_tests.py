@@ -1,22 +1,29 @@
 """Keras's own tests of the callbacks keras_ckpt replaces, run against keras_ckpt's classes.
 
-How: one pytest subprocess runs Keras's test files where the installed wheel ships them
-(``keras/src/callbacks/*_test.py``), with ``keras_own_tests_plugin`` loaded (``-p``). The plugin
-replaces ``keras.src.callbacks.EarlyStopping`` etc. by keras_ckpt's classes before pytest
-imports any test module; Keras's tests do ``from keras.src import callbacks`` and look each class
-up on that module at every use, so they construct ours. Nothing of Keras's is copied or
+How: one pytest subprocess runs Keras's test files (``keras/src/callbacks/*_test.py``), copied
+into a temporary directory, with ``keras_own_tests_plugin`` loaded (``-p``). The plugin replaces
+``keras.src.callbacks.EarlyStopping`` etc. by keras_ckpt's classes before pytest imports any test
+module; Keras's tests do ``from keras.src import callbacks`` and look each class up on that module
+at every use, so they construct ours. Nothing of Keras's is copied into this repository or
 rewritten: a new Keras release's tests run as they are. The results come back as JUnit XML, one
 pytest item here per Keras test.
 
-Every Keras test must pass, except those in ``EXPECTED_FAILURES``: each pins a Keras limitation
-keras_ckpt removes on purpose, and must still fail, with the failure it is listed for (so one
-that starts passing, or fails for another reason, is noticed). Where the wheel ships no tests
-(Keras before 3.6 or so), everything here is skipped, saying so.
+Which files: those the installed Keras wheel ships, or, where ``KERAS_CKPT_KERAS_TESTS`` names a
+directory, those in it. Wheels before Keras 3.6 or so ship none, so ``nox -s keras_floor`` sets
+it to the directory of the main environment's (newest) Keras. Tests from another Keras also run
+with the installed Keras's own classes, the reference: a test the installed Keras fails itself
+(it uses an argument or behaviour that came later) is not applicable there and skips, saying so.
+
+Every applicable Keras test must pass, except those in ``EXPECTED_FAILURES``: each pins a Keras
+limitation keras_ckpt removes on purpose, and must still fail, with the failure it is listed for
+(so one that starts passing, or fails for another reason, is noticed). Where the wheel ships no
+tests and no directory is named, everything here is skipped, saying so.
 """
 
 import ast
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -27,7 +34,11 @@ import pytest
 import keras_ckpt
 from keras_ckpt.writer import WRITER
 
-KERAS_TESTS = pathlib.Path(keras.__file__).parent / "src" / "callbacks"
+KERAS_TESTS_VARIABLE = "KERAS_CKPT_KERAS_TESTS"
+INSTALLED_KERAS_TESTS = pathlib.Path(keras.__file__).parent / "src" / "callbacks"
+KERAS_TESTS = pathlib.Path(os.environ.get(KERAS_TESTS_VARIABLE) or INSTALLED_KERAS_TESTS)
+# Tests written for another Keras than the one that runs them need the reference run.
+OTHER_KERAS = KERAS_TESTS.resolve() != INSTALLED_KERAS_TESTS.resolve()
 TEST_FILES = [
     "backup_and_restore_test.py",
     "early_stopping_test.py",
@@ -85,13 +96,23 @@ def keras_test_ids() -> list[str]:
 
 
 KERAS_TEST_IDS = keras_test_ids()
-NO_TESTS = f"Keras {keras.__version__}'s wheel ships no tests of its callbacks (in {KERAS_TESTS})"
+NO_TESTS = (
+    f"Keras {keras.__version__}'s wheel ships no tests of its callbacks (in {KERAS_TESTS}); "
+    f"{KERAS_TESTS_VARIABLE} may name the directory of a newer Keras's"
+)
+# How a JUnit outcome reads in a sentence.
+OUTCOMES = {"passed": "passes", "failure": "fails", "error": "errors", "skipped": "skips"}
 
 
-@pytest.fixture(scope="module")
-def keras_results(tmp_path_factory):
-    """Runs Keras's test files once, in one pytest subprocess; ``{test id: (outcome, text)}``."""
-    directory = tmp_path_factory.mktemp("keras_own_tests")
+def run_keras_tests(directory: pathlib.Path, *plugin_options: str) -> dict[str, tuple[str, str]]:
+    """Runs Keras's test files, copied into ``directory``, in one pytest subprocess;
+    ``{test id: (outcome, text)}``, and ``{file: ("error", text)}`` for a file that fails to
+    import (tests from a newer Keras may import what the installed one lacks)."""
+    files = [
+        shutil.copy(KERAS_TESTS / name, directory / name)
+        for name in TEST_FILES
+        if (KERAS_TESTS / name).is_file()
+    ]
     report = directory / "report.xml"
     path = os.pathsep.join(
         [str(SOURCE_ROOT), str(TESTS_DIRECTORY), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -102,16 +123,18 @@ def keras_results(tmp_path_factory):
         "pytest",
         "-p",
         "keras_own_tests_plugin",
+        *plugin_options,
         "-p",
         "no:cacheprovider",
-        # No ini file (neither ours nor any above Keras's directory), ids relative to Keras's.
+        # No ini file (neither ours nor any above the copies), ids relative to the copies.
         "-c",
         os.devnull,
         "--rootdir",
-        str(KERAS_TESTS),
+        str(directory),
         "-q",
+        "--continue-on-collection-errors",
         f"--junitxml={report}",
-        *[str(KERAS_TESTS / name) for name in TEST_FILES if (KERAS_TESTS / name).is_file()],
+        *files,
     ]
     env = {**os.environ, "PYTHONPATH": path, "KERAS_BACKEND": keras.backend.backend()}
     run = subprocess.run(
@@ -123,6 +146,8 @@ def keras_results(tmp_path_factory):
     for case in ElementTree.parse(report).getroot().iter("testcase"):
         module, _, cls = case.get("classname", "").rpartition(".")
         test_id = f"{module.rpartition('.')[2]}.py::{cls}::{case.get('name')}"
+        if not cls:  # the file failed to import: pytest reports it under its module name
+            test_id = f"{case.get('name')}.py"
         outcome, text = "passed", ""
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
@@ -132,13 +157,51 @@ def keras_results(tmp_path_factory):
     return results
 
 
+def result_of(results: dict[str, tuple[str, str]], test_id: str) -> tuple[str, str] | None:
+    """A test's result, or its file's where the file failed to import (none of its tests ran)."""
+    return results.get(test_id) or results.get(test_id.partition("::")[0])
+
+
+def what_failed(text: str) -> str:
+    """A failure's message; for a file that failed to import, the exception it raised."""
+    lines = text.strip().splitlines() or [""]
+    raised = [line[1:].strip() for line in lines if line.startswith("E   ")]
+    return (raised[-1] if lines[0] == "collection failure" and raised else lines[0])[:300]
+
+
+@pytest.fixture(scope="module")
+def keras_results(tmp_path_factory):
+    """Keras's tests with keras_ckpt's classes in place of Keras's."""
+    return run_keras_tests(tmp_path_factory.mktemp("keras_own_tests"))
+
+
+@pytest.fixture(scope="module")
+def reference_results(tmp_path_factory):
+    """The same tests with the installed Keras's own classes, where they come from another Keras;
+    None where they are the installed Keras's own (they pass with its classes, by its CI)."""
+    if not OTHER_KERAS:
+        return None
+    return run_keras_tests(tmp_path_factory.mktemp("reference"), "--keras-own-classes")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "test_id", KERAS_TEST_IDS or [pytest.param("none", marks=pytest.mark.skip(reason=NO_TESTS))]
 )
-def test_keras_own_test_passes_with_keras_ckpt_classes(keras_results, test_id):
-    assert test_id in keras_results, f"no result for {test_id}: {sorted(keras_results)}"
-    outcome, text = keras_results[test_id]
+def test_keras_own_test_passes_with_keras_ckpt_classes(keras_results, reference_results, test_id):
+    ours = result_of(keras_results, test_id)
+    assert ours, f"no result for {test_id}: {sorted(keras_results)}"
+    outcome, text = ours
+    if reference_results is not None:
+        reference_result = result_of(reference_results, test_id)
+        assert reference_result, f"no reference result for {test_id}: {sorted(reference_results)}"
+        reference, reference_text = reference_result
+        if reference != "passed":
+            reason = what_failed(reference_text)
+            pytest.skip(
+                f"not applicable on Keras {keras.__version__}: with its own classes this "
+                f"test {OUTCOMES[reference]} ({reason}); with keras_ckpt's it {OUTCOMES[outcome]}"
+            )
     if outcome == "skipped":
         pytest.skip(f"Keras's test skips itself: {text.strip()}")
     if test_id in EXPECTED_FAILURES:
@@ -151,10 +214,24 @@ def test_keras_own_test_passes_with_keras_ckpt_classes(keras_results, test_id):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not KERAS_TEST_IDS, reason=NO_TESTS)
-def test_every_keras_result_is_checked(keras_results):
+def test_every_keras_result_is_checked(keras_results, reference_results):
     # A parametrized Keras test reports under names the ast reading above does not know.
-    assert sorted(keras_results) == sorted(KERAS_TEST_IDS)
+    # A file that failed to import reports once, under its name, for all its tests.
+    for results in filter(None, [keras_results, reference_results]):
+        assert set(results) <= {*KERAS_TEST_IDS, *TEST_FILES}
+        assert all(result_of(results, test_id) for test_id in KERAS_TEST_IDS)
     assert set(EXPECTED_FAILURES) <= set(KERAS_TEST_IDS)
+
+
+@pytest.mark.skipif(
+    KERAS_TESTS_VARIABLE not in os.environ and not KERAS_TEST_IDS,
+    reason=f"{NO_TESTS}; none expected",
+)
+def test_every_keras_test_file_is_there():
+    # A directory named on purpose must hold the tests (a wrong one would skip them all), and a
+    # wheel that ships some must ship each (a renamed file would go unnoticed).
+    missing = [name for name in TEST_FILES if not (KERAS_TESTS / name).is_file()]
+    assert not missing, f"{KERAS_TESTS} lacks {missing}"
 
 
 def test_the_plugin_substitutes_every_drop_in_class():
