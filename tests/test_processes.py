@@ -106,14 +106,23 @@ def test_without_a_barrier_in_jax_waiting_warns_once_and_goes_on(two_processes, 
         assert processes.wait_for_every_process("load", 1.0) is None
 
 
-def test_the_barrier_probe_finds_jax_s_coordination_client_where_jax_is_the_backend():
-    jax = pytest.importorskip("jax")
-    from jax._src import distributed
+def test_the_barrier_probe_takes_jax_s_client_only_if_it_has_wait_at_barrier(monkeypatch):
+    pytest.importorskip("jax")
+    from jax._src import distributed, lib
 
-    # Uninitialized (one process) the client is None; the class it would be has the barrier.
-    assert hasattr(distributed.global_state, "client")
-    client_class = type(distributed.global_state).__annotations__["client"]
-    assert "DistributedRuntimeClient" in str(client_class), jax.__version__
+    # The class of the client jax.distributed.initialize creates, in this JAX release.
+    runtime = getattr(lib, "_jax", None) or lib.xla_extension
+    assert callable(runtime.DistributedRuntimeClient.wait_at_barrier)
+    client = FakeCoordinationClient()
+    monkeypatch.setattr(distributed.global_state, "client", client)
+    monkeypatch.setattr(processes.keras.backend, "backend", lambda: "tensorflow")
+    assert processes._coordination_client() is None  # not the JAX backend
+    monkeypatch.setattr(processes.keras.backend, "backend", lambda: "jax")
+    assert processes._coordination_client() is client
+    monkeypatch.setattr(distributed.global_state, "client", object())
+    assert processes._coordination_client() is None
+    monkeypatch.setattr(distributed.global_state, "client", None)  # not initialized
+    assert processes._coordination_client() is None
 
 
 # 2. The store interface: a follower is a Store, not a CheckpointStore -----------------------
