@@ -162,7 +162,9 @@ def load_best(
     variables are all on this process's devices (one built with the distribution unset). A
     ``model`` built under the distribution spans every process: loading into it is a
     collective, so every process must call the loader at the same point (as
-    ``EarlyStopping(restore_best_weights=<BestCheckpoint>)`` does).
+    ``EarlyStopping(restore_best_weights=<BestCheckpoint>)`` does). The processes first meet at
+    a barrier; one that waits there ``LOAD_BARRIER_SECONDS`` (300 s) for the others raises
+    ``DistributedLoadError`` instead of waiting in the collective for ever.
 
     Returns:
         The loaded model.
@@ -175,12 +177,16 @@ def load_best(
             ``safe_mode`` is not a bool or ``custom_objects`` is not a dict or None, when the
             config names a module outside Keras under ``safe_mode=True`` (see above), or when
             Keras refuses the model (a ``Lambda`` layer under ``safe_mode=True``, say).
+        keras_ckpt.loading.DistributedLoadError: If ``model`` spans several processes and not
+            every one of them called the loader within ``LOAD_BARRIER_SECONDS`` (a
+            ``RuntimeError``).
 
     Example:
         After ``keras-ckpt demo``: ``model = keras_ckpt.load_best("runs/demo")``.
     """
     _check_load_options(safe_mode, custom_objects)
-    return load_checkpoint(
+    return _load(
+        "load_best",
         best_checkpoint(directory, monitor, mode),
         model,
         verify_checksum=verify_checksum,
@@ -203,7 +209,8 @@ def load_latest(
     ``load_best``.
     """
     _check_load_options(safe_mode, custom_objects)
-    return load_checkpoint(
+    return _load(
+        "load_latest",
         latest_checkpoint(directory),
         model,
         verify_checksum=verify_checksum,
@@ -239,13 +246,35 @@ def load_checkpoint(
     Raises:
         keras_ckpt.CheckpointCorruptedError: As for ``load_best``.
         ValueError: As for ``load_best``.
+        keras_ckpt.loading.DistributedLoadError: As for ``load_best``.
     """
+    _check_load_options(safe_mode, custom_objects)
+    return _load(
+        "load_checkpoint",
+        record,
+        model,
+        verify_checksum=verify_checksum,
+        safe_mode=safe_mode,
+        custom_objects=custom_objects,
+    )
+
+
+def _load(
+    caller: str,
+    record: CheckpointRecord,
+    model: keras.Model | None,
+    *,
+    verify_checksum: bool,
+    safe_mode: bool,
+    custom_objects: dict[str, Any] | None,
+) -> keras.Model:
+    """``load_checkpoint``, for the public loader ``caller`` (named in its errors)."""
     import keras
 
-    _check_load_options(safe_mode, custom_objects)
     if remote.is_url(record.path):  # Keras opens local files: a verified download, then that
         with remote.local_copy(record, verify_checksum) as path:
-            return load_checkpoint(
+            return _load(
+                caller,
                 dataclasses.replace(record, path=path),
                 model,
                 verify_checksum=False,
@@ -269,6 +298,7 @@ def load_checkpoint(
                 record.path, custom_objects=custom_objects, safe_mode=safe_mode
             )
     if _spans_other_processes(model):
+        _meet_to_load(caller, model)
         load_weights(model, record.path)  # a collective: every process loads together
     else:
         with _outside_distribution():  # the optimizer's variables, if built, stay local too
@@ -327,6 +357,40 @@ def _outside_distribution() -> Iterator[None]:
         yield
     finally:
         keras.distribution.set_distribution(current)
+
+
+LOAD_BARRIER_SECONDS = 300.0
+"""How long a loader waits for every process before it loads into a model that spans them.
+
+Where the processes call a loader together (``EarlyStopping(restore_best_weights=<dir>)`` at
+the end of training), the others may wait here while process 0 finishes writing the last
+checkpoint, which for a large model on a network file system can take minutes: a timeout
+shorter than that would fail a correct run. Where one process calls it alone (a mistake),
+this is how long it takes to say so. 300 s is JAX's own default for processes that wait for
+each other when they start and when they shut down."""
+
+
+class DistributedLoadError(RuntimeError):
+    """A loader was called to load into a model distributed over several processes, and the
+    other processes did not call it too (loading into such a model is a collective)."""
+
+
+def _meet_to_load(caller: str, model: keras.Model) -> None:
+    """Waits for every process before loading into ``model``, which spans them all, so that a
+    call on one process alone raises instead of waiting in the collective for ever."""
+    missing = processes.wait_for_every_process("load", LOAD_BARRIER_SECONDS)
+    if missing is None:
+        return
+    count = processes.process_count()
+    raise DistributedLoadError(
+        f"{caller}: the model is distributed over {count} processes (built under a "
+        "keras.distribution that spans them), so loading into it is a collective, and not "
+        f"every process called {caller} within {LOAD_BARRIER_SECONDS:g} s (JAX: {missing}). "
+        f"Call {caller} on every process at the same point; to load on one process alone, "
+        f"pass no model ({caller} then builds one outside the distribution, from a whole-model "
+        "checkpoint) or a model built outside the distribution "
+        "(after keras.distribution.set_distribution(None))."
+    )
 
 
 def _spans_other_processes(model: keras.Model) -> bool:

@@ -20,7 +20,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import itertools
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -40,6 +44,7 @@ __all__ = [
     "process_count",
     "process_index",
     "trains_alone",
+    "wait_for_every_process",
 ]
 
 
@@ -102,6 +107,89 @@ def chief_text(text: str) -> str:
     codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int32)
     chief = np.asarray(multihost_utils.broadcast_one_to_all(codes))
     return bytes(chief.astype(np.uint8)).decode("ascii")
+
+
+# Barriers with a timeout ---------------------------------------------------------------------
+#
+# JAX's collectives (``multihost_utils``) wait for the other processes for ever. Its
+# coordination service has barriers with a timeout, but publishes no function for them: they
+# are reached through the private ``jax._src.distributed.global_state.client``, whose
+# ``wait_at_barrier(barrier_id, timeout_in_ms)`` is the same from JAX 0.4.31 to 0.10.2. A
+# barrier id serves once: JAX 0.4.31 refuses a second wait at an id ("should not be called
+# with the same id more than once"), later releases count the waits at an id per process. A
+# process that reaches a barrier after it timed out gets the timeout at once.
+
+_meetings: dict[str, Iterator[int]] = {}
+_meetings_lock = threading.Lock()
+
+
+def _coordination_client() -> Any | None:
+    """JAX's distributed runtime client, if it has ``wait_at_barrier`` (the probe); None on
+    another backend, or where this JAX has no such client where keras_ckpt looks."""
+    if keras.backend.backend() != "jax":
+        return None
+    try:
+        from jax._src import distributed
+    except ImportError:  # pragma: no cover - a JAX that moved its distributed runtime
+        return None
+    client = getattr(getattr(distributed, "global_state", None), "client", None)
+    return client if callable(getattr(client, "wait_at_barrier", None)) else None
+
+
+_warned_without_barrier = False
+
+
+def wait_for_every_process(purpose: str, timeout_seconds: float) -> str | None:
+    """Waits until every process training together has called this for ``purpose`` as often
+    as this one, or until ``timeout_seconds`` have passed since the first of them arrived.
+
+    Each call is one barrier, identified by ``purpose`` and how many times this process
+    called this for it before, so every process must make the same calls in the same order.
+    A process that arrived alone and gave up has counted that call, and the others have not:
+    their next wait for the same ``purpose`` fails too (at once or at its timeout), never
+    hangs. With one process nothing is waited for.
+
+    Where JAX has no ``wait_at_barrier`` where keras_ckpt looks (the probe fails), this warns
+    once per process and returns at once, as if every process had arrived: what the caller
+    does next then joins the others as JAX's own collectives do, waiting for them for ever.
+
+    Args:
+        purpose: What the processes meet for (part of the barrier's id).
+        timeout_seconds: How long to wait for the others.
+
+    Returns:
+        None once every process has arrived (or nothing could be waited for); otherwise why
+        not, in JAX's words (its first sentence: a timeout, or a coordination service gone).
+    """
+    global _warned_without_barrier
+    if process_count() == 1:
+        return None
+    client = _coordination_client()
+    if client is None:
+        if not _warned_without_barrier:
+            _warned_without_barrier = True
+            import jax
+
+            warnings.warn(
+                f"keras_ckpt: JAX {jax.__version__} has no barrier with a timeout where "
+                "keras_ckpt looks (jax._src.distributed.global_state.client.wait_at_barrier), "
+                f"so it cannot check that every process arrived to {purpose}: called on one "
+                "process alone, that waits for the others for ever, as JAX's collectives do.",
+                stacklevel=3,
+            )
+        return None
+    with _meetings_lock:
+        count = next(_meetings.setdefault(purpose, itertools.count()))
+    try:
+        client.wait_at_barrier(
+            f"keras_ckpt/{purpose}/{count}", max(1, round(timeout_seconds * 1000))
+        )
+    except RuntimeError as error:  # JaxRuntimeError (XlaRuntimeError in older JAX releases)
+        # The first sentence ("DEADLINE_EXCEEDED: Barrier timed out"); the rest is advice
+        # about the coordination service's own logs.
+        first = str(error).strip().split(". ", 1)[0].splitlines()
+        return first[0].rstrip(".") if first else type(error).__name__
+    return None
 
 
 class SaveAgreement(NamedTuple):

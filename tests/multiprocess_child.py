@@ -11,10 +11,16 @@ Usage: python multiprocess_child.py PROCESS_ID PORT DIRECTORY MODE
         "stop": the same with EarlyStopping(patience=1) that no epoch after the first improves;
         "unshared": "train", but process 1 uses DIRECTORY-elsewhere (no shared file system);
         "load": "train", then process 0 alone loads the best and the latest whole models and
-        the last resume checkpoint's weights into a model built outside the distribution.
+        the last resume checkpoint's weights into a model built outside the distribution;
+        "load_alone": "train", then process 0 alone calls load_best, load_latest and
+        load_checkpoint with the trained model, which spans both processes (a 2 s barrier);
+        "load_together": "train" with EarlyStopping(restore_best_weights=<best directory>),
+        then both processes load the same three checkpoints into the trained model.
 Prints one line "report=<JSON>": commits per callback, calls that changed something under
 DIRECTORY, epochs trained, the checkpoint resumed from, the sum of the weights' magnitudes,
-History's checkpoint events and learning rates, and (mode "load", process 0) what was loaded.
+History's checkpoint events and learning rates, (modes "load*") what was loaded or the errors
+raised instead, what each wait for every process returned, and whether both processes still
+agree afterwards.
 """
 
 import builtins
@@ -39,7 +45,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_ckpt  # noqa: E402
-from keras_ckpt import store  # noqa: E402
+from keras_ckpt import loading, processes, store  # noqa: E402
 from keras_ckpt.schedules import WarmupCosine  # noqa: E402
 
 keras.distribution.initialize(
@@ -60,6 +66,19 @@ def counting_commit(self, *args, **kwargs):
 
 
 store.CheckpointStore.commit = counting_commit
+
+# What each wait for every process (before a load into the distributed model) returned.
+meetings = []
+original_wait = processes.wait_for_every_process
+
+
+def recorded_wait(*args, **kwargs):
+    meetings.append(original_wait(*args, **kwargs))
+    return meetings[-1]
+
+
+processes.wait_for_every_process = recorded_wait
+loading.LOAD_BARRIER_SECONDS = 2.0 if mode == "load_alone" else 30.0
 
 # Every call that could change something under DIRECTORY, counted.
 changes = [0]
@@ -150,6 +169,9 @@ callbacks = [
 ]
 if mode == "stop":
     callbacks.append(keras_ckpt.EarlyStopping(monitor="loss", min_delta=1e9, patience=1))
+if mode == "load_together":  # restores the best weights on both processes at the end
+    best_directory = os.path.join(directory, "best")
+    callbacks.append(keras_ckpt.EarlyStopping(monitor="loss", restore_best_weights=best_directory))
 if mode == "twice":
     model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=callbacks)
 history = model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=callbacks)
@@ -181,7 +203,52 @@ if mode == "load" and process_id == 0:
         for key, loaded_model in models.items()
     }
     assert keras.distribution.distribution() is distribution  # set again after each load
+
+
+def into_trained_model():
+    """The three loaders, each into the trained model (built under the distribution)."""
+    last = keras_ckpt.list_checkpoints(os.path.join(directory, "resume"))[-1]
+    return {
+        "best": lambda: keras_ckpt.load_best(os.path.join(directory, "best"), model=model),
+        "latest": lambda: keras_ckpt.load_latest(os.path.join(directory, "interval"), model),
+        "resume": lambda: keras_ckpt.load_checkpoint(last, model),
+    }
+
+
+def described(loaded_model):
+    return {
+        "weights": [w.tolist() for w in loaded_model.get_weights()],
+        "iterations": int(loaded_model.optimizer.iterations),
+        "local": all(v.value.is_fully_addressable for v in loaded_model.variables),
+    }
+
+
+raised = {}
+if mode == "load_together":
+    loaded["restored"] = described(model)  # by EarlyStopping, on both processes
+    for key, load in into_trained_model().items():
+        assert load() is model
+        loaded[key] = described(model)
+if mode == "load_alone" and process_id == 0:
+    # The mistake: process 0 alone loads into a model whose variables span both processes.
+    # Process 1 goes on to the end of the script meanwhile.
+    for key, load in into_trained_model().items():
+        started = time.monotonic()
+        try:
+            load()
+        except Exception as error:
+            raised[key] = {
+                "type": type(error).__name__,
+                "runtime": isinstance(error, RuntimeError),
+                "message": str(error),
+                "seconds": time.monotonic() - started,
+            }
+# One collective after the loads: the two processes still work together.
+(agreed,) = processes.any_process(process_id == 0)
 report = {
+    "agreed": agreed,
+    "meetings": meetings,
+    "raised": raised,
     "loaded": loaded,
     "commits": dict(commits),
     "changes": changes[0],

@@ -444,3 +444,63 @@ def test_keras_s_own_functions_passed_as_functions_load(tmp_path, data):
     )
     loaded = keras_ckpt.load_best(tmp_path)
     np.testing.assert_array_equal(loaded.get_weights()[0], model.get_weights()[0])
+
+
+# A model that spans several processes (the real two processes: test_multiprocess.py) ---------
+
+
+@pytest.mark.parametrize(
+    ("loader", "function"),
+    [
+        (lambda directory, model: keras_ckpt.load_best(directory, model), "load_best"),
+        (lambda directory, model: keras_ckpt.load_latest(directory, model), "load_latest"),
+        (
+            lambda directory, model: keras_ckpt.load_checkpoint(
+                keras_ckpt.list_checkpoints(directory)[-1], model
+            ),
+            "load_checkpoint",
+        ),
+    ],
+    ids=["load_best", "load_latest", "load_checkpoint"],
+)
+def test_loading_into_a_model_that_spans_processes_waits_for_them_or_raises(
+    tmp_path, data, monkeypatch, loader, function
+):
+    x, y = data
+    keras.utils.set_random_seed(0)
+    trained = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    trained.compile(optimizer="adam", loss="mse")
+    callbacks = [
+        keras_ckpt.BestCheckpoint(tmp_path, monitor="loss"),
+        keras_ckpt.IntervalCheckpoint(tmp_path),
+    ]
+    trained.fit(x, y, epochs=1, verbose=0, callbacks=callbacks)
+    fresh = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    fresh.compile(optimizer="adam", loss="mse")
+    before = fresh.get_weights()
+    # As in a second process: the model's variables span both, and the others never arrive.
+    waits = []
+    monkeypatch.setattr(loading, "_spans_other_processes", lambda model: True)
+    monkeypatch.setattr(loading.processes, "process_count", lambda: 2)
+    monkeypatch.setattr(loading, "LOAD_BARRIER_SECONDS", 2.5)
+    monkeypatch.setattr(
+        loading.processes,
+        "wait_for_every_process",
+        lambda purpose, seconds: waits.append((purpose, seconds)) or "DEADLINE_EXCEEDED: no",
+    )
+    with pytest.raises(
+        loading.DistributedLoadError,
+        match=(
+            rf"^{function}: the model is distributed over 2 processes .* not every process "
+            rf"called {function} within 2.5 s \(JAX: DEADLINE_EXCEEDED: no\)\. Call {function} "
+            "on every process at the same point; to load on one process alone, pass no model"
+        ),
+    ):
+        loader(tmp_path, fresh)
+    assert waits == [("load", 2.5)]
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), before, strict=True))
+    # Every process arrived: the weights load.
+    monkeypatch.setattr(loading.processes, "wait_for_every_process", lambda *arguments: None)
+    assert loader(tmp_path, fresh) is fresh
+    for got, want in zip(fresh.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -189,6 +189,22 @@ def test_a_directory_one_process_cannot_open_or_sees_otherwise_fails_every_proce
     }
 
 
+def expected_loads(directory):
+    """The weights and optimizer iterations of the checkpoints the "load*" modes load, read
+    here in one plain process."""
+    local = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+    local.compile(optimizer="adam", loss="mse")
+    last = keras_ckpt.list_checkpoints(directory / "resume")[-1]
+    keras_ckpt.load_checkpoint(last, local)
+    return {
+        "best": keras.saving.load_model(keras_ckpt.best_checkpoint(directory / "best").path),
+        "latest": keras.saving.load_model(
+            keras_ckpt.latest_checkpoint(directory / "interval").path
+        ),
+        "resume": local,
+    }
+
+
 @pytest.mark.slow
 def test_process_0_alone_loads_what_the_pair_wrote(tmp_path):
     # After training under a two-process distribution, process 0 alone calls the loaders (the
@@ -198,14 +214,7 @@ def test_process_0_alone_loads_what_the_pair_wrote(tmp_path):
     # deadline, which fails the test).
     [chief, other] = run_pair(tmp_path, "load")
     assert other["loaded"] == {}
-    expected = {
-        "best": keras.saving.load_model(keras_ckpt.best_checkpoint(tmp_path / "best").path),
-        "latest": keras.saving.load_model(keras_ckpt.latest_checkpoint(tmp_path / "interval").path),
-    }
-    local = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
-    local.compile(optimizer="adam", loss="mse")
-    last = keras_ckpt.list_checkpoints(tmp_path / "resume")[-1]
-    expected["resume"] = keras_ckpt.load_checkpoint(last, local)
+    expected = expected_loads(tmp_path)
     assert sorted(chief["loaded"]) == sorted(expected)
     for key, model in expected.items():
         loaded = chief["loaded"][key]
@@ -213,3 +222,55 @@ def test_process_0_alone_loads_what_the_pair_wrote(tmp_path):
         assert loaded["iterations"] == int(model.optimizer.iterations) > 0, key
         for got, want in zip(loaded["weights"], model.get_weights(), strict=True):
             np.testing.assert_array_equal(np.asarray(got, dtype="float32"), want, err_msg=key)
+
+
+@pytest.mark.slow
+def test_process_0_alone_loading_into_the_distributed_model_raises_instead_of_hanging(tmp_path):
+    # Process 0 alone calls each loader with the trained model, whose variables span both
+    # processes: loading into it is a collective process 1 never joins. Each call raises a
+    # clear error once the barrier before it times out (2 s here); process 1 goes on, and the
+    # two processes still agree afterwards. Before, process 0's load entered a collective of
+    # its own: it waited for ever, or (here) was paired with process 1's next collective, a
+    # mismatch that aborted process 1 ("Is there a distributed collective mismatch").
+    [chief, other] = run_pair(tmp_path, "load_alone")
+    assert chief is not None and other is not None  # both finished (return code 0)
+    assert other["raised"] == other["loaded"] == {} and other["meetings"] == []
+    assert chief["agreed"] is other["agreed"] is True
+    assert chief["weights"] == other["weights"]  # nothing was loaded on process 0
+    assert chief["loaded"] == {}
+    assert len(chief["meetings"]) == 3 and all("DEADLINE_EXCEEDED" in m for m in chief["meetings"])
+    functions = {"best": "load_best", "latest": "load_latest", "resume": "load_checkpoint"}
+    assert sorted(chief["raised"]) == sorted(functions)
+    for key, function in functions.items():
+        raised = chief["raised"][key]
+        assert (raised["type"], raised["runtime"]) == ("DistributedLoadError", True)
+        assert raised["message"].startswith(
+            f"{function}: the model is distributed over 2 processes"
+        )
+        assert f"not every process called {function} within 2 s" in raised["message"]
+        assert f"Call {function} on every process at the same point" in raised["message"]
+        assert "pass no model" in raised["message"]
+        assert "set_distribution(None)" in raised["message"]
+        assert 2 <= raised["seconds"] < 60, key
+
+
+@pytest.mark.slow
+def test_both_processes_load_into_the_distributed_model_together(tmp_path):
+    # EarlyStopping(restore_best_weights=<directory>) restores the best checkpoint on both
+    # processes at the end of training, then both call each loader with the trained model:
+    # every process meets the others first, and the model, still distributed, holds exactly
+    # the checkpoint's weights on both.
+    [chief, other] = run_pair(tmp_path, "load_together")
+    assert chief is not None and other is not None
+    assert chief["meetings"] == other["meetings"] == [None] * 4  # every process arrived
+    assert chief["raised"] == other["raised"] == {}
+    expected = expected_loads(tmp_path)
+    expected["restored"] = expected["best"]
+    for report in (chief, other):
+        assert sorted(report["loaded"]) == sorted(expected)
+        for key, model in expected.items():
+            loaded = report["loaded"][key]
+            assert not loaded["local"], key  # still spans both processes
+            assert loaded["iterations"] == int(model.optimizer.iterations) > 0, key
+            for got, want in zip(loaded["weights"], model.get_weights(), strict=True):
+                np.testing.assert_array_equal(np.asarray(got, dtype="float32"), want, key)

@@ -4,6 +4,7 @@ inspect store classes. Several real processes are tested in test_multiprocess.py
 import ast
 import os
 import pathlib
+import warnings
 
 import pytest
 
@@ -47,6 +48,81 @@ def test_one_process_agrees_on_a_save_as_it_sees_it(every_seconds, due, signalle
     agreed = processes.agree_on_save(trigger, due, signalled)
     assert agreed == (due, bool(signalled))
     assert (agreed.due, agreed.signalled) == (due, bool(signalled))
+
+
+class FakeCoordinationClient:
+    """JAX's coordination client as ``wait_at_barrier`` sees it: records each barrier, and
+    raises what JAX raises on a timeout when told to."""
+
+    def __init__(self, fails=False):
+        self.barriers = []
+        self.fails = fails
+
+    def wait_at_barrier(self, barrier_id, timeout_in_ms):
+        self.barriers.append((barrier_id, timeout_in_ms))
+        if self.fails:
+            raise RuntimeError(
+                f"DEADLINE_EXCEEDED: Barrier timed out. Id: {barrier_id}::0. This usually "
+                "happens because a task triggered the barrier too early or too slowly.\nmore"
+            )
+
+
+@pytest.fixture
+def two_processes(monkeypatch):
+    """This process as one of two (nothing collective is called), with no barrier yet."""
+    monkeypatch.setattr(processes, "process_count", lambda: 2)
+    monkeypatch.setattr(processes, "_meetings", {})
+    monkeypatch.setattr(processes, "_warned_without_barrier", False)
+
+
+def test_one_process_waits_for_no_one(monkeypatch):
+    monkeypatch.setattr(processes, "_coordination_client", FakeCoordinationClient)
+    assert processes.wait_for_every_process("load", 1.0) is None
+
+
+def test_each_wait_is_a_new_barrier_numbered_per_purpose(two_processes, monkeypatch):
+    client = FakeCoordinationClient()
+    monkeypatch.setattr(processes, "_coordination_client", lambda: client)
+    assert processes.wait_for_every_process("load", 2.5) is None
+    assert processes.wait_for_every_process("load", 0.0001) is None
+    assert processes.wait_for_every_process("other", 60) is None
+    assert client.barriers == [
+        ("keras_ckpt/load/0", 2500),
+        ("keras_ckpt/load/1", 1),  # at least a millisecond
+        ("keras_ckpt/other/0", 60000),
+    ]
+    client.fails = True  # a call that gave up is counted too
+    assert processes.wait_for_every_process("load", 1) == "DEADLINE_EXCEEDED: Barrier timed out"
+    assert client.barriers[-1] == ("keras_ckpt/load/2", 1000)
+
+
+def test_without_a_barrier_in_jax_waiting_warns_once_and_goes_on(two_processes, monkeypatch):
+    pytest.importorskip("jax")
+    monkeypatch.setattr(processes, "_coordination_client", lambda: None)
+    with pytest.warns(UserWarning, match=r"has no barrier with a timeout .*arrived to load"):
+        assert processes.wait_for_every_process("load", 1.0) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert processes.wait_for_every_process("load", 1.0) is None
+
+
+def test_the_barrier_probe_takes_jax_s_client_only_if_it_has_wait_at_barrier(monkeypatch):
+    pytest.importorskip("jax")
+    from jax._src import distributed, lib
+
+    # The class of the client jax.distributed.initialize creates, in this JAX release.
+    runtime = getattr(lib, "_jax", None) or lib.xla_extension
+    assert callable(runtime.DistributedRuntimeClient.wait_at_barrier)
+    client = FakeCoordinationClient()
+    monkeypatch.setattr(distributed.global_state, "client", client)
+    monkeypatch.setattr(processes.keras.backend, "backend", lambda: "tensorflow")
+    assert processes._coordination_client() is None  # not the JAX backend
+    monkeypatch.setattr(processes.keras.backend, "backend", lambda: "jax")
+    assert processes._coordination_client() is client
+    monkeypatch.setattr(distributed.global_state, "client", object())
+    assert processes._coordination_client() is None
+    monkeypatch.setattr(distributed.global_state, "client", None)  # not initialized
+    assert processes._coordination_client() is None
 
 
 # 2. The store interface: a follower is a Store, not a CheckpointStore -----------------------
