@@ -405,3 +405,48 @@ def test_best_models_on_s3_load_with_plain_keras(s3_bucket, make_model, data, we
         plain = keras.saving.load_model(path)
     for got, want in zip(plain.get_weights(), recorder.weights[top.epoch], strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_interval_checkpoints_and_backup_and_restore_on_memory(make_model, data):
+    x, y = data
+    base = f"memory://keras-ckpt-tests/{uuid.uuid4().hex[:12]}"
+    reference = make_model()
+    reference.fit(x, y, epochs=3, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # memory:// has no conditional writes: one warning
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            make_model().fit(
+                x,
+                y,
+                epochs=3,
+                verbose=0,
+                callbacks=[
+                    keras_ckpt.IntervalCheckpoint(f"{base}/interval", every_epochs=1, keep_last=2),
+                    keras_ckpt.BackupAndRestore(backup_dir=f"{base}/backup"),
+                    Crash(5),  # the 2nd batch of the 2nd epoch (3 batches an epoch)
+                ],
+            )
+        WRITER.wait()
+        assert [r.epoch for r in keras_ckpt.list_checkpoints(f"{base}/interval")] == [1]
+        # The rerun continues from the backup of epoch 1 and ends where an uninterrupted run does.
+        counter, model = CountBatches(), make_model()
+        model.fit(
+            x,
+            y,
+            epochs=3,
+            verbose=0,
+            callbacks=[
+                keras_ckpt.IntervalCheckpoint(f"{base}/interval", every_epochs=1, keep_last=2),
+                keras_ckpt.BackupAndRestore(backup_dir=f"{base}/backup"),
+                counter,
+            ],
+        )
+    assert counter.batches == 6
+    for got, want in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert [r.epoch for r in keras_ckpt.list_checkpoints(f"{base}/interval")] == [2, 3]
+    latest = keras_ckpt.load_latest(f"{base}/interval")
+    for got, want in zip(latest.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # BackupAndRestore deletes its backup once training ends, as Keras's does.
+    assert remote.list_names(f"{base}/backup") == set()
