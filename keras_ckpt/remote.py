@@ -404,18 +404,22 @@ def _write_manifest(fs: Any, directory: str, manifest: Manifest, token: Any) -> 
             try:
                 fs.pipe_file(path, data, **condition)
             except OSError:  # FileExistsError too: a refused If-None-Match
-                if _etag(fs, path) != token:  # refused because the manifest moved on
-                    raise conflict from None
-                raise
+                if _etag(fs, path) == token:
+                    raise  # the manifest is as read: retried if transient
+                with contextlib.suppress(Exception):
+                    if fs.cat_file(path) == data:
+                        return  # written, though the answer was lost: a retry must not conflict
+                raise conflict from None
 
         _retried(f"writing {path}", put)
         return _etag(fs, path)
-    if directory not in _warned_unconditional:
-        _warned_unconditional.add(directory)
+    protocol = directory.split("://", 1)[0]
+    if protocol not in _warned_unconditional:  # once per protocol and process
+        _warned_unconditional.add(protocol)
         warnings.warn(
-            f"keras_ckpt: {fs.protocol} gives no conditional writes, so two processes writing "
-            f"checkpoints into {directory} at the same time would go unnoticed; use one "
-            "writer per directory.",
+            f"keras_ckpt: {protocol}:// gives keras_ckpt no conditional writes, so two processes "
+            f"writing checkpoints into one directory (such as {directory}) at the same time "
+            "would go unnoticed; use one writer per directory.",
             stacklevel=4,
         )
     with contextlib.suppress(FileNotFoundError):
@@ -452,7 +456,7 @@ class RemoteStore(Store):
     def __init__(self, directory: str, keras_version: str = "unknown") -> None:
         self.directory = directory
         self.keras_version = keras_version
-        self._fs, self._root = _filesystem(self.directory)
+        self._fs = _filesystem(self.directory)[0]
         self._lock = _directory_lock(self.directory)
         self._probe()
         self.recover()

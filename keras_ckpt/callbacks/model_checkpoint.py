@@ -109,7 +109,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
             "filepath", filepath, what="a file path template", type_error=_FilepathTypeError
         )
         if remote.is_url(self.filepath):  # a bad URL or a missing file system fails here
-            remote.check_url("filepath", posixpath.dirname(self.filepath))
+            remote.check_url("filepath", self.filepath.rsplit("/", 1)[0])
         self.monitor = monitor
         self.mode = mode
         self.verbose = verbose
