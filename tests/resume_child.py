@@ -4,6 +4,8 @@ Usage: python resume_child.py DIRECTORY OUTPUT.npz MODE [N]
   MODE plain: train to the end and write the final weights to OUTPUT.npz
        kill:  SIGKILL itself before global batch N
        save-kill: SIGKILL itself right after the N-th manifest replacement (inside a save)
+       upload-kill: (DIRECTORY a URL) SIGKILL itself right after the N-th step of the remote
+                    protocol: uploads and manifest writes counted together (inside a save)
        term:  send itself SIGTERM before global batch N (fit must return cleanly)
 The same command without a kill is the rerun.
 """
@@ -48,6 +50,24 @@ if mode == "save-kill":
             os.kill(os.getpid(), signal.SIGKILL)
 
     store.CheckpointStore._write_manifest = write_then_die
+
+if mode == "upload-kill":
+    from keras_ckpt import remote
+
+    steps = []
+
+    def then_die(function):
+        def step(*args, **kwargs):
+            result = function(*args, **kwargs)
+            steps.append(1)
+            if len(steps) == point:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        return step
+
+    remote._write_manifest = then_die(remote._write_manifest)
+    remote.RemoteStore._upload = then_die(remote.RemoteStore._upload)
 
 x, y = resume_data()
 model = make_resume_model()

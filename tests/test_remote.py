@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import s3fs
+from conftest import run_child_script
 from resume_setup import make_resume_model, resume_data
 
 import keras_ckpt
@@ -450,3 +451,31 @@ def test_interval_checkpoints_and_backup_and_restore_on_memory(make_model, data)
         np.testing.assert_array_equal(got, want)
     # BackupAndRestore deletes its backup once training ends, as Keras's does.
     assert remote.list_names(f"{base}/backup") == set()
+
+
+@pytest.mark.slow
+def test_sigkill_during_uploads_then_a_rerun_from_the_bucket_is_exact(s3_bucket, tmp_path):
+    # The training script of test_resume.py, writing to S3, killed inside a save. Each save is
+    # an upload, the pending manifest write, the committing one, the `latest` alias's; from the
+    # third on, retention's two (trash listed, trash emptied). Killed right after the 2nd save's
+    # pending write (6: uploaded, not copied yet), its commit (7), and the 3rd save's first
+    # release write (13: trash listed, not deleted). The rerun, with nothing local, ends with the weights
+    # of an uninterrupted run.
+    reference = run_child_script("resume_child.py", tmp_path / "ref", tmp_path / "ref.npz", "plain")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    expected = load_npz(tmp_path / "ref.npz")
+    for index, point in enumerate((6, 7, 13)):
+        url, output = f"{s3_bucket}/run{index}", tmp_path / f"run{index}.npz"
+        first = run_child_script("resume_child.py", url, output, "upload-kill", point)
+        assert first.returncode == -signal.SIGKILL, (point, first.stderr[-2000:])
+        assert keras_ckpt.list_checkpoints(url), point  # killed after the first save
+        rerun = run_child_script("resume_child.py", url, output, "plain")
+        assert rerun.returncode == 0, (point, rerun.stderr[-2000:])
+        for got, want in zip(load_npz(output), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert not [n for n in remote.list_names(url) if TEMP_PATTERN.match(n)]
+
+
+def load_npz(path):
+    with np.load(path) as arrays:
+        return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
