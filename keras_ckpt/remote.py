@@ -376,6 +376,18 @@ _directory_locks: dict[str, threading.RLock] = {}
 # recovery in the same process leaves them alone.
 _uploading: set[str] = set()
 _warned_unconditional: set[str] = set()
+# Each directory's manifest as this process last read or wrote it, with its token.
+_known: dict[str, tuple[Manifest, Any]] = {}
+
+
+def _copy(manifest: Manifest) -> Manifest:
+    """A copy the caller may change (records are frozen; the containers are copied)."""
+    return Manifest(
+        records=list(manifest.records),
+        aliases=dict(manifest.aliases),
+        pending=None if manifest.pending is None else dict(manifest.pending),
+        trash=list(manifest.trash),
+    )
 
 
 def _directory_lock(directory: str) -> threading.RLock:
@@ -485,7 +497,7 @@ class RemoteStore(Store):
         return join(self.directory, filename)
 
     def manifest(self) -> Manifest:
-        return _read_manifest(self._fs, self.directory)[0]
+        return self._read()[0]
 
     def filenames(self) -> set[str]:
         return list_names(self.directory)
@@ -524,17 +536,17 @@ class RemoteStore(Store):
                 state=state,
             )
             with self._lock:
-                manifest, token = _read_manifest(self._fs, self.directory)
+                manifest, token = self._read()
                 stale = _resolve_pending(self._fs, manifest, self.directory)
                 manifest.pending = {"temp": upload, "record": record.to_json()}
-                token = _write_manifest(self._fs, self.directory, manifest, token)
+                token = self._write(manifest, token)
                 _retried(
                     f"copying {upload} to {filename}",
                     lambda: self._fs.copy(self._object(upload), self._object(filename)),
                 )
                 manifest.pending = None
                 add_record(manifest, record)
-                _write_manifest(self._fs, self.directory, manifest, token)
+                self._write(manifest, token)
                 for name in (upload, stale):
                     if name is not None:
                         with contextlib.suppress(Exception):
@@ -567,9 +579,9 @@ class RemoteStore(Store):
         if not names:
             return []
         with self._lock:
-            manifest, token = _read_manifest(self._fs, self.directory)
+            manifest, token = self._read()
             deleted, manifest.trash = drop_keeper(manifest, keeper, names)
-            token = _write_manifest(self._fs, self.directory, manifest, token)
+            token = self._write(manifest, token)
             if manifest.trash:
                 self._empty_trash(manifest, token)
         return deleted
@@ -578,12 +590,12 @@ class RemoteStore(Store):
         if alias not in ALIASES:
             raise ValueError(f"Argument `alias` must be one of {ALIASES}. Received: {alias!r}")
         with self._lock:
-            manifest, token = _read_manifest(self._fs, self.directory)
+            manifest, token = self._read()
             if manifest.find(target_filename) is None:
                 raise ValueError(f"{target_filename!r} is not a committed checkpoint.")
             if manifest.aliases.get(alias) != target_filename:
                 manifest.aliases[alias] = target_filename
-                _write_manifest(self._fs, self.directory, manifest, token)
+                self._write(manifest, token)
         return self.path(alias_filename(alias, target_filename))
 
     def remove_if_empty(self) -> bool:
@@ -600,11 +612,11 @@ class RemoteStore(Store):
     def recover(self) -> None:
         """Settles what a killed writer left (see the module)."""
         with self._lock:
-            manifest, token = _read_manifest(self._fs, self.directory)
+            manifest, token = self._read(fresh=True)
             changed = manifest.pending is not None
             _resolve_pending(self._fs, manifest, self.directory)
             if changed:
-                token = _write_manifest(self._fs, self.directory, manifest, token)
+                token = self._write(manifest, token)
             if manifest.trash:
                 token = self._empty_trash(manifest, token)
             with _locks_guard:
@@ -613,6 +625,31 @@ class RemoteStore(Store):
                 if TEMP_PATTERN.match(name) and name not in in_flight:
                     with contextlib.suppress(FileNotFoundError):
                         self._fs.rm_file(self._object(name))
+
+    def _read(self, fresh: bool = False) -> tuple[Manifest, Any]:
+        """The manifest as this process last read or wrote it (from the store if ``fresh``),
+        and the token of that version. This process's stores of the directory share it, so
+        deciding a save costs no request; a change by another writer is caught by the
+        conditional write that follows."""
+        with _locks_guard:
+            known = None if fresh else _known.get(self.directory)
+        if known is None:
+            known = _read_manifest(self._fs, self.directory)
+            with _locks_guard:
+                _known[self.directory] = known
+        manifest, token = known
+        return _copy(manifest), token
+
+    def _write(self, manifest: Manifest, token: Any) -> Any:
+        try:
+            written = _write_manifest(self._fs, self.directory, manifest, token)
+        except BaseException:
+            with _locks_guard:
+                _known.pop(self.directory, None)  # read afresh next time
+            raise
+        with _locks_guard:
+            _known[self.directory] = (_copy(manifest), written)
+        return written
 
     def _delete(self, name: str) -> None:
         path = self._object(name)
@@ -625,7 +662,7 @@ class RemoteStore(Store):
             if name not in listed:
                 self._delete(name)
         manifest.trash = []
-        return _write_manifest(self._fs, self.directory, manifest, token)
+        return self._write(manifest, token)
 
 
 __all__ = [
