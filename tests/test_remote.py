@@ -459,8 +459,8 @@ def test_sigkill_during_uploads_then_a_rerun_from_the_bucket_is_exact(s3_bucket,
     # an upload, the pending manifest write, the committing one, the `latest` alias's; from the
     # third on, retention's two (trash listed, trash emptied). Killed right after the 2nd save's
     # pending write (6: uploaded, not copied yet), its commit (7), and the 3rd save's first
-    # release write (13: trash listed, not deleted). The rerun, with nothing local, ends with the weights
-    # of an uninterrupted run.
+    # release write (13: trash listed, not deleted). The rerun, with nothing local, ends with
+    # the weights of an uninterrupted run.
     reference = run_child_script("resume_child.py", tmp_path / "ref", tmp_path / "ref.npz", "plain")
     assert reference.returncode == 0, reference.stderr[-2000:]
     expected = load_npz(tmp_path / "ref.npz")
@@ -479,3 +479,27 @@ def test_sigkill_during_uploads_then_a_rerun_from_the_bucket_is_exact(s3_bucket,
 def load_npz(path):
     with np.load(path) as arrays:
         return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+
+
+@pytest.mark.slow
+def test_two_jax_processes_share_an_s3_directory_and_resume_together(s3_bucket):
+    # The two-process JAX run of test_multiprocess.py with its directories on S3: process 0
+    # writes (process 1 holds a FollowerStore, which cannot write), both take the same
+    # decisions; after process 1 is SIGKILLed mid-epoch 3, the rerun pair resumes from the
+    # same checkpoint and ends where the uninterrupted pair ended.
+    from test_multiprocess import DIRECTORIES, run_pair
+
+    [chief, other] = run_pair(f"{s3_bucket}/pair", "train")
+    assert chief["logged"] == other["logged"] and chief["epochs"] == [0, 1, 2, 3]
+    assert chief["weights"] == other["weights"]
+    for name in DIRECTORIES:
+        records = keras_ckpt.list_checkpoints(f"{s3_bucket}/pair/{name}")
+        assert records, name
+        for record in records:
+            remote.verify(record)
+    uninterrupted = chief["weights"]
+    reports = run_pair(f"{s3_bucket}/killed", "kill1")
+    assert reports[1] is None
+    [chief, other] = run_pair(f"{s3_bucket}/killed", "train")
+    assert chief["resumed"] == other["resumed"] is not None
+    assert chief["weights"] == other["weights"] == uninterrupted
