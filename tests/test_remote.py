@@ -2,6 +2,7 @@
 127.0.0.1, through s3fs) and fsspec's memory://, with real training where a callback is used."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -503,3 +504,31 @@ def test_two_jax_processes_share_an_s3_directory_and_resume_together(s3_bucket):
     [chief, other] = run_pair(f"{s3_bucket}/killed", "train")
     assert chief["resumed"] == other["resumed"] is not None
     assert chief["weights"] == other["weights"] == uninterrupted
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"trash": ["../victim.txt"]},
+        {"pending": {"temp": "../victim.txt", "record": {}}},
+        {"aliases": {"best": "../victim.txt"}},
+    ],
+    ids=["trash", "pending", "alias"],
+)
+def test_a_hostile_remote_manifest_is_refused_and_touches_nothing_outside(url, entry):
+    # A manifest is untrusted input on remote storage too: a name that leads out of the
+    # directory is refused whole, by readers and by a writer opening the directory, and the
+    # object beside the directory stays as it was.
+    fs = fsspec.core.url_to_fs(url)[0]
+    victim = url.rsplit("/", 1)[0] + "/victim.txt"
+    fs.pipe_file(victim, b"precious")
+    fs.pipe_file(f"{url}/{MANIFEST_NAME}", json.dumps({**MANIFEST_HEAD, **entry}).encode())
+    with pytest.raises(keras_ckpt.store.ManifestError, match="plain file name|temporary name"):
+        keras_ckpt.list_checkpoints(url)
+    with pytest.raises(keras_ckpt.store.ManifestError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        remote.RemoteStore(url)
+    assert fs.cat_file(victim) == b"precious"
+
+
+MANIFEST_HEAD = {"format": "keras_ckpt.manifest", "version": 1, "checkpoints": []}
