@@ -294,7 +294,14 @@ def list_names(directory: str) -> set[str]:
 
 def exists(url: str) -> bool:
     """Whether anything is at ``url``: an object, or a directory (a prefix) holding objects, or
-    a bucket."""
+    a bucket.
+
+    Example:
+        >>> import fsspec
+        >>> fsspec.filesystem("memory").pipe_file("/remote-doc/run/a.bin", b"abc")
+        >>> exists("memory://remote-doc/run"), exists("memory://remote-doc/other")
+        (True, False)
+    """
     fs, path = _filesystem(url)
     with contextlib.suppress(Exception):
         fs.invalidate_cache(path)
@@ -306,6 +313,12 @@ def object_size(url: str) -> int:
 
     Raises:
         FileNotFoundError: If there is no object there (nothing, or only a prefix of others).
+
+    Example:
+        >>> import fsspec
+        >>> fsspec.filesystem("memory").pipe_file("/remote-doc/run/b.bin", b"abcd")
+        >>> object_size("memory://remote-doc/run/b.bin")
+        4
     """
     fs, path = _filesystem(url)
     with contextlib.suppress(Exception):
