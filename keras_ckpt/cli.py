@@ -2,13 +2,17 @@
 export checkpoint directories, plot their history, and run the demo.
 
 Every command but ``demo`` reads a directory that keras_ckpt wrote (it holds a
-``keras_ckpt.json`` manifest). Exit status: 0 when all is well, 1 when ``verify`` finds a bad
+``keras_ckpt.json`` manifest): a local path, or the URL of a remote one (``s3://bucket/run``,
+any fsspec URL; see ``keras_ckpt.remote``). What the commands write (``export``, ``plot``) is
+written here, to a local path. Exit status: 0 when all is well, 1 when ``verify`` finds a bad
 checkpoint, 2 on any other error (a missing or damaged directory, an unknown checkpoint, a bad
 option), reported as one line on stderr, never a traceback.
 
 Checkpoint directories are untrusted input (downloaded, shared): every name the manifest holds
 must be a plain file name in the directory and every file it names a regular file, or the command
-refuses the directory before reading, writing or deleting anything.
+refuses the directory before reading, writing or deleting anything. A remote directory's
+manifest is checked the same way as it is parsed; an object store holds no links, folders or
+pipes, so its objects need no further check.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import zipfile
 from collections.abc import Sequence
 from typing import Any
 
-from keras_ckpt import ranking
+from keras_ckpt import ranking, remote
 from keras_ckpt.policies import AnyOf, KeepBest, KeepLatest, RetentionPolicy
 from keras_ckpt.records import (
     BEST_ALIAS,
@@ -41,8 +45,10 @@ from keras_ckpt.records import (
 from keras_ckpt.store import (
     CheckpointCorruptedError,
     CheckpointStore,
+    Store,
     alias_filename,
     file_sha256,
+    local_file,
     read_committed,
     read_manifest,
     verify,
@@ -66,6 +72,13 @@ _EXPECTED_ERRORS = (
     ArithmeticError,
     RuntimeError,
 )
+
+
+def _failures(directory: str) -> tuple[type[Exception], ...]:
+    """What reading or changing ``directory`` may raise that is not a bug of ours: for a remote
+    directory anything, since each store's client has errors of its own (botocore's
+    ``NoCredentialsError``, say)."""
+    return (Exception,) if remote.is_url(directory) else _EXPECTED_ERRORS
 
 
 def _printable(text: object) -> str:
@@ -108,22 +121,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_DIRECTORY_HELP = "the checkpoint directory: a path, or a URL such as s3://bucket/run"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="keras-ckpt",
-        description="Look at, check, prune and export keras_ckpt checkpoint directories.",
+        description=(
+            "Look at, check, prune and export keras_ckpt checkpoint directories, local or "
+            "remote (any fsspec URL: s3://bucket/run, gs://..., ...)."
+        ),
         epilog="Run 'keras-ckpt COMMAND --help' for a command's options.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ls = commands.add_parser("ls", help="list the committed checkpoints of a directory")
-    ls.add_argument("directory", metavar="DIR")
+    ls.add_argument("directory", metavar="DIR", help=_DIRECTORY_HELP)
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     show = commands.add_parser(
         "show", help="everything the manifest knows about one checkpoint, and its model summary"
     )
-    show.add_argument("directory", metavar="DIR")
+    show.add_argument("directory", metavar="DIR", help=_DIRECTORY_HELP)
     show.add_argument(
         "checkpoint",
         metavar="CHECKPOINT",
@@ -135,12 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "verify", help="check every checkpoint's SHA-256 and that it opens (exit 1 if not)"
     )
-    check.add_argument("directory", metavar="DIR")
+    check.add_argument("directory", metavar="DIR", help=_DIRECTORY_HELP)
 
     prune = commands.add_parser(
         "prune", help="delete checkpoints with the retention policies the callbacks use"
     )
-    prune.add_argument("directory", metavar="DIR")
+    prune.add_argument("directory", metavar="DIR", help=_DIRECTORY_HELP)
     prune.add_argument("--keep-last", type=_positive_int, help="keep the N newest")
     prune.add_argument("--keep-best", type=_positive_int, help="keep the K best by --monitor")
     prune.add_argument("--monitor", default="val_loss", help="metric for --keep-best")
@@ -150,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
 
     export = commands.add_parser("export", help="copy one checkpoint out as a standalone .keras")
-    export.add_argument("directory", metavar="DIR")
+    export.add_argument("directory", metavar="DIR", help=_DIRECTORY_HELP)
     export.add_argument("output", metavar="OUT.keras")
     export.add_argument(
         "--which", default="best", help="'best' (the default), 'latest' or an epoch number"
@@ -159,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser(
         "plot", help="metric history by epoch with the kept checkpoints marked (a PNG)"
     )
-    plot.add_argument("directory", metavar="DIR")
+    plot.add_argument("directory", metavar="DIR", help=_DIRECTORY_HELP)
     plot.add_argument("-o", "--output", required=True, metavar="FILE.png")
     plot.add_argument(
         "--metric", action="append", help="a metric to plot (repeatable; default: all)"
@@ -232,8 +251,12 @@ def _manifest(directory: str) -> tuple[str, Manifest]:
     a directory where a listed name is anything but a regular file (a link, a folder, a pipe),
     before any command reads, exports or deletes there: it is the door through which directories
     from elsewhere come in.
+
+    A URL is read by ``_remote_manifest``; a ``file://`` URL is a local path.
     """
-    path = os.path.abspath(directory)
+    if remote.is_url(directory):
+        return _remote_manifest(directory)
+    path = os.path.abspath(remote.local_path(directory))
     if not os.path.isdir(path):
         if os.path.lexists(path):
             raise UsageError(f"{path} is not a directory")
@@ -252,6 +275,46 @@ def _manifest(directory: str) -> tuple[str, Manifest]:
         raise UsageError(str(error)) from None
     except _EXPECTED_ERRORS as error:
         raise UsageError(f"cannot read {manifest_path}: {_describe(error)}") from None
+
+
+def _remote_manifest(directory: str) -> tuple[str, Manifest]:
+    """A remote directory's normalized URL and its committed manifest, or a ``UsageError``
+    saying what is wrong: a malformed URL, a protocol without its file system, a missing bucket
+    or credentials, no manifest there. Reads only: a crash's leftovers are resolved in memory.
+
+    The store checks every entry of the manifest as it parses it, as for a local directory.
+    """
+    try:
+        url = remote.check_url("directory", directory)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    try:
+        manifest = read_committed(url)
+        if manifest.records or manifest.aliases:
+            return url, manifest
+        # A missing manifest reads as an empty one (as does a missing bucket): say which.
+        names = remote.list_names(url)
+        if MANIFEST_NAME in names:
+            return url, manifest
+        absent = _nothing_there(url, names)
+    except ManifestError as error:
+        raise UsageError(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - each store's client has errors of its own
+        raise UsageError(f"cannot read {url}: {_describe(error)}") from None
+    raise UsageError(absent)
+
+
+def _nothing_there(url: str, names: set[str]) -> str:
+    """Why ``url``, which holds no manifest, is no checkpoint directory."""
+    if names:
+        return (
+            f"{url} holds no {MANIFEST_NAME}: it is not a directory keras_ckpt wrote checkpoints to"
+        )
+    protocol, _, path = url.partition("://")
+    bucket = f"{protocol}://{path.split('/')[0]}"
+    if protocol.lower() in remote.EXTRAS and not remote.exists(bucket):
+        return f"no bucket {bucket} (or these credentials may not see it)"
+    return f"nothing at {url}: it is not a directory keras_ckpt wrote checkpoints to"
 
 
 def _listed_files(manifest: Manifest) -> list[tuple[str, str]]:
@@ -429,8 +492,16 @@ def _state_text(state: dict[str, Any]) -> str:
 def _print_model_summary(record: CheckpointRecord) -> None:
     import keras
 
+    # Keras opens local files: a remote checkpoint is downloaded, and checked against its
+    # SHA-256 (a local one is opened as it is; verify is the command that checks).
+    opened: contextlib.AbstractContextManager[str] = (
+        local_file(record, verify_checksum=True)
+        if remote.is_url(record.path)
+        else contextlib.nullcontext(record.path)
+    )
     try:
-        model = keras.saving.load_model(record.path, compile=False)
+        with opened as path:
+            model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # a custom object this process does not know, say
         print(f"(no model summary: {type(error).__name__}: {_one_line(error)})")
         return
@@ -461,25 +532,45 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _problem(record: CheckpointRecord) -> str | None:
     """What is wrong with a committed checkpoint file, or ``None``."""
+    if remote.is_url(record.path):
+        return _remote_problem(record)
     try:
         verify(record)
     except CheckpointCorruptedError as error:
         return _one_line(error)
     except OSError as error:
         return f"cannot be read: {_describe(error)}"
+    return _format_problem(record.path)
+
+
+def _remote_problem(record: CheckpointRecord) -> str | None:
+    """``_problem`` for a remote checkpoint, read once: the download is checked against the
+    recorded size and SHA-256, then opened (the bytes checked are the bytes opened)."""
+    try:
+        with local_file(record, verify_checksum=True) as path:
+            return _format_problem(path)
+    except CheckpointCorruptedError as error:
+        return _one_line(error)
+    except Exception as error:  # noqa: BLE001 - each store's client has errors of its own
+        return f"cannot be read: {_describe(error)}"
+
+
+def _format_problem(path: str) -> str | None:
+    """Why the checkpoint file at ``path`` does not open as what its extension says, or
+    ``None``."""
     import h5py
 
     try:
-        if record.path.endswith(".keras"):
-            with zipfile.ZipFile(record.path) as archive:
+        if path.endswith(".keras"):
+            with zipfile.ZipFile(path) as archive:
                 names = set(archive.namelist())
                 missing = {"config.json", "model.weights.h5"} - names
                 if missing:
                     return f"the archive lacks {', '.join(sorted(missing))}"
                 with archive.open("model.weights.h5") as weights, h5py.File(weights, "r"):
                     pass
-        elif record.path.endswith(".h5"):
-            with h5py.File(record.path, "r"):
+        elif path.endswith(".h5"):
+            with h5py.File(path, "r"):
                 pass
     except Exception as error:
         return f"does not open: {_one_line(error)}"
@@ -490,6 +581,8 @@ def _alias_problem(directory: str, manifest: Manifest, alias: str, target: str) 
     record = manifest.find(target)
     if record is None:
         return f"points at {target}, which is not a committed checkpoint"
+    if remote.is_url(directory):
+        return None  # a remote directory's aliases live in its manifest alone: no object
     alias_path = os.path.join(directory, alias_filename(alias, target))
     if manifest.find(os.path.basename(alias_path)) is not None:
         return None  # a checkpoint of its own has that name; the alias lives in the manifest
@@ -507,6 +600,10 @@ def _alias_problem(directory: str, manifest: Manifest, alias: str, target: str) 
 
 
 def _prune(args: argparse.Namespace) -> int:
+    """Deletes through the directory's store. A local one takes the writer lock, so it is
+    refused while a run writes there; an object store has no lock: a remote directory is
+    pruned while no run writes into it (on S3 a clash is refused, by the conditional manifest
+    writes, rather than lost; elsewhere nothing notices it)."""
     path, manifest = _manifest(args.directory)
     if args.keep_last is None and args.keep_best is None:
         raise UsageError("say what to keep: --keep-last N and/or --keep-best K")
@@ -539,12 +636,14 @@ def _prune(args: argparse.Namespace) -> int:
         for r, keep in zip(manifest.records, flags, strict=True)
         if not keep and r.filename in protected
     ]
-    store = None
+    store: Store | None = None
     if not args.dry_run:
-        _check_before_deleting(manifest, dropped)
+        _check_before_deleting(path, manifest, dropped)
         try:  # takes the writer lock: refused, before a word of the plan, while a run writes
-            store = CheckpointStore(path)
-        except _EXPECTED_ERRORS as error:
+            # (a remote store has no lock, but writes a probe: refused here without the right
+            # to write, and it settles what a killed writer left, as opening a local one does)
+            store = remote.RemoteStore(path) if remote.is_url(path) else CheckpointStore(path)
+        except _failures(path) as error:
             raise UsageError(f"prune stopped with nothing deleted: {_describe(error)}") from None
     if spared:
         print(f"keeping {', '.join(spared)}: the best/latest alias points at it")
@@ -562,7 +661,7 @@ def _prune(args: argparse.Namespace) -> int:
             # A record that no callback keeps (a manifest written by hand) goes on any release.
             for keeper in record.kept_by or ("keras-ckpt prune",):
                 deleted += store.release(keeper, [record.filename])
-    except _EXPECTED_ERRORS as error:
+    except _failures(path) as error:
         done = f"after deleting {', '.join(deleted)}" if deleted else "with nothing deleted"
         raise UsageError(f"prune stopped {done}: {_describe(error)}") from None
     freed = sum(record.size for record in dropped if record.filename in deleted)
@@ -570,14 +669,19 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_before_deleting(manifest: Manifest, dropped: list[CheckpointRecord]) -> None:
+def _check_before_deleting(
+    directory: str, manifest: Manifest, dropped: list[CheckpointRecord]
+) -> None:
     """Refuses to prune a directory in doubt: a listed file missing or of the wrong size, or a
     checkpoint that stays not matching its checksum (deleting the others would lose the last
     good copies)."""
     going = {record.filename for record in dropped}
+    failures = _checkpoint_failures(directory)
     for record in manifest.records:
         try:
-            if record.filename in going:
+            if record.filename in going and remote.is_url(record.path):
+                _check_remote_size(record)
+            elif record.filename in going:
                 if not os.path.lexists(record.path):
                     raise CheckpointCorruptedError(f"Checkpoint {record.path} is missing.")
                 if os.path.getsize(record.path) != record.size:
@@ -586,11 +690,31 @@ def _check_before_deleting(manifest: Manifest, dropped: list[CheckpointRecord]) 
                     )
             else:
                 verify(record)
-        except (CheckpointCorruptedError, OSError) as error:
+        except failures as error:
             raise UsageError(
                 f"{_describe(error)} Nothing deleted: prune deletes only from a directory whose "
                 "checkpoints are all there and intact; run 'keras-ckpt verify' to see the rest"
             ) from None
+
+
+def _checkpoint_failures(directory: str) -> tuple[type[Exception], ...]:
+    """What checking a checkpoint of ``directory`` raises when the checkpoint, not our code, is
+    at fault: damage or a failed read (for a remote directory, any error of the store's
+    client)."""
+    return (Exception,) if remote.is_url(directory) else (CheckpointCorruptedError, OSError)
+
+
+def _check_remote_size(record: CheckpointRecord) -> None:
+    """That a remote checkpoint about to be deleted is there with its recorded size (its bytes
+    are not downloaded: it goes anyway)."""
+    try:
+        size = remote.object_size(record.path)
+    except FileNotFoundError:
+        raise CheckpointCorruptedError(f"Checkpoint {record.path} is missing.") from None
+    if size != record.size:
+        raise CheckpointCorruptedError(
+            f"Checkpoint {record.path} does not have the size its manifest recorded."
+        )
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -601,30 +725,46 @@ def _export(args: argparse.Namespace) -> int:
     record = _find(manifest, which)
     if not args.output.endswith(".keras"):
         raise UsageError(f"the output must end in .keras, got {args.output!r}")
+    _check_local_output(args.output)
     if record.kind != KIND_MODEL:
         raise UsageError(
             f"{record.filename} holds weights only, which cannot make a standalone model; "
             "export a whole-model checkpoint (save_weights_only=False), or load the weights into "
             "your model and call model.save"
         )
-    try:
-        verify(record)
-    except (CheckpointCorruptedError, OSError) as error:
-        raise UsageError(f"{_describe(error)} Nothing exported") from None
-    output = _export_target(args.output, path)
-    temporary = f"{output}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        # Missing parent folders are created (as export always did): the path says where.
-        os.makedirs(os.path.dirname(output), exist_ok=True)
-        shutil.copyfile(record.path, temporary)
-        os.replace(temporary, output)
-    except OSError as error:
-        raise UsageError(f"cannot write {output}: {_describe(error)}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
+    with contextlib.ExitStack() as download:
+        try:
+            if remote.is_url(record.path):
+                # One download, checked against the recorded size and SHA-256, is what is copied.
+                source = download.enter_context(local_file(record, verify_checksum=True))
+            else:
+                verify(record)
+                source = record.path
+        except _checkpoint_failures(path) as error:
+            raise UsageError(f"{_describe(error)} Nothing exported") from None
+        output = _export_target(args.output, path)
+        temporary = f"{output}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            # Missing parent folders are created (as export always did): the path says where.
+            os.makedirs(os.path.dirname(output), exist_ok=True)
+            shutil.copyfile(source, temporary)
+            os.replace(temporary, output)
+        except OSError as error:
+            raise UsageError(f"cannot write {output}: {_describe(error)}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
     print(f"exported {record.filename} (epoch {record.epoch}) to {output}")
     return 0
+
+
+def _check_local_output(output: str) -> None:
+    """Refuses a URL where a command writes a file: what it writes is written here."""
+    if remote.is_url(output):
+        raise UsageError(
+            f"the output must be a local path, got the URL {_printable(repr(output))}; write "
+            "it here and copy it there with that storage's own tools"
+        )
 
 
 def _export_target(output: str, directory: str) -> str:
@@ -634,6 +774,8 @@ def _export_target(output: str, directory: str) -> str:
     if os.path.isdir(path):
         raise UsageError(f"{path} is a directory; give the path of the .keras file to write")
     parent = os.path.dirname(path)
+    if remote.is_url(directory):
+        return path  # a local path is never a file of a remote directory
     with contextlib.suppress(OSError):
         if os.path.lexists(path) and os.path.samefile(parent, directory):
             raise UsageError(
@@ -652,6 +794,7 @@ def _plot(args: argparse.Namespace) -> int:
         history_of(manifest)
     except _EXPECTED_ERRORS as error:  # the History a resume checkpoint carries is damaged
         raise UsageError(f"cannot read the history kept in {path}: {_describe(error)}") from None
+    _check_local_output(args.output)
     output = os.path.abspath(args.output)
     if os.path.isdir(output):
         raise UsageError(f"{output} is a directory; give the path of the .png file to write")

@@ -292,6 +292,43 @@ def list_names(directory: str) -> set[str]:
     return {posixpath.basename(str(entry).rstrip("/")) for entry in entries}
 
 
+def exists(url: str) -> bool:
+    """Whether anything is at ``url``: an object, or a directory (a prefix) holding objects, or
+    a bucket.
+
+    Example:
+        >>> import fsspec
+        >>> fsspec.filesystem("memory").pipe_file("/remote-doc/run/a.bin", b"abc")
+        >>> exists("memory://remote-doc/run"), exists("memory://remote-doc/other")
+        (True, False)
+    """
+    fs, path = _filesystem(url)
+    with contextlib.suppress(Exception):
+        fs.invalidate_cache(path)
+    return bool(_retried(f"reading {url}", lambda: fs.exists(path)))
+
+
+def object_size(url: str) -> int:
+    """The size in bytes of the object at ``url``, without reading it.
+
+    Raises:
+        FileNotFoundError: If there is no object there (nothing, or only a prefix of others).
+
+    Example:
+        >>> import fsspec
+        >>> fsspec.filesystem("memory").pipe_file("/remote-doc/run/b.bin", b"abcd")
+        >>> object_size("memory://remote-doc/run/b.bin")
+        4
+    """
+    fs, path = _filesystem(url)
+    with contextlib.suppress(Exception):
+        fs.invalidate_cache(path)
+    info = _retried(f"reading {url}", lambda: fs.info(path))
+    if info.get("type") != "file":
+        raise FileNotFoundError(f"No object at {url}.")
+    return int(info["size"])
+
+
 def _sha256_of(fs: Any, path: str) -> tuple[int, str]:
     digest, size = hashlib.sha256(), 0
     with fs.open(path, "rb") as file:
@@ -669,10 +706,12 @@ __all__ = [
     "EXTRAS",
     "ManifestConflictError",
     "check_url",
+    "exists",
     "is_url",
     "list_names",
     "local_copy",
     "local_path",
+    "object_size",
     "RemoteStore",
     "read_committed",
     "verify",
