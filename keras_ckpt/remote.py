@@ -267,7 +267,10 @@ def _has_etags(fs: Any) -> bool:
 
 
 def _path_of(fs: Any, url: str) -> str:
-    return str(fs._strip_protocol(url))
+    """``url`` as ``fs`` names it (without the protocol)."""
+    import fsspec.core
+
+    return str(fsspec.core.strip_protocol(url))
 
 
 def read_committed(directory: str) -> Manifest:
