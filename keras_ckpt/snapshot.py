@@ -83,8 +83,10 @@ class ModelSnapshot:
                 _write_h5(weights_path, self._calls)
                 # ``archive.write`` copies in 8 kB pieces: two system calls and a CRC call per
                 # piece, twice the CPU time of this copy for a large file.
-                entry = zipfile.ZipInfo.from_file(weights_path, keras_adapter.ARCHIVE_WEIGHTS_NAME)
-                with open(weights_path, "rb") as source, archive.open(entry, "w") as target:
+                weights = zipfile.ZipInfo.from_file(
+                    weights_path, keras_adapter.ARCHIVE_WEIGHTS_NAME
+                )
+                with open(weights_path, "rb") as source, archive.open(weights, "w") as target:
                     shutil.copyfileobj(source, target, _COPY_CHUNK)
                 if self._assets is not None:
                     keras_adapter.zip_assets(archive, self._assets.working_dir)
