@@ -664,3 +664,69 @@ def print_message(text: str) -> None:
         _io_utils.print_msg(text)
     else:
         print(text, flush=True)
+
+
+# Backend behaviour that snapshots rely on -----------------------------------------------------
+
+_tensorflow_reads_hold: bool | None = None
+
+
+def tensorflow_reads_hold() -> bool:
+    """Whether a tensor read from a TensorFlow variable keeps its value while the variable is
+    updated: TensorFlow copies a variable's buffer before an in-place update while a read of it
+    is alive (copy-on-write), so a read is a snapshot that costs nothing until the next update.
+
+    Probe, run once per process on the first call (a few milliseconds, plus one XLA
+    compilation where XLA is available): a read must survive an eager ``assign_add``, a
+    ``tf.function`` ``assign_sub``, a ``scatter_add`` and an XLA-compiled update. Where it does
+    not (another TensorFlow), ``False``: snapshots then copy to host memory at once, as
+    ``variable.numpy()`` does.
+    """
+    global _tensorflow_reads_hold
+    if _tensorflow_reads_hold is None:
+        _tensorflow_reads_hold = _probe_tensorflow_reads()
+    return _tensorflow_reads_hold
+
+
+def _probe_tensorflow_reads() -> bool:
+    import numpy as np
+    import tensorflow as tf
+
+    variable = tf.Variable(np.zeros((4, 4), "float32"))
+    ones = tf.ones((4, 4))
+
+    def survives(update: Callable[[], Any]) -> bool:
+        read = tf.identity(variable)
+        before = np.array(read)
+        update()
+        return bool(np.array_equal(np.asarray(read), before))
+
+    def xla_update() -> None:
+        try:
+            tf.function(lambda: variable.assign_add(ones), jit_compile=True)()
+        except Exception:  # noqa: BLE001 - no XLA here: fit cannot compile with it either
+            variable.assign_add(ones)
+
+    try:
+        return (
+            survives(lambda: variable.assign_add(ones))
+            and survives(tf.function(lambda: variable.assign_sub(ones)))
+            and survives(lambda: variable.scatter_add(tf.IndexedSlices(ones[:1], [0])))
+            and survives(xla_update)
+        )
+    except Exception:  # noqa: BLE001 - any failure means: do not rely on it
+        return False
+
+
+def tensorflow_read(value: Any) -> Any:
+    """A read of ``value``, a TensorFlow variable, on its own device, that holds its current
+    value while training goes on (see ``tensorflow_reads_hold``); ``None`` where that cannot be
+    relied on: the probe failed, or a distribution strategy is in use (its variables read per
+    replica)."""
+    import tensorflow as tf
+
+    if not isinstance(value, tf.Variable) or tf.distribute.has_strategy():
+        return None
+    if not tensorflow_reads_hold():
+        return None
+    return tf.identity(value)

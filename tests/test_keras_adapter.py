@@ -294,3 +294,17 @@ def test_a_resume_without_the_start_epoch_probe_raises_instead_of_restarting(
             *data, epochs=2, verbose=0, callbacks=[keras_ckpt.ResumeFromLatest(tmp_path)]
         )
     assert os.path.isdir(tmp_path)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's reads")
+def test_tensorflow_reads_hold_their_value_through_updates():
+    import tensorflow as tf
+
+    assert keras_adapter.tensorflow_reads_hold()
+    variable = tf.Variable([1.0, 2.0])
+    read = keras_adapter.tensorflow_read(variable)
+    variable.assign_add([1.0, 1.0])
+    assert np.asarray(read).tolist() == [1.0, 2.0]
+    assert keras_adapter.tensorflow_read(np.zeros(2)) is None  # not a variable
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        assert keras_adapter.tensorflow_read(variable) is None  # read per replica there

@@ -718,3 +718,29 @@ def test_a_stop_request_during_the_replay_is_served_at_the_first_trained_batch(t
     assert history.epoch == [0, 1, 2]  # stopped in the epoch it resumed
     newest = keras_ckpt.list_checkpoints(tmp_path)[-1]
     assert (newest.state["epoch"], newest.state["batch"], newest.step) == (2, 2, 12)
+
+
+def test_fit_is_searched_for_its_callbacks_once_per_fit(tmp_path, data, monkeypatch):
+    # Reading fit's locals again at every save kept the previous epoch's data iterator alive
+    # until then and freed it inside the save (seconds on TensorFlow): the search happens once.
+    from keras_ckpt.callbacks import resume
+
+    searches = []
+    original = resume.fit_callbacks
+
+    def counted(callback):
+        searches.append(callback)
+        return original(callback)
+
+    monkeypatch.setattr(resume, "fit_callbacks", counted)
+    counts = []
+    for epochs in (1, 4):
+        searches.clear()
+        history = keras.callbacks.History()
+        callback = keras_ckpt.ResumeFromLatest(tmp_path / f"run{epochs}", save_freq=2)
+        fit(make_model(), data, [callback, history], epochs=epochs)
+        counts.append(len(searches))
+        assert history.epoch == list(range(epochs))  # the siblings' states were saved
+        record = keras_ckpt.list_checkpoints(tmp_path / f"run{epochs}")[-1]
+        assert record.state["history"]  # found: the History's epochs were saved
+    assert counts[0] == counts[1] > 0

@@ -133,6 +133,7 @@ class ResumeFromLatest(StoreCallback):
         self._epoch_begin_generators: dict[str, Any] = {}
         self._history_to_restore: dict[str, Any] | None = None
         self._epoch_end_metrics: dict[str, float] | None = None
+        self._siblings: list[Any] = []
         self.resumed_from: CheckpointRecord | None = None
 
     def _save_schedule(self, save_freq: Any) -> tuple[int | None, bool]:
@@ -145,6 +146,11 @@ class ResumeFromLatest(StoreCallback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._settle()
+        # Found once per fit. Reading fit's locals again at each save would keep what they held
+        # at the save before (the previous epoch's data iterator) alive until then, and free it
+        # inside the save: seconds on TensorFlow, where deleting an iterator waits for its
+        # threads.
+        self._siblings = _sibling_callbacks(self)
         self._warn_if_tensorboard_comes_first()
         self._check_alone_in_fit()
         self._end_replay()  # of an earlier fit that failed during its replay
@@ -174,7 +180,7 @@ class ResumeFromLatest(StoreCallback):
             self._epoch_end_metrics = None
         self._epoch_saves = 0  # the save above was counted in the epoch that scheduled it
         if self._history_to_restore:
-            restore_history(_sibling_callbacks(self), self._history_to_restore)
+            restore_history(self._siblings, self._history_to_restore)
         self._history_to_restore = None
         self._epoch = epoch
         self._position = EpochPosition.current(self.model, self._start_batches)
@@ -229,6 +235,7 @@ class ResumeFromLatest(StoreCallback):
             self._settle(announce=True)
             self._after_finish()
         self._finish_training()  # when fit returns, every checkpoint is on disk
+        self._siblings = []
 
     def _check_alone_in_fit(self) -> None:
         others = [
@@ -261,7 +268,7 @@ class ResumeFromLatest(StoreCallback):
         self._settle()
         state = capture_state(
             self.model,
-            _sibling_callbacks(self),
+            self._siblings,
             epoch=epoch,
             batch=batch,
             # A finished run remembers how many epochs fit asked for: asking for more trains on.
@@ -329,7 +336,7 @@ class ResumeFromLatest(StoreCallback):
         set_fit_start_epoch(self.model, epoch)
         batch = int(state.get("batch", 0))
         self._end_replay = continue_epoch(self.model, batch, state.get("random", {}))
-        load_callback_states(_sibling_callbacks(self), state.get("callbacks", {}), record.path)
+        load_callback_states(self._siblings, state.get("callbacks", {}), record.path)
         # History resets in its own on_train_begin, which runs after this one: refill it when
         # the first epoch begins.
         self._history_to_restore = state.get("history")
