@@ -163,7 +163,10 @@ def test_a_tensorflow_snapshot_is_a_read_that_holds_the_moment(tmp_path, data, j
     take_snapshot(model, "x.weights.h5", weights_only=True).discard()  # walks the model
     snapshot = take_snapshot(model, "x.weights.h5", weights_only=True)
     held = [value for op, _, value in snapshot._calls if op == "set"]
-    assert held and not any(isinstance(value, np.ndarray) for value in held)
+    # The model's variables are held as reads (on Keras 3.5 the saving traversal hands the
+    # optimizer's over as NumPy copies already; on the newest Keras they are reads too).
+    reads = [value for value in held if not isinstance(value, np.ndarray)]
+    assert len(reads) >= len(model.weights)
     fit(model, data, [], epochs=2)
     snapshot.write(str(tmp_path / "then.weights.h5"))
     assert digest(tmp_path / "then.weights.h5") == digest(tmp_path / "keras.weights.h5")
