@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
 import threading
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -62,6 +64,11 @@ def accelerator() -> str:
     return "?"
 
 
+# name -> (width of the MLP, samples per epoch, batch size): about 1 s of training per epoch
+# on a 2-core CPU, so a background write has time to finish before the next save.
+SIZES = {"small": (2048, 2048, 128), "large": (6752, 512, 32)}
+
+
 def mlp(width: int, inputs: int = 256, outputs: int = 10) -> keras.Model:
     """Dense inputs -> width -> width -> outputs with Adam; width 2048 is the issue's 4.7M-param
     model (about 57 MB of weights and optimizer state)."""
@@ -85,6 +92,26 @@ def mlp_data(samples: int, inputs: int = 256, outputs: int = 10) -> tuple[np.nda
     return x, y
 
 
+def trained_once(
+    size: str, epoch_seconds: float = 0.0
+) -> tuple[keras.Model, np.ndarray, np.ndarray]:
+    """The model of ``SIZES[size]`` and its data, trained one epoch (the optimizer is built and
+    the step traced); with ``epoch_seconds``, the data is repeated until an epoch without a
+    callback lasts at least that long."""
+    width, samples, batch = SIZES[size]
+    model = mlp(width)
+    x, y = mlp_data(samples)
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+    if epoch_seconds > 0:
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+        repeats = math.ceil(epoch_seconds / (time.perf_counter() - start))
+        if repeats > 1:
+            x, y = mlp_data(samples * repeats)
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+    return model, x, y
+
+
 def state_bytes(model: keras.Model) -> int:
     """Bytes of the model's and the optimizer's variables: what a checkpoint holds."""
     variables = list(model.variables) + list(model.optimizer.variables)
@@ -102,6 +129,26 @@ def host_copy_seconds(model: keras.Model, repeats: int = 7) -> float:
         times.append(time.perf_counter() - start)
         del copies
     return statistics.median(times)
+
+
+def timed_epoch_hooks(
+    callback: keras.callbacks.Callback,
+    per_epoch: list[float],
+    clock: Callable[[], float] = time.perf_counter,
+) -> None:
+    """Adds the time spent in the callback's epoch hooks to ``per_epoch[epoch]``; another
+    ``clock`` (any counter that only grows) measures something else the hooks do."""
+    for hook in ("on_epoch_begin", "on_epoch_end"):
+        original = getattr(callback, hook)
+
+        def timed(epoch, logs=None, _original=original):
+            start = clock()
+            _original(epoch, logs)
+            while len(per_epoch) <= epoch:
+                per_epoch.append(0.0)
+            per_epoch[epoch] += clock() - start
+
+        setattr(callback, hook, timed)
 
 
 def resident_bytes() -> int:

@@ -16,6 +16,7 @@ BENCHMARKS = [
     ("3. per-batch overhead of step-triggered callbacks", "step_trigger_overhead.py"),
     ("4. resume start-up, alias bytes", "resume_startup.py"),
     ("5. write throughput", "write_throughput.py"),
+    ("6. remote directory (moto S3) against local: stall per save, whole fit", "remote_stall.py"),
 ]
 
 

@@ -19,7 +19,6 @@ repeats the data until an epoch without a callback lasts at least S seconds.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import statistics
@@ -31,19 +30,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 from common import (  # noqa: E402
+    SIZES,
     PeakMemory,
     describe_machine,
     host_copy_seconds,
-    mlp,
-    mlp_data,
     state_bytes,
+    timed_epoch_hooks,
+    trained_once,
 )
 
 import keras_ckpt  # noqa: E402
-
-# name -> (width of the MLP, samples per epoch, batch size): about 1 s of training per epoch
-# on a 2-core CPU, so a background write has time to finish before the next save.
-SIZES = {"small": (2048, 2048, 128), "large": (6752, 512, 32)}
 
 
 def variants(directory: str) -> dict[str, Callable[[], keras.callbacks.Callback | None]]:
@@ -74,34 +70,10 @@ def variants(directory: str) -> dict[str, Callable[[], keras.callbacks.Callback 
     }
 
 
-def timed_epoch_hooks(callback: keras.callbacks.Callback, per_epoch: list[float]) -> None:
-    """Adds the time spent in the callback's epoch hooks to ``per_epoch[epoch]``."""
-    for hook in ("on_epoch_begin", "on_epoch_end"):
-        original = getattr(callback, hook)
-
-        def timed(epoch, logs=None, _original=original):
-            start = time.perf_counter()
-            _original(epoch, logs)
-            while len(per_epoch) <= epoch:
-                per_epoch.append(0.0)
-            per_epoch[epoch] += time.perf_counter() - start
-
-        setattr(callback, hook, timed)
-
-
 def run_size(size: str, epochs: int, epoch_seconds: float) -> None:
-    width, samples, batch = SIZES[size]
-    model = mlp(width)
-    x, y = mlp_data(samples)
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # builds the optimizer, traces
-    if epoch_seconds > 0:
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
-        repeats = math.ceil(epoch_seconds / (time.perf_counter() - start))
-        if repeats > 1:
-            samples *= repeats
-            x, y = mlp_data(samples)
-            model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+    width, _, batch = SIZES[size]
+    model, x, y = trained_once(size, epoch_seconds)
+    samples = len(x)
     megabytes = state_bytes(model) / 1e6
     floor = host_copy_seconds(model)
     print(
