@@ -34,7 +34,6 @@ on the training thread at the next save or at the end of ``fit``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import posixpath
@@ -65,6 +64,7 @@ from keras_ckpt.store import (
     check_plain_name,
     drop_keeper,
     file_sha256,
+    sha256_and_size,
 )
 
 T = TypeVar("T")
@@ -79,8 +79,6 @@ RETRY_DELAYS: tuple[float, ...] = (0.5, 2.0, 5.0)
 
 # The largest manifest read (one of 100,000 checkpoints is some tens of MB).
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
-
-_HASH_CHUNK = 1 << 20
 
 
 class ManifestConflictError(RuntimeError):
@@ -333,12 +331,8 @@ def object_size(url: str) -> int:
 
 
 def _sha256_of(fs: Any, path: str) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
     with fs.open(path, "rb") as file:
-        while chunk := file.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+        return sha256_and_size(file)
 
 
 def _matches(fs: Any, record: CheckpointRecord) -> bool:
@@ -483,15 +477,6 @@ def _write_manifest(fs: Any, directory: str, manifest: Manifest, token: Any) -> 
     return data
 
 
-def _hash_local(path: str) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as file:
-        while chunk := file.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
 class RemoteStore(Store):
     """A checkpoint directory on remote storage, written with the module's protocol.
 
@@ -541,6 +526,13 @@ class RemoteStore(Store):
 
     def filenames(self) -> set[str]:
         return list_names(self.directory)
+
+    def is_directory(self, filename: str) -> bool:
+        return bool(
+            _retried(
+                f"reading {self.path(filename)}", lambda: self._fs.isdir(self._object(filename))
+            )
+        )
 
     def commit(
         self,
@@ -605,7 +597,8 @@ class RemoteStore(Store):
         try:
             local = os.path.join(staging, filename)
             write(local)
-            size, sha256 = _hash_local(local)
+            with open(local, "rb") as file:
+                size, sha256 = sha256_and_size(file)
             _retried(
                 f"uploading {filename} to {self.directory}",
                 lambda: self._fs.put_file(local, self._object(upload)),

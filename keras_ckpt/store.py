@@ -32,6 +32,13 @@ nothing of Keras; an asynchronous writer wraps this class rather than changing i
 multi-process run only the chief writes; the other processes use a ``FollowerStore``, which
 takes the same changes in memory. Both implement ``Store``, the interface the callbacks hold
 (``keras_ckpt.processes.open_store`` picks one for the process).
+
+A directory given as an fsspec URL (``s3://``, ``gs://``, ``memory://``) is a remote directory:
+``keras_ckpt.remote.RemoteStore`` implements ``Store`` for it with a protocol of its own (the
+manifest write is the commit there too). The module-level readers here (``read_committed``,
+``verify``, ``list_names``, ``local_file``, ``check_directory_usable``) hand a URL to
+``keras_ckpt.remote`` and keep the local code for paths, so callers need not ask which kind a
+directory is.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, BinaryIO
 
 from keras_ckpt import validation
 from keras_ckpt.records import (
@@ -176,14 +183,23 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def sha256_and_size(file: BinaryIO) -> tuple[int, str]:
+    """The size and SHA-256 of what is left to read in ``file``, an open binary file (local, or
+    an fsspec file of a remote directory), read once in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := file.read(_HASH_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
 def _fsync_and_hash(path: str) -> tuple[int, str]:
     """Flushes ``path`` to disk and returns its size and SHA-256, reading it once.
 
     The flush (disk-bound) runs on a helper thread while this one hashes (CPU-bound); both
     release the GIL, so a large file costs about the longer of the two, not their sum.
     """
-    digest = hashlib.sha256()
-    size = 0
     failure: list[BaseException] = []
 
     def flush(fd: int) -> None:
@@ -196,23 +212,18 @@ def _fsync_and_hash(path: str) -> tuple[int, str]:
         flusher = threading.Thread(target=flush, args=(file.fileno(),), name="keras_ckpt-fsync")
         flusher.start()
         try:
-            while chunk := file.read(_HASH_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
+            size, sha256 = sha256_and_size(file)
         finally:
             flusher.join()
     if failure:
         raise failure[0]
-    return size, digest.hexdigest()
+    return size, sha256
 
 
 def file_sha256(path: str) -> str:
     """The SHA-256 of ``path``, a regular file (see ``open_regular``)."""
-    digest = hashlib.sha256()
     with os.fdopen(open_regular(path), "rb") as file:
-        while chunk := file.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_and_size(file)[1]
 
 
 def read_manifest(directory: str) -> Manifest:
@@ -286,10 +297,8 @@ def verify(record: CheckpointRecord) -> None:
             raise CheckpointCorruptedError(
                 f"Checkpoint {record.path} has {size} bytes; its manifest recorded {record.size}."
             )
-        digest = hashlib.sha256()
-        while chunk := file.read(_HASH_CHUNK):
-            digest.update(chunk)
-    if digest.hexdigest() != record.sha256:
+        sha256 = sha256_and_size(file)[1]
+    if sha256 != record.sha256:
         raise CheckpointCorruptedError(
             f"Checkpoint {record.path} does not match the SHA-256 its manifest recorded."
         )
@@ -539,6 +548,11 @@ class Store(abc.ABC):
     def filenames(self) -> set[str]:
         """The names in the directory (checkpoints of every run, aliases, anything else but the
         writer lock)."""
+
+    def is_directory(self, filename: str) -> bool:
+        """Whether ``filename`` in the directory is a directory (a prefix holding objects, for a
+        remote directory), where no checkpoint can be written."""
+        return os.path.isdir(self.path(filename))
 
     # Changing ----------------------------------------------------------------------------
 
