@@ -81,6 +81,30 @@ def scripted():
     return Scripted
 
 
+class Crash(keras.callbacks.Callback):
+    """Raises before the given global batch, as a crash in the middle of training would."""
+
+    def __init__(self, at_step):
+        super().__init__()
+        self.at_step, self.step = at_step, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.step == self.at_step:
+            raise RuntimeError("simulated crash")
+        self.step += 1
+
+
+class CountBatches(keras.callbacks.Callback):
+    """Counts the batches trained, to show that an error came before the first one."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
 @pytest.fixture
 def weights_by_epoch():
     """A callback recording the model's weights at the end of every epoch (1-based keys)."""
@@ -174,6 +198,22 @@ def s3_endpoint():
             patch.setenv(name, value)
         yield endpoint
     server.stop()
+
+
+@pytest.fixture
+def without_s3_credentials(monkeypatch):
+    """No S3 credentials anywhere boto looks (environment, files, instance metadata), and no
+    cached s3fs client made with the earlier ones, for this test only."""
+    import s3fs
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses clients made with the credentials
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture

@@ -74,14 +74,13 @@ def keras_ckpt_command(*args, cwd=None):
     )
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A directory with BestCheckpoint (top 2) and IntervalCheckpoint (last 3) whole models, and
-    one with ResumeFromLatest weights, from 6 epochs of real training."""
+def train_into(root, epochs, keep_last):
+    """Trains a tiny model for ``epochs`` with validation data, into ``root/run`` (BestCheckpoint
+    top 2 and IntervalCheckpoint last ``keep_last``, whole models) and ``root/resume``
+    (ResumeFromLatest weights); ``root`` is a local path or a URL. Returns the training inputs."""
     import keras
     import numpy as np
 
-    root = tmp_path_factory.mktemp("trained")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype("float32")
     y = x.sum(axis=1, keepdims=True)
@@ -92,16 +91,24 @@ def trained(tmp_path_factory):
         x,
         y,
         validation_data=(x[:16], y[:16]),
-        epochs=6,
+        epochs=epochs,
         batch_size=16,
         verbose=0,
         callbacks=[
-            keras_ckpt.BestCheckpoint(root / "run", top_k=2),
-            keras_ckpt.IntervalCheckpoint(root / "run", keep_last=3),
-            keras_ckpt.ResumeFromLatest(root / "resume"),
+            keras_ckpt.BestCheckpoint(f"{root}/run", top_k=2),
+            keras_ckpt.IntervalCheckpoint(f"{root}/run", keep_last=keep_last),
+            keras_ckpt.ResumeFromLatest(f"{root}/resume"),
         ],
     )
-    return root, x
+    return x
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A directory with BestCheckpoint (top 2) and IntervalCheckpoint (last 3) whole models, and
+    one with ResumeFromLatest weights, from 6 epochs of real training."""
+    root = tmp_path_factory.mktemp("trained")
+    return root, train_into(root, epochs=6, keep_last=3)
 
 
 def test_ls_lists_every_checkpoint_with_best_and_latest_marked(trained):

@@ -18,7 +18,13 @@ import keras
 import numpy as np
 import pytest
 import s3fs
-from test_cli import READ_COMMANDS, assert_one_error_line, keras_ckpt_command, run_in_process
+from test_cli import (
+    READ_COMMANDS,
+    assert_one_error_line,
+    keras_ckpt_command,
+    run_in_process,
+    train_into,
+)
 
 import keras_ckpt
 from keras_ckpt import remote
@@ -32,26 +38,7 @@ def trained(s3_endpoint):
     training inputs. Tests that change a directory change a copy (``copy_of``)."""
     bucket = f"s3://test-cli-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem().mkdir(bucket[len("s3://") :])
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 4)).astype("float32")
-    y = x.sum(axis=1, keepdims=True)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
-    model.compile(optimizer="adam", loss="mse")
-    model.fit(
-        x,
-        y,
-        validation_data=(x[:16], y[:16]),
-        epochs=4,
-        batch_size=16,
-        verbose=0,
-        callbacks=[
-            keras_ckpt.BestCheckpoint(f"{bucket}/run", top_k=2),
-            keras_ckpt.IntervalCheckpoint(f"{bucket}/run", keep_last=2),
-            keras_ckpt.ResumeFromLatest(f"{bucket}/resume"),
-        ],
-    )
-    return bucket, x
+    return bucket, train_into(bucket, epochs=4, keep_last=2)
 
 
 def objects(url):
@@ -363,22 +350,13 @@ def test_a_protocol_without_its_file_system_names_the_extra(capsys):
     assert 'pip install "keras-ckpt[gcs]"' in err
 
 
-def test_missing_credentials_are_one_error_line(trained, capsys, monkeypatch):
+def test_missing_credentials_are_one_error_line(trained, capsys, without_s3_credentials):
     bucket, _ = trained
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses clients made with the credentials
-    try:
-        for command in ("ls", "prune"):
-            argv = [command, f"{bucket}/run"] + (["--keep-last", "1"] if command == "prune" else [])
-            code, out, err = main(capsys, *argv)
-            assert_one_error_line(command, code, out, err)
-            assert f"cannot read {bucket}/run: NoCredentialsError" in err
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
+    for command in ("ls", "prune"):
+        argv = [command, f"{bucket}/run"] + (["--keep-last", "1"] if command == "prune" else [])
+        code, out, err = main(capsys, *argv)
+        assert_one_error_line(command, code, out, err)
+        assert f"cannot read {bucket}/run: NoCredentialsError" in err
 
 
 # A hostile remote manifest: refused whole, nothing outside the directory touched ---------------

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 import s3fs
-from conftest import run_child_script
+from conftest import CountBatches, Crash, run_child_script
 from resume_setup import make_resume_model, resume_data
 
 import keras_ckpt
@@ -248,15 +248,6 @@ def test_a_protocol_whose_file_system_is_missing_names_the_extra():
         keras_ckpt.BestCheckpoint("gs://bucket/run")
 
 
-class CountBatches(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.batches = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
-
-
 def test_a_missing_bucket_fails_before_the_first_batch(s3_endpoint, make_model, data):
     x, y = data
     counter = CountBatches()
@@ -266,22 +257,15 @@ def test_a_missing_bucket_fails_before_the_first_batch(s3_endpoint, make_model, 
     assert counter.batches == 0
 
 
-def test_missing_credentials_fail_before_the_first_batch(s3_bucket, make_model, data, monkeypatch):
+def test_missing_credentials_fail_before_the_first_batch(
+    s3_bucket, make_model, data, without_s3_credentials
+):
     x, y = data
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses clients made with the credentials
-    try:
-        counter = CountBatches()
-        callback = keras_ckpt.ResumeFromLatest(f"{s3_bucket}/run")
-        with pytest.raises(ValueError, match="cannot be written.*credentials"):
-            make_model().fit(x, y, epochs=2, verbose=0, callbacks=[callback, counter])
-        assert counter.batches == 0
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
+    counter = CountBatches()
+    callback = keras_ckpt.ResumeFromLatest(f"{s3_bucket}/run")
+    with pytest.raises(ValueError, match="cannot be written.*credentials"):
+        make_model().fit(x, y, epochs=2, verbose=0, callbacks=[callback, counter])
+    assert counter.batches == 0
 
 
 # Transient errors -----------------------------------------------------------------------------
@@ -327,19 +311,6 @@ def test_transient_upload_errors_are_retried_then_raised_with_nothing_lost(
 
 
 # Training with a remote directory -------------------------------------------------------------
-
-
-class Crash(keras.callbacks.Callback):
-    """Raises before the given global batch, as a crash in the middle of training would."""
-
-    def __init__(self, at_step):
-        super().__init__()
-        self.at_step, self.step = at_step, 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.step == self.at_step:
-            raise RuntimeError("simulated crash")
-        self.step += 1
 
 
 @pytest.mark.parametrize("save_freq", ["epoch", 3], ids=["epoch-boundary", "mid-epoch"])

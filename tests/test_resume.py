@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import another_process_writing, assert_weights_equal, run_child_script
+from conftest import Crash, another_process_writing, assert_weights_equal, run_child_script
 from resume_setup import make_resume_model, resume_data
 
 import keras_ckpt
@@ -29,19 +29,6 @@ def data():
 
 
 make_model = make_resume_model
-
-
-class Crash(keras.callbacks.Callback):
-    """Raises before the given global batch, as a crash in the middle of training would."""
-
-    def __init__(self, at_step):
-        super().__init__()
-        self.at_step, self.step = at_step, 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.step == self.at_step:
-            raise RuntimeError("simulated crash")
-        self.step += 1
 
 
 def fit(model, data, callbacks, epochs=5, **kwargs):
