@@ -380,6 +380,21 @@ def test_best_models_on_s3_load_with_plain_keras(s3_bucket, make_model, data, we
         np.testing.assert_array_equal(got, want)
 
 
+def test_model_checkpoint_on_s3_asks_the_bucket_about_earlier_files(s3_bucket, make_model, data):
+    x, y = data
+    filepath = f"{s3_bucket}/mc/model.keras"
+    make_model().fit(x, y, epochs=1, verbose=0, callbacks=[keras_ckpt.ModelCheckpoint(filepath)])
+    with pytest.warns(UserWarning, match="replacing .*model.keras, which an earlier run wrote"):
+        make_model().fit(
+            x, y, epochs=1, verbose=0, callbacks=[keras_ckpt.ModelCheckpoint(filepath)]
+        )
+    # A name that is a prefix holding objects (a directory) cannot be a checkpoint's.
+    s3fs.S3FileSystem().pipe_file(f"{s3_bucket[len('s3://') :]}/mc/taken.keras/x", b"x")
+    callback = keras_ckpt.ModelCheckpoint(f"{s3_bucket}/mc/taken.keras")
+    with pytest.raises(OSError, match="Filepath used is an existing directory"):
+        make_model().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+
+
 def test_interval_checkpoints_and_backup_and_restore_on_memory(make_model, data):
     x, y = data
     base = f"memory://keras-ckpt-tests/{uuid.uuid4().hex[:12]}"

@@ -156,6 +156,8 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         self._stores: dict[str, Store] = {}
         self._has_saved = False
         self._warned_replaced: set[str] = set()
+        # The names each directory held when this run opened it: what an earlier run wrote.
+        self._names_before: dict[str, set[str]] = {}
 
     # Hooks -------------------------------------------------------------------------------
 
@@ -175,6 +177,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         self._forget_mode()
         self._has_saved = False
         self._warned_replaced = set()
+        self._names_before = {}
         self._stores = {}
         self._begin_training()
 
@@ -266,14 +269,17 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         store = self._stores.get(directory)
         if store is None:
             store = self._stores[directory] = self._open_store(directory)
+            self._names_before[directory] = store.filenames()
         if not self._should_save(epoch, logs, metrics, filepath, store):
             return
-        if os.path.isdir(store.path(filename)):
+        earlier = filename in self._names_before[directory]
+        if earlier and store.is_directory(filename):
             raise OSError(
                 "Please specify a non-directory filepath for ModelCheckpoint. "
                 f"Filepath used is an existing directory: {filepath}"
             )
-        self._warn_if_replacing_earlier_file(store, filename)
+        if earlier:
+            self._warn_if_replacing_earlier_file(store, filename)
         dropped: list[str] = []
         if self.save_top_k is not None:
             _, dropped = self._retention_plan(
@@ -388,7 +394,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
 
     def _warn_if_replacing_earlier_file(self, store: Store, filename: str) -> None:
         path = store.path(filename)
-        if path in self._warned_replaced or not os.path.exists(path):
+        if path in self._warned_replaced:
             return
         record = store.manifest().find(filename)
         if record is not None and record.run == self._run:
