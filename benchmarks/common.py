@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
@@ -67,6 +68,21 @@ def accelerator() -> str:
 # name -> (width of the MLP, samples per epoch, batch size): about 1 s of training per epoch
 # on a 2-core CPU, so a background write has time to finish before the next save.
 SIZES = {"small": (2048, 2048, 128), "large": (6752, 512, 32)}
+
+
+def stall_arguments(description: str, sizes: str) -> argparse.ArgumentParser:
+    """The arguments of the stall benchmarks: ``--sizes`` (default ``sizes``), ``--epochs`` and
+    ``--epoch-seconds``; a script adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--sizes", default=sizes, help="comma-separated: small, large")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument(
+        "--epoch-seconds",
+        type=float,
+        default=0.0,
+        help="repeat the data until an epoch without a callback lasts this long (for GPUs)",
+    )
+    return parser
 
 
 def mlp(width: int, inputs: int = 256, outputs: int = 10) -> keras.Model:

@@ -35,7 +35,6 @@ Run: python benchmarks/remote_stall.py [--sizes small,large] [--epochs 6] [--epo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -57,6 +56,7 @@ from common import (  # noqa: E402
     SIZES,
     describe_machine,
     host_copy_seconds,
+    stall_arguments,
     state_bytes,
     timed_epoch_hooks,
     trained_once,
@@ -353,15 +353,7 @@ def call_breakdown(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="small", help="comma-separated: small, large")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument(
-        "--epoch-seconds",
-        type=float,
-        default=0.0,
-        help="repeat the data until an epoch without a callback lasts this long (for GPUs)",
-    )
+    parser = stall_arguments(__doc__.splitlines()[0], sizes="small")
     parser.add_argument(
         "--server",
         choices=("process", "thread"),

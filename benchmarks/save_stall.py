@@ -18,7 +18,6 @@ repeats the data until an epoch without a callback lasts at least S seconds.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -34,6 +33,7 @@ from common import (  # noqa: E402
     PeakMemory,
     describe_machine,
     host_copy_seconds,
+    stall_arguments,
     state_bytes,
     timed_epoch_hooks,
     trained_once,
@@ -117,15 +117,7 @@ def run_size(size: str, epochs: int, epoch_seconds: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="small,large", help="comma-separated: small, large")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument(
-        "--epoch-seconds",
-        type=float,
-        default=0.0,
-        help="repeat the data until an epoch without a callback lasts this long (for GPUs)",
-    )
+    parser = stall_arguments(__doc__.splitlines()[0], sizes="small,large")
     args = parser.parse_args()
     print(f"machine: {describe_machine()}")
     print("stall/save: median time in the callback's epoch hooks per save (epochs 2..N)")
