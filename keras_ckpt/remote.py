@@ -497,6 +497,8 @@ class RemoteStore(Store):
         self._lock = _directory_lock(self.directory)
         self._probe()
         self.recover()
+        # Listed once: later, the names this directory gains are the manifest's (one writer).
+        self._listed = list_names(self.directory)
 
     def _probe(self) -> None:
         """Fails now, not after an epoch, where the directory cannot be written: a
@@ -526,6 +528,14 @@ class RemoteStore(Store):
 
     def filenames(self) -> set[str]:
         return list_names(self.directory)
+
+    def names_in_use(self) -> set[str]:
+        """The names listed when the store was opened and every name its manifest gives: no
+        request while the manifest is known (a listing per save would be one on the training
+        thread)."""
+        manifest = self.manifest()
+        named = {record.filename for record in manifest.records}
+        return self._listed | named | set(manifest.aliases.values()) | set(manifest.trash)
 
     def is_directory(self, filename: str) -> bool:
         return bool(

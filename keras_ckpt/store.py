@@ -549,6 +549,11 @@ class Store(abc.ABC):
         """The names in the directory (checkpoints of every run, aliases, anything else but the
         writer lock)."""
 
+    def names_in_use(self) -> set[str]:
+        """The names a new checkpoint must not take: ``filenames()``, which a remote directory
+        answers without a request on the training thread (see ``RemoteStore``)."""
+        return self.filenames()
+
     def is_directory(self, filename: str) -> bool:
         """Whether ``filename`` in the directory is a directory (a prefix holding objects, for a
         remote directory), where no checkpoint can be written."""

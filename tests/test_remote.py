@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -393,6 +394,41 @@ def test_model_checkpoint_on_s3_asks_the_bucket_about_earlier_files(s3_bucket, m
     callback = keras_ckpt.ModelCheckpoint(f"{s3_bucket}/mc/taken.keras")
     with pytest.raises(OSError, match="Filepath used is an existing directory"):
         make_model().fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+
+
+def test_async_saves_to_s3_send_no_request_from_the_training_thread(
+    s3_bucket, make_model, data, monkeypatch
+):
+    """After the directories are opened (in on_train_begin), every S3 request of a save is the
+    writer's: the training thread only copies the variables."""
+    import fsspec.asyn
+
+    training_thread, on_training_thread = threading.main_thread(), []
+    sync = fsspec.asyn.sync  # every blocking call of an async fsspec file system goes through it
+
+    def recorded_sync(loop, func, *args, **kwargs):
+        if threading.current_thread() is training_thread:
+            on_training_thread.append(getattr(func, "__name__", repr(func)))
+        return sync(loop, func, *args, **kwargs)
+
+    class CountFromTheFirstEpoch(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            monkeypatch.setattr(fsspec.asyn, "sync", recorded_sync)
+
+    x, y = data
+    callbacks = [
+        keras_ckpt.ResumeFromLatest(f"{s3_bucket}/resume", save_freq=2),
+        keras_ckpt.BestCheckpoint(f"{s3_bucket}/run", monitor="loss", top_k=2),
+        keras_ckpt.IntervalCheckpoint(f"{s3_bucket}/run", keep_last=2),
+        CountFromTheFirstEpoch(),  # after the others: their directories are open
+    ]
+    make_model().fit(
+        x, y, epochs=4, batch_size=16, verbose=0, callbacks=callbacks[:3] + [callbacks[3]]
+    )
+    monkeypatch.undo()
+    assert on_training_thread == []
+    assert len(keras_ckpt.list_checkpoints(f"{s3_bucket}/resume")) == 2
+    assert len(keras_ckpt.list_checkpoints(f"{s3_bucket}/run")) == 4
 
 
 def test_interval_checkpoints_and_backup_and_restore_on_memory(make_model, data):

@@ -253,7 +253,7 @@ class StoreCallback(keras.callbacks.Callback):
                 f"provide. Received: filename={template!r}. Fields available: {sorted(values)}"
             ) from None
         own = {record.filename for record in self._own_records(store)}
-        taken = (store.filenames() - own) | set(reserved_alias_filenames())
+        taken = (store.names_in_use() - own) | set(reserved_alias_filenames())
         return naming.next_free_name(filename, taken)
 
     def _replaces_a_better_own_file(

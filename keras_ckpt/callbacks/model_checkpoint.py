@@ -269,7 +269,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         store = self._stores.get(directory)
         if store is None:
             store = self._stores[directory] = self._open_store(directory)
-            self._names_before[directory] = store.filenames()
+            self._names_before[directory] = store.names_in_use()
         if not self._should_save(epoch, logs, metrics, filepath, store):
             return
         earlier = filename in self._names_before[directory]
