@@ -22,7 +22,9 @@ file system without locks; a warning says so once.
 
 Opening a directory for writing settles what a killed writer left: a pending commit whose final
 object matches the recorded SHA-256 is completed, any other is dropped; objects of the temporary
-pattern that the manifest does not list are deleted, as are files it lists as trash. Readers
+pattern that the manifest does not list are deleted, as are files it lists as trash; on S3, the
+unfinished multipart uploads of such objects (a writer killed in a large upload) are aborted,
+since no listing shows their parts. Readers
 resolve a pending commit the same way, in memory. Aliases (``best``, ``latest``) live in the
 manifest only: no object is written for them.
 
@@ -668,6 +670,29 @@ class RemoteStore(Store):
                 if TEMP_PATTERN.match(name) and name not in in_flight:
                     with contextlib.suppress(FileNotFoundError):
                         self._fs.rm_file(self._object(name))
+            if _has_etags(self._fs):
+                self._abort_unfinished_uploads(in_flight)
+
+    def _abort_unfinished_uploads(self, in_flight: set[str]) -> None:
+        """Aborts the S3 multipart uploads of temporary objects that a killed writer left in
+        this directory: S3 lists them nowhere else, and keeps (and bills) their parts until
+        they are aborted. Only keys of the temporary pattern directly in the directory."""
+        bucket, _, key_prefix = self._object(TEMP_PREFIX).partition("/")
+        directory_prefix = key_prefix[: -len(TEMP_PREFIX)]
+        listing = _retried(
+            f"listing the unfinished uploads of {self.directory}",
+            lambda: self._fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key_prefix),
+        )
+        for upload in listing.get("Uploads", []):
+            name = str(upload["Key"])[len(directory_prefix) :]
+            if TEMP_PATTERN.match(name) and "/" not in name and name not in in_flight:
+                with contextlib.suppress(Exception):  # another opener may have aborted it
+                    self._fs.call_s3(
+                        "abort_multipart_upload",
+                        Bucket=bucket,
+                        Key=upload["Key"],
+                        UploadId=upload["UploadId"],
+                    )
 
     def _read(self, fresh: bool = False) -> tuple[Manifest, Any]:
         """The manifest as this process last read or wrote it (from the store if ``fresh``),

@@ -164,6 +164,25 @@ def child(*args):
     )
 
 
+def test_unfinished_multipart_uploads_of_a_killed_writer_are_aborted_at_open(s3_bucket):
+    # What a writer killed in the middle of a large (multipart) upload leaves: parts that no
+    # listing shows. Opening the directory for writing aborts those of its temporary objects.
+    fs, bucket = s3fs.S3FileSystem(), s3_bucket[len("s3://") :]
+    keys = {
+        "leftover": "run/.keras_ckpt-tmp-0123456789ab-epoch0001.keras",
+        "elsewhere": "other/.keras_ckpt-tmp-0123456789ab-epoch0001.keras",
+        "deeper": "run/sub/.keras_ckpt-tmp-0123456789ab-epoch0001.keras",
+        "not ours": "run/mine.bin",
+    }
+    for key in keys.values():
+        fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)
+
+    remote.RemoteStore(f"{s3_bucket}/run")
+
+    left = {u["Key"] for u in fs.call_s3("list_multipart_uploads", Bucket=bucket)["Uploads"]}
+    assert left == {keys["elsewhere"], keys["deeper"], keys["not ours"]}
+
+
 @pytest.mark.slow
 def test_a_writer_killed_at_any_moment_leaves_only_whole_checkpoints(s3_bucket):
     # SIGKILL at three different moments of a loop of uploads, commits and deletions: every
