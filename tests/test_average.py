@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import keras_ckpt
+from keras_ckpt import cli
 from keras_ckpt.averaging import checkpoints_to_average as checkpoints_in
 from keras_ckpt.ranking import checkpoints_to_average
 from keras_ckpt.records import CheckpointRecord
@@ -292,3 +293,66 @@ def test_greedy_needs_a_compiled_model_and_a_metric_evaluate_returns(run):
             monitor="val_accuracy",
             mode="max",
         )
+
+
+# The command line --------------------------------------------------------------------------------
+
+
+def command(capsys, *argv):
+    """``keras-ckpt ARGV`` in this process: (exit status, stdout, stderr)."""
+    try:
+        code = cli.main([str(arg) for arg in argv])
+    except SystemExit as exit_info:  # argparse's errors
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_average_writes_a_model_plain_keras_loads(run, tmp_path, capsys):
+    root, _, _ = run
+    output = tmp_path / "out" / "soup.keras"
+    code, out, err = command(capsys, "average", root / "best", output, "--best", "3")
+    assert code == 0, err
+    chosen = checkpoints_in(root / "best", k=3)
+    assert out.count("\n") == 1 and f"averaged 3 checkpoint(s) into {output}" in out
+    assert all(r.filename in out for r in chosen)
+    written = keras.saving.load_model(output)
+    expected = keras_ckpt.average_checkpoints(root / "best", k=3)
+    for a, b in zip(float_values(written), float_values(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(os.listdir(output.parent)) == ["soup.keras"]  # no temporary file left
+
+    code, out, err = command(capsys, "average", root / "same", output, "--latest", "3")
+    assert code == 2 and "exists; pass --force to replace it" in err
+    code, out, err = command(capsys, "average", root / "same", output, "--latest", "3", "--force")
+    assert code == 0, err
+    replaced = float_values(keras.saving.load_model(output))
+    same = float_values(keras_ckpt.load_latest(root / "same"))
+    for a, b in zip(replaced, same, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{root}/weights", "{tmp}/w.keras", "--best", "2"], "hold weights only"),
+        (["{root}/best", "{tmp}/soup.h5", "--best", "2"], "must end in .keras"),
+        (["{root}/best", "memory://x/soup.keras", "--best", "2"], "must be a local path"),
+        (["{root}/best", "{tmp}/d.keras", "--best", "2"], "is a directory"),
+        (["{root}/best", "{tmp}/s.keras", "--best", "2", "--monitor", "val_auc"], "val_auc"),
+        (["{root}/best", "{tmp}/s.keras", "--best", "2", "--monitor", "mae"], "--mode min"),
+        (["{tmp}/missing", "{tmp}/s.keras", "--latest", "2"], "no directory at"),
+        (["{root}/best", "{tmp}/s.keras"], "one of the arguments --best --latest is required"),
+        (["{root}/best", "{tmp}/s.keras", "--best", "1", "--latest", "1"], "not allowed with"),
+        (["{root}/best", "{tmp}/s.keras", "--best", "0"], "must be a positive integer"),
+    ],
+)
+def test_cli_average_errors_are_one_line(run, tmp_path, capsys, argv, message):
+    root, _, _ = run
+    (tmp_path / "d.keras").mkdir()
+    argv = [arg.format(root=root, tmp=tmp_path) for arg in argv]
+    code, out, err = command(capsys, "average", *argv)
+    assert code == 2
+    assert err.startswith("keras-ckpt") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["d.keras"]  # nothing written
