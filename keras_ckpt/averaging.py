@@ -88,6 +88,11 @@ def average_checkpoints(
     Integer variables (counters, seed-generator states) and the optimizer's variables come from
     the newest chosen checkpoint (see the module's docstring).
 
+    Memory: the uniform mean holds one float64 copy of the model's floating-point variables
+    beside the model; the greedy soup holds a copy of every chosen checkpoint's (it averages
+    them again for each candidate). Checkpoints are loaded one at a time, in this process:
+    in a run of several processes, call it on one (``jax.process_index() == 0``).
+
     Args:
         directory: A checkpoint directory (a local path or a remote URL such as
             ``s3://bucket/run``).
@@ -99,7 +104,7 @@ def average_checkpoints(
         validation_data: For ``greedy``: what ``model.evaluate`` takes, as in ``fit``'s
             ``validation_data``: a tuple ``(x, y)`` or ``(x, y, sample_weight)``, a
             ``tf.data.Dataset``, a ``keras.utils.PyDataset``... Evaluated with the model's
-            compiled loss and metrics.
+            compiled loss and metrics. Not used without ``greedy``.
         monitor: The metric: ``"best"`` ranks the recorded values, ``greedy`` compares the
             evaluated ones (``"val_loss"`` is the ``"loss"`` that ``evaluate`` returns, and
             ``"val_x"`` its ``"x"``).
@@ -165,13 +170,19 @@ def average_checkpoints(
         _check_compiled(model)
     floats = _float_variables(model)
     # Loaded oldest first and the newest last, so that what is not averaged is the newest's.
+    # The uniform mean keeps one running float64 sum; the greedy soup keeps every candidate.
+    totals: list[np.ndarray] = []
     values: dict[str, list[np.ndarray]] = {}
     for record in oldest_first:
         with local_file(record, verify_checksum) as path:
             load_weights(model, path)
-        values[record.path] = [_host_value(variable) for variable in floats]
+        current = [_host_value(variable) for variable in floats]
+        if greedy:
+            values[record.path] = current
+        else:
+            totals = _add(totals, current)
     if not greedy:
-        _assign_mean(floats, [values[record.path] for record in chosen])
+        _assign(floats, [total / len(chosen) for total in totals])
         if verbose:
             print(f"average_checkpoints: averaged {_describe(chosen)}")
         return model
@@ -232,22 +243,40 @@ def _host_value(variable: Any) -> np.ndarray:
     return keras.ops.convert_to_numpy(variable.value).copy()
 
 
+def _add(totals: list[np.ndarray], values: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``totals`` plus ``values``, in float64 (``values`` alone when ``totals`` is empty)."""
+    import numpy as np
+
+    if not totals:
+        return [value.astype(np.float64) for value in values]
+    for total, value in zip(totals, values, strict=True):
+        total += value.astype(np.float64)
+    return totals
+
+
 def _assign_mean(floats: Sequence[Any], members: Sequence[Sequence[np.ndarray]]) -> None:
-    """Sets each variable to the mean of ``members``' values: summed in float64 and divided
-    once (exact for identical float32 values: ``k * x`` and its division by ``k`` are exact in
-    float64), then rounded to the variable's dtype."""
+    """Sets each variable to the mean of ``members``' values."""
+    totals: list[np.ndarray] = []
+    for member in members:
+        totals = _add(totals, member)
+    _assign(floats, [total / len(members) for total in totals])
+
+
+def _assign(floats: Sequence[Any], means: Sequence[np.ndarray]) -> None:
+    """Rounds each float64 mean once to its variable's dtype and assigns it.
+
+    A float64 sum divided once is exact for identical float32 values (``k * x`` and its
+    division by ``k`` are exact in float64), and for two values it is ``(a + b) / 2`` rounded
+    to float32.
+    """
     import keras
     import numpy as np
 
-    for index, variable in enumerate(floats):
-        total = np.zeros(members[0][index].shape, dtype=np.float64)
-        for member in members:
-            total += member[index].astype(np.float64)
-        mean = total / len(members)
+    for variable, mean in zip(floats, means, strict=True):
         dtype = keras.backend.standardize_dtype(variable.dtype)
         if dtype in ("float16", "float32", "float64"):
             variable.assign(mean.astype(dtype))
-        else:  # bfloat16 and other dtypes NumPy lacks: the backend rounds
+        else:  # bfloat16 and other dtypes NumPy lacks: rounded through float32 by the backend
             variable.assign(keras.ops.cast(mean.astype(np.float32), dtype))
 
 

@@ -177,6 +177,44 @@ def test_greedy_is_never_worse_than_the_best_single_checkpoint(run, data, capsys
     assert evaluated_loss(soup, data) <= evaluated_loss(uniform, data)
 
 
+@pytest.fixture(scope="module")
+def oscillating(tmp_path_factory):
+    """4 checkpoints of gradient descent with a step so large that the weights jump from one
+    side of the optimum to the other: the mean of two neighbours beats either."""
+    directory = tmp_path_factory.mktemp("oscillating") / "run"
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0], [0.5], [3.0]])).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer=keras.optimizers.SGD(0.95), loss="mse")
+    model.fit(
+        x,
+        y,
+        epochs=4,
+        batch_size=64,
+        verbose=0,
+        callbacks=[keras_ckpt.IntervalCheckpoint(directory, every_epochs=1)],
+    )
+    return directory, (x, y)
+
+
+def test_greedy_keeps_the_checkpoints_that_improve_the_mean(oscillating, capsys):
+    directory, data = oscillating
+    records = keras_ckpt.list_checkpoints(directory)
+    singles = {r.filename: evaluated_loss(loaded(r), data) for r in records}
+    soup = keras_ckpt.average_checkpoints(
+        directory, "latest", k=4, greedy=True, validation_data=data, verbose=1
+    )
+    out = capsys.readouterr().out
+    assert "averaged 2 checkpoint(s)" in out.splitlines()[-1]
+    assert evaluated_loss(soup, data) < min(singles.values()) / 10
+    kept = [r for r in records if r.filename in out.splitlines()[-1]]
+    assert len(kept) == 2
+    mean = np.mean([loaded(r).layers[0].kernel.numpy() for r in kept], axis=0)
+    np.testing.assert_array_equal(soup.layers[0].kernel.numpy(), mean)
+
+
 def test_greedy_by_a_metric_that_goes_up(run):
     root, validation, _ = run
     soup = keras_ckpt.average_checkpoints(
