@@ -824,7 +824,8 @@ def _average(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             os.remove(temporary)
     names = ", ".join(f"{record.filename} (epoch {record.epoch})" for record in chosen)
-    print(f"averaged {len(chosen)} checkpoint(s) into {output}: {names}")
+    fewer = f" (asked for {k}; the directory has only {len(chosen)})" if len(chosen) < k else ""
+    print(f"averaged {len(chosen)} checkpoint(s) into {output}{fewer}: {names}")
     return 0
 
 

@@ -2,6 +2,7 @@
 checkpoints are chosen (pure, fabricated records), and the averages of real training's."""
 
 import os
+import shutil
 import uuid
 import warnings
 
@@ -156,6 +157,24 @@ def test_what_is_not_averaged_comes_from_the_newest(run):
         average.optimizer.variables, loaded(newest).optimizer.variables, strict=True
     ):
         np.testing.assert_array_equal(actual.numpy(), wanted.numpy())
+
+
+def test_batch_normalization_statistics_are_averaged_too(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.normal(3.0, 2.0, size=(16, 4)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    callback = keras_ckpt.IntervalCheckpoint(tmp_path / "run", every_epochs=1)
+    model.fit(x, x[:, :1], epochs=2, batch_size=8, verbose=0, callbacks=[callback])
+    records = keras_ckpt.list_checkpoints(tmp_path / "run")
+    average = keras_ckpt.average_checkpoints(tmp_path / "run", "latest", k=2)
+    for name in ("moving_mean", "moving_variance"):
+        a, b = (getattr(loaded(r).layers[0], name).numpy() for r in records)
+        assert not np.array_equal(a, b)
+        np.testing.assert_array_equal(getattr(average.layers[0], name).numpy(), (a + b) / 2)
 
 
 def evaluated_loss(model, data):
@@ -362,12 +381,27 @@ def test_cli_average_writes_a_model_plain_keras_loads(run, tmp_path, capsys):
 
     code, out, err = command(capsys, "average", root / "same", output, "--latest", "3")
     assert code == 2 and "exists; pass --force to replace it" in err
-    code, out, err = command(capsys, "average", root / "same", output, "--latest", "3", "--force")
+    code, out, err = command(capsys, "average", root / "same", output, "--latest", "9", "--force")
     assert code == 0, err
+    assert "averaged 3 checkpoint(s)" in out and "(asked for 9; the directory has only 3)" in out
     replaced = float_values(keras.saving.load_model(output))
     same = float_values(keras_ckpt.load_latest(root / "same"))
     for a, b in zip(replaced, same, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_cli_average_refuses_a_damaged_checkpoint(run, tmp_path, capsys):
+    root, _, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "best", copy)
+    damaged = keras_ckpt.list_checkpoints(copy)[0].path
+    with open(damaged, "r+b") as file:
+        file.seek(100)
+        file.write(b"\0" * 16)
+    code, out, err = command(capsys, "average", copy, tmp_path / "soup.keras", "--latest", "4")
+    assert code == 2 and err.count("\n") == 1, err
+    assert os.path.basename(damaged) in err and "Nothing written" in err
+    assert not (tmp_path / "soup.keras").exists()
 
 
 @pytest.mark.parametrize(
