@@ -169,18 +169,25 @@ def average_checkpoints(
     if greedy:
         _check_compiled(model)
     floats = _float_variables(model)
-    # Loaded oldest first and the newest last, so that what is not averaged is the newest's.
+    newest_values = [_host_value(variable) for variable in floats]
+    # What is not averaged stays the newest's: kept aside while the others are loaded.
+    kept = [(variable, _host_value(variable)) for variable in _not_averaged(model)]
     # The uniform mean keeps one running float64 sum; the greedy soup keeps every candidate.
     totals: list[np.ndarray] = []
     values: dict[str, list[np.ndarray]] = {}
     for record in oldest_first:
-        with local_file(record, verify_checksum) as path:
-            load_weights(model, path)
-        current = [_host_value(variable) for variable in floats]
+        if record is newest:
+            current = newest_values
+        else:
+            with local_file(record, verify_checksum) as path:
+                load_weights(model, path)
+            current = [_host_value(variable) for variable in floats]
         if greedy:
             values[record.path] = current
         else:
             totals = _add(totals, current)
+    for variable, value in kept:
+        variable.assign(value)
     if not greedy:
         _assign(floats, [total / len(chosen) for total in totals])
         if verbose:
@@ -235,6 +242,16 @@ def _float_variables(model: keras.Model) -> list[Any]:
         for variable in model.variables
         if keras.backend.is_float_dtype(keras.backend.standardize_dtype(variable.dtype))
     ]
+
+
+def _not_averaged(model: keras.Model) -> list[Any]:
+    """The model's variables that are not floating-point, and its optimizer's (if built)."""
+    averaged = {id(variable) for variable in _float_variables(model)}
+    optimizer = getattr(model, "optimizer", None)
+    optimizer_variables = list(optimizer.variables) if optimizer is not None else []
+    return [
+        variable for variable in model.variables if id(variable) not in averaged
+    ] + optimizer_variables
 
 
 def _host_value(variable: Any) -> np.ndarray:
