@@ -283,7 +283,7 @@ def test_fewer_checkpoints_than_k_averages_those_with_a_warning(run):
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_remote_directory_is_averaged_through_a_download(run):
+def test_a_remote_directory_is_averaged_through_a_download(run, tmp_path, capsys):
     import fsspec
 
     root, _, _ = run
@@ -296,6 +296,13 @@ def test_a_remote_directory_is_averaged_through_a_download(run):
         remote_average = keras_ckpt.average_checkpoints(url, k=3)
     local_average = keras_ckpt.average_checkpoints(root / "best", k=3)
     for a, b in zip(float_values(remote_average), float_values(local_average), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, out, err = command(capsys, "average", url, tmp_path / "soup.keras", "--best", "3")
+    assert code == 0, err
+    written = keras.saving.load_model(tmp_path / "soup.keras")
+    for a, b in zip(float_values(written), float_values(local_average), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
