@@ -23,6 +23,7 @@ _EXPORTS = {
     "ModelCheckpoint": "keras_ckpt.callbacks.model_checkpoint",
     "ReduceLROnPlateau": "keras_ckpt.callbacks.learning_rate",
     "ResumeFromLatest": "keras_ckpt.callbacks.resume",
+    "average_checkpoints": "keras_ckpt.averaging",
     "best_checkpoint": "keras_ckpt.loading",
     "latest_checkpoint": "keras_ckpt.loading",
     "list_checkpoints": "keras_ckpt.loading",
@@ -44,6 +45,7 @@ __all__ = [
     "ModelCheckpoint",
     "ReduceLROnPlateau",
     "ResumeFromLatest",
+    "average_checkpoints",
     "best_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from keras_ckpt.averaging import average_checkpoints
     from keras_ckpt.callbacks.backup_and_restore import BackupAndRestore
     from keras_ckpt.callbacks.best_checkpoint import BestCheckpoint
     from keras_ckpt.callbacks.early_stopping import EarlyStopping
@@ -77,6 +80,7 @@ if TYPE_CHECKING:
 # The public submodules, reachable as attributes after a plain ``import keras_ckpt``
 # (``keras_ckpt.schedules.WarmupCosine(...)``), loaded on first use like the names above.
 _SUBMODULES = (
+    "averaging",
     "callbacks",
     "loading",
     "plots",

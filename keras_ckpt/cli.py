@@ -1,12 +1,12 @@
-"""The ``keras-ckpt`` command line (also ``python -m keras_ckpt``): look at, check, prune and
-export checkpoint directories, plot their history, and run the demo.
+"""The ``keras-ckpt`` command line (also ``python -m keras_ckpt``): look at, check, prune,
+export and average checkpoint directories, plot their history, and run the demo.
 
 Every command but ``demo`` reads a directory that keras_ckpt wrote (it holds a
 ``keras_ckpt.json`` manifest): a local path, or the URL of a remote one (``s3://bucket/run``,
-any fsspec URL; see ``keras_ckpt.remote``). What the commands write (``export``, ``plot``) is
-written here, to a local path. Exit status: 0 when all is well, 1 when ``verify`` finds a bad
-checkpoint, 2 on any other error (a missing or damaged directory, an unknown checkpoint, a bad
-option), reported as one line on stderr, never a traceback.
+any fsspec URL; see ``keras_ckpt.remote``). What the commands write (``export``, ``average``,
+``plot``) is written here, to a local path. Exit status: 0 when all is well, 1 when ``verify``
+finds a bad checkpoint, 2 on any other error (a missing or damaged directory, an unknown
+checkpoint, a bad option), reported as one line on stderr, never a traceback.
 
 Checkpoint directories are untrusted input (downloaded, shared): every name the manifest holds
 must be a plain file name in the directory and every file it names a regular file, or the command
@@ -27,6 +27,7 @@ import stat
 import sys
 import time
 import uuid
+import warnings
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -175,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--which", default="best", help="'best' (the default), 'latest' or an epoch number"
     )
 
+    average = commands.add_parser(
+        "average",
+        help="average the best or newest checkpoints into one .keras model (a uniform soup)",
+    )
+    average.add_argument("directory", metavar="DIR", help=_DIRECTORY_HELP)
+    average.add_argument("output", metavar="OUT.keras")
+    chosen = average.add_mutually_exclusive_group(required=True)
+    chosen.add_argument(
+        "--best", type=_positive_int, metavar="K", help="the K best checkpoints by --monitor"
+    )
+    chosen.add_argument("--latest", type=_positive_int, metavar="K", help="the K newest")
+    average.add_argument("--monitor", default="val_loss", help="metric for --best")
+    average.add_argument(
+        "--mode", choices=ranking.MODES, default="auto", help="direction of --monitor"
+    )
+    average.add_argument("--force", action="store_true", help="replace OUT.keras if it exists")
+
     plot = commands.add_parser(
         "plot", help="metric history by epoch with the kept checkpoints marked (a PNG)"
     )
@@ -235,6 +253,7 @@ def _run(args: argparse.Namespace) -> int:
         "verify": _verify,
         "prune": _prune,
         "export": _export,
+        "average": _average,
         "plot": _plot,
     }[args.command]
     return command(args)
@@ -755,6 +774,58 @@ def _export(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 os.remove(temporary)
     print(f"exported {record.filename} (epoch {record.epoch}) to {output}")
+    return 0
+
+
+def _average(args: argparse.Namespace) -> int:
+    path, manifest = _manifest(args.directory)
+    which, k = ("best", args.best) if args.best is not None else ("latest", args.latest)
+    if not args.output.endswith(".keras"):
+        raise UsageError(f"the output must end in .keras, got {args.output!r}")
+    _check_local_output(args.output)
+    output = _export_target(args.output, path)
+    if os.path.lexists(output) and not args.force:
+        raise UsageError(f"{output} exists; pass --force to replace it")
+    mode = ranking.resolve_mode(args.monitor, args.mode)
+    if which == "best" and mode is None:
+        raise UsageError(
+            f"--mode auto cannot tell from the name {args.monitor!r} whether higher is better; "
+            "pass --mode min or --mode max"
+        )
+    chosen = ranking.checkpoints_to_average(manifest.records, which, k, args.monitor, mode)
+    if not chosen:
+        if which == "best" and manifest.records:
+            raise UsageError(f"no checkpoint has the metric {args.monitor!r}; try --latest")
+        raise UsageError("the directory holds no committed checkpoint")
+    weights_only = [record.filename for record in chosen if record.kind != KIND_MODEL]
+    if weights_only:
+        raise UsageError(
+            f"{', '.join(weights_only[:5])} hold{'s' if len(weights_only) == 1 else ''} weights "
+            "only, which cannot make a standalone model; average whole-model checkpoints "
+            "(save_weights_only=False), or call keras_ckpt.average_checkpoints(DIR, "
+            "model=model) and model.save"
+        )
+    from keras_ckpt.averaging import average_checkpoints
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fewer than K: the line below says how many
+            model = average_checkpoints(path, which, k, monitor=args.monitor, mode=args.mode)
+    except _checkpoint_failures(path) + (ValueError,) as error:
+        raise UsageError(f"{_describe(error)} Nothing written") from None
+    temporary = f"{output}.tmp-{uuid.uuid4().hex[:8]}.keras"
+    try:
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        model.save(temporary)
+        os.replace(temporary, output)
+    except OSError as error:
+        raise UsageError(f"cannot write {output}: {_describe(error)}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+    names = ", ".join(f"{record.filename} (epoch {record.epoch})" for record in chosen)
+    fewer = f" (asked for {k}; the directory has only {len(chosen)})" if len(chosen) < k else ""
+    print(f"averaged {len(chosen)} checkpoint(s) into {output}{fewer}: {names}")
     return 0
 
 

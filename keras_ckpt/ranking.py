@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from keras_ckpt.records import CheckpointRecord
 
 MODES = ("auto", "min", "max")
 
@@ -117,3 +121,52 @@ def keras_is_improvement(
     if mode == "min":
         return current + abs(min_delta) < reference
     return current - abs(min_delta) > reference
+
+
+AVERAGE_WHICH = ("best", "latest")
+
+
+def checkpoints_to_average(
+    records: Sequence[CheckpointRecord], which: str, k: int, monitor: str, mode: str | None
+) -> list[CheckpointRecord]:
+    """The (up to) ``k`` checkpoints to average, best first: ``which="best"`` takes the ``k``
+    with the best ``monitor`` value, ``which="latest"`` the ``k`` newest.
+
+    ``records`` are in commit order (oldest first), as a manifest lists them. For ``"best"``,
+    records without ``monitor`` or with a NaN are never chosen, and ties go to the older (as
+    ``best_checkpoint`` ranks); ``mode`` must then be ``"min"`` or ``"max"``. For ``"latest"``
+    the newest comes first and ``monitor``/``mode`` are not used. Fewer than ``k`` candidates
+    give fewer records; the caller decides whether that is an error.
+
+    Args:
+        records: The committed checkpoints, oldest first.
+        which: ``"best"`` or ``"latest"``.
+        k: How many to choose (``>= 1``).
+        monitor: The metric ``"best"`` ranks by.
+        mode: ``"min"`` or ``"max"`` for ``"best"``; ignored (may be ``None``) for ``"latest"``.
+
+    Returns:
+        The chosen records, best (or newest) first.
+
+    Example:
+        >>> from keras_ckpt.records import CheckpointRecord
+        >>> def record(epoch, loss):
+        ...     metrics = {"val_loss": loss}
+        ...     return CheckpointRecord(f"/r/{epoch}", epoch, epoch, metrics, 0, 1, "", "", "", "")
+        >>> runs = [record(1, 0.5), record(2, 0.3), record(3, 0.4)]
+        >>> [r.epoch for r in checkpoints_to_average(runs, "best", 2, "val_loss", "min")]
+        [2, 3]
+        >>> [r.epoch for r in checkpoints_to_average(runs, "latest", 2, "val_loss", None)]
+        [3, 2]
+    """
+    if which == "latest":
+        return list(reversed(records))[:k]
+    if mode not in ("min", "max"):
+        raise ValueError(f"Argument `mode` must be 'min' or 'max'. Received: mode={mode!r}")
+    candidates = [
+        record
+        for record in records
+        if monitor in record.metrics and not math.isnan(record.metrics[monitor])
+    ]
+    order = ranked([record.metrics[monitor] for record in candidates], mode)
+    return [candidates[i] for i in order[:k]]

@@ -32,6 +32,7 @@ FLOORS = {
     "snapshot": KERAS,
     "schedules": KERAS,
     "loading": KERAS,
+    "averaging": KERAS,
     "callbacks": CALLBACKS,
     "cli": ENTRY,
     "demo": ENTRY,

@@ -275,7 +275,9 @@ def test_prune_needs_something_to_keep(trained):
     assert result.returncode == 2 and "--keep-last N and/or --keep-best K" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["ls", "show", "verify", "prune", "export", "plot", "demo"])
+@pytest.mark.parametrize(
+    "command", ["ls", "show", "verify", "prune", "export", "average", "plot", "demo"]
+)
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -291,6 +293,7 @@ READ_COMMANDS = {
     "show": ["show", "{dir}"],
     "verify": ["verify", "{dir}"],
     "export": ["export", "{dir}", "{root}/exported.keras"],
+    "average": ["average", "{dir}", "{root}/average.keras", "--latest", "2"],
     "prune": ["prune", "{dir}", "--keep-last", "1"],
     "plot": ["plot", "{dir}", "-o", "{root}/plot.png"],
 }
