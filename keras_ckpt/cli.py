@@ -47,6 +47,7 @@ from keras_ckpt.store import (
     CheckpointStore,
     Store,
     alias_filename,
+    alias_has_file,
     file_sha256,
     local_file,
     read_committed,
@@ -323,6 +324,7 @@ def _listed_files(manifest: Manifest) -> list[tuple[str, str]]:
     names += [
         (f"the file of alias {alias!r}", alias_filename(alias, target))
         for alias, target in manifest.aliases.items()
+        if alias_has_file(target)
     ]
     names += [(f"trash entry #{i}", name) for i, name in enumerate(manifest.trash, start=1)]
     if manifest.pending is not None:
@@ -581,8 +583,8 @@ def _alias_problem(directory: str, manifest: Manifest, alias: str, target: str) 
     record = manifest.find(target)
     if record is None:
         return f"points at {target}, which is not a committed checkpoint"
-    if remote.is_url(directory):
-        return None  # a remote directory's aliases live in its manifest alone: no object
+    if remote.is_url(directory) or not alias_has_file(target):
+        return None  # a remote directory's aliases, a sharded one's: in the manifest alone
     alias_path = os.path.join(directory, alias_filename(alias, target))
     if manifest.find(os.path.basename(alias_path)) is not None:
         return None  # a checkpoint of its own has that name; the alias lives in the manifest

@@ -488,7 +488,8 @@ def drop_keeper(manifest: Manifest, keeper: str, names: set[str]) -> tuple[list[
     for alias, target in list(manifest.aliases.items()):
         if target in deleted:
             del manifest.aliases[alias]
-            files.append(alias_filename(alias, target))
+            if alias_has_file(target):
+                files.append(alias_filename(alias, target))
     return deleted, files
 
 
@@ -519,9 +520,20 @@ def reserved_alias_filenames() -> list[str]:
     return [alias + ext for alias in ALIASES for ext in _ALIAS_EXTENSIONS]
 
 
-# A sharded checkpoint's alias is a link to its index, which names the shards by their own
-# names: ``best.weights.json`` loads the shards of the checkpoint it points at.
+# ``.weights.json`` is reserved too, though a sharded checkpoint's alias has no file (see
+# ``alias_has_file``): a name some version may want must not be a checkpoint's today.
 _ALIAS_EXTENSIONS = (".weights.h5", ".weights.json", ".keras", ".h5")
+
+
+def alias_has_file(target_filename: str) -> bool:
+    """Whether an alias of ``target_filename`` is a file (a hard link or a copy) beside it.
+
+    Not for sharded weights (``.weights.json``): Keras opens an index's first shard by the
+    index's own name (``best_00000.weights.h5`` for ``best.weights.json``), so a linked index
+    would not load; the alias lives in the manifest only, where ``load_best`` and
+    ``load_latest`` read it.
+    """
+    return not target_filename.endswith(".weights.json")
 
 
 def alias_filename(alias: str, target_filename: str) -> str:
@@ -1017,6 +1029,8 @@ class CheckpointStore(Store):
             manifest = self.manifest()
             if manifest.find(target_filename) is None:
                 raise ValueError(f"{target_filename!r} is not a committed checkpoint.")
+            if not alias_has_file(target_filename):
+                return self._set_alias_in_manifest(manifest, alias, target_filename)
             alias_path = self.path(alias_filename(alias, target_filename))
             # The alias file as it was, kept under a temporary name until the manifest is written.
             backup = None
@@ -1041,13 +1055,30 @@ class CheckpointStore(Store):
                 if backup is not None:
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(backup)
-            if previous is not None:
-                stale = alias_filename(alias, previous)
-                if stale != os.path.basename(alias_path) and manifest.find(stale) is None:
-                    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                        if not os.path.isdir(self.path(stale)) or os.path.islink(self.path(stale)):
-                            os.remove(self.path(stale))
+            self._remove_stale_alias(manifest, alias, previous, os.path.basename(alias_path))
         return alias_path
+
+    def _set_alias_in_manifest(self, manifest: Manifest, alias: str, target_filename: str) -> str:
+        """``set_alias`` for a target whose alias has no file (``alias_has_file``): the
+        manifest alone names it. Returns the target's path."""
+        previous = manifest.aliases.get(alias)
+        manifest.aliases[alias] = target_filename
+        self._write_manifest(manifest)
+        self._remove_stale_alias(manifest, alias, previous, None)
+        return self.path(target_filename)
+
+    def _remove_stale_alias(
+        self, manifest: Manifest, alias: str, previous: str | None, current: str | None
+    ) -> None:
+        """Removes the file the alias had while it pointed at ``previous``, if it had one and
+        that is neither the current alias file nor a checkpoint's."""
+        if previous is None or not alias_has_file(previous):
+            return
+        stale = alias_filename(alias, previous)
+        if stale != current and manifest.owner(stale) is None:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                if not os.path.isdir(self.path(stale)) or os.path.islink(self.path(stale)):
+                    os.remove(self.path(stale))
 
     def remove_if_empty(self) -> bool:
         """Removes the directory when it holds no checkpoint and nothing but the manifest and
@@ -1111,7 +1142,7 @@ class CheckpointStore(Store):
                     )
                     del manifest.aliases[alias]
                     alias_file = alias_filename(alias, target)
-                    if manifest.find(alias_file) is None:
+                    if manifest.owner(alias_file) is None and alias_has_file(target):
                         manifest.trash.append(alias_file)
                     changed = True
                     continue
@@ -1136,7 +1167,9 @@ class CheckpointStore(Store):
 
     def _empty_trash(self, manifest: Manifest) -> None:
         listed = {name for record in manifest.records for name in record.filenames}
-        listed.update(alias_filename(a, t) for a, t in manifest.aliases.items())
+        listed.update(
+            alias_filename(a, t) for a, t in manifest.aliases.items() if alias_has_file(t)
+        )
         for name in manifest.trash:
             path = self.path(name)
             if name not in listed and not (os.path.isdir(path) and not os.path.islink(path)):
@@ -1148,6 +1181,8 @@ class CheckpointStore(Store):
     def _link_alias(self, manifest: Manifest, alias: str, target_filename: str) -> str:
         target = self.path(target_filename)
         alias_path = self.path(alias_filename(alias, target_filename))
+        if not alias_has_file(target_filename):
+            return target  # the manifest alone names it
         if manifest.find(os.path.basename(alias_path)) is not None:
             # A checkpoint of its own has the alias's name (say ModelCheckpoint("d/best.keras")):
             # it is never overwritten; the alias then lives in the manifest only.
@@ -1289,9 +1324,11 @@ class FollowerStore(Store):
             if manifest.find(target_filename) is None:
                 raise ValueError(f"{target_filename!r} is not a committed checkpoint.")
             previous = manifest.aliases.get(alias)
-            if previous is not None and manifest.find(alias_filename(alias, previous)) is None:
+            if previous is not None and manifest.owner(alias_filename(alias, previous)) is None:
                 self._view.names.discard(alias_filename(alias, previous))
             manifest.aliases[alias] = target_filename
+            if not alias_has_file(target_filename):
+                return self.path(target_filename)
             self._view.names.add(alias_filename(alias, target_filename))
         return self.path(alias_filename(alias, target_filename))
 

@@ -50,8 +50,10 @@ class BestCheckpoint(LazyMode, StoreCallback):
             largest shard in GB, as ``model.save_weights`` takes it. Needs
             ``save_weights_only=True`` and Keras 3.10 or newer; a local ``directory``. The
             ``filename`` gets ``.weights.json`` if it has no extension. Each checkpoint's index
-            and shards are committed, verified and deleted together; ``best.weights.json`` is a
-            hard link to the best one's index (which names its shards).
+            and shards are committed, verified and deleted together. The ``best`` alias then
+            has no file (Keras opens an index's first shard by the index's own name, so a
+            linked ``best.weights.json`` would not load): the manifest names it, and
+            ``load_best`` / ``keras_ckpt.best_checkpoint`` find it there.
 
     Raises:
         ValueError: On any invalid argument, naming it.

@@ -57,8 +57,10 @@ class IntervalCheckpoint(StoreCallback):
             largest shard in GB, as ``model.save_weights`` takes it. Needs
             ``save_weights_only=True`` and Keras 3.10 or newer; a local ``directory``. The
             ``filename`` gets ``.weights.json`` if it has no extension. Each checkpoint's index
-            and shards are committed, verified and deleted together; ``latest.weights.json``
-            is a hard link to the newest one's index (which names its shards).
+            and shards are committed, verified and deleted together. The ``latest`` alias then
+            has no file (Keras opens an index's first shard by the index's own name, so a
+            linked ``latest.weights.json`` would not load): the manifest names it, and
+            ``load_latest`` / ``keras_ckpt.latest_checkpoint`` find it there.
 
     Raises:
         ValueError: On any invalid argument, naming it.
