@@ -437,3 +437,11 @@ def test_the_probe_matches_the_installed_keras():
     version = tuple(int(part) for part in keras.__version__.split(".")[:2])
     assert keras_adapter.SHARDED_WEIGHTS_SUPPORTED == (version >= (3, 10))
     assert np.isfinite(SHARD_GB)
+
+
+@pytest.mark.skipif(keras_adapter.SHARDED_WEIGHTS_SUPPORTED, reason="this Keras writes shards")
+def test_the_floor_keras_refuses_sharded_weights_at_construction(tmp_path):
+    with pytest.raises(ValueError, match=r"need Keras 3\.10 or newer; this is Keras 3\."):
+        keras_ckpt.ModelCheckpoint(
+            str(tmp_path / "e{epoch}.weights.json"), save_weights_only=True, max_shard_size=1.0
+        )
