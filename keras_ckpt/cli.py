@@ -436,7 +436,7 @@ def _ls(args: argparse.Namespace) -> int:
                 record.filename,
                 str(record.epoch) + ("" if record.batch is None else f"/b{record.batch}"),
                 str(record.step),
-                _size(record.size),
+                _size(record.total_size),
                 _age(now - record.time),
                 ",".join(aliases.get(record.filename, [])) or "-",
                 _metrics_text(record.metrics) or "-",
@@ -651,8 +651,8 @@ def _prune(args: argparse.Namespace) -> int:
         print(f"keeping {', '.join(spared)}: the best/latest alias points at it")
     verb = "would delete" if args.dry_run else "deleting"
     for record in dropped:
-        print(f"{verb} {record.filename} ({_size(record.size)})")
-    freed = sum(record.size for record in dropped)
+        print(f"{verb} {record.filename} ({_size(record.total_size)})")
+    freed = sum(record.total_size for record in dropped)
     if args.dry_run:
         print(f"dry run: {len(dropped)} would go ({_size(freed)}), {kept} stay; nothing deleted")
         return 0
@@ -666,7 +666,7 @@ def _prune(args: argparse.Namespace) -> int:
     except _failures(path) as error:
         done = f"after deleting {', '.join(deleted)}" if deleted else "with nothing deleted"
         raise UsageError(f"prune stopped {done}: {_describe(error)}") from None
-    freed = sum(record.size for record in dropped if record.filename in deleted)
+    freed = sum(record.total_size for record in dropped if record.filename in deleted)
     print(f"deleted {len(deleted)} ({_size(freed)}), {len(manifest.records) - len(deleted)} kept")
     return 0
 

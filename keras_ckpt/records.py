@@ -136,6 +136,11 @@ class CheckpointRecord:
         """Every file of the checkpoint: ``filename``, then its parts'."""
         return (self.filename, *(part.filename for part in self.parts))
 
+    @property
+    def total_size(self) -> int:
+        """Bytes of every file of the checkpoint (``size`` plus its parts')."""
+        return self.size + sum(part.size for part in self.parts)
+
     def without_keeper(self, keeper: str) -> CheckpointRecord:
         return replace(self, kept_by=tuple(k for k in self.kept_by if k != keeper))
 

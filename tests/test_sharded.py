@@ -172,6 +172,16 @@ def test_verify_names_a_damaged_or_missing_shard(sharded_run, tmp_path, damage, 
         keras_ckpt.load_checkpoint(record, model=keras.Sequential([keras.Input((4,))]))
 
 
+def test_prune_deletes_every_shard_and_counts_them(sharded_run, tmp_path, capsys):
+    directory = tmp_path / "copy"
+    shutil.copytree(sharded_run, directory)
+    first, second = keras_ckpt.list_checkpoints(directory)
+    assert first.total_size == first.size + sum(part.size for part in first.parts)
+    assert cli.main(["prune", str(directory), "--keep-last", "1"]) == 0
+    assert user_files(directory) == sorted(second.filenames)
+    assert keras_ckpt.list_checkpoints(directory) == [second]
+
+
 # Untrusted directories ---------------------------------------------------------------------
 
 
