@@ -9,11 +9,12 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 
 import keras
 import numpy as np
 import pytest
-from conftest import assert_weights_equal, needs_keras
+from conftest import assert_weights_equal, needs_keras, run_child_script
 
 import keras_ckpt
 from keras_ckpt import cli, keras_adapter
@@ -318,6 +319,37 @@ def test_recovery_finishes_the_renames_of_a_save_killed_between_them(tmp_path):
     verify(committed)
     assert user_files(tmp_path) == sorted(record.filenames)
     assert read_manifest(str(tmp_path)).pending is None
+
+
+@sharding
+@pytest.mark.parametrize("kill_point", ["hash:12", "rename:3"])
+def test_sigkill_mid_save_leaves_every_committed_checkpoint_loadable(
+    tmp_path, kill_point, make_model
+):
+    directory = tmp_path / "run"
+    result = run_child_script("sharded_crash_child.py", directory, kill_point)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert "on keras_ckpt-writer" in result.stdout, result.stdout
+    leftovers = [n for n in os.listdir(directory) if n.startswith(TEMP_PREFIX)]
+    assert leftovers  # the save in flight left its folder
+    before = keras_ckpt.list_checkpoints(directory)
+    assert before  # earlier saves committed; readers see them, whole, before any recovery
+    for record in before:
+        verify(record)
+        fresh_weights(make_model, record.path)
+    CheckpointStore(directory).close()  # recovery
+    manifest = read_manifest(str(directory))
+    assert manifest.pending is None and manifest.trash == []
+    after = keras_ckpt.list_checkpoints(directory)
+    if kill_point.startswith("rename"):
+        # The commit was decided (pending, every file complete): recovery finished it.
+        assert len(after) == len(before) + 1
+    else:
+        assert after == before
+    for record in after:
+        verify(record)
+        fresh_weights(make_model, record.path)
+    assert user_files(directory) == sorted(name for r in after for name in r.filenames)
 
 
 def test_a_shard_name_another_checkpoint_owns_is_refused(tmp_path):
