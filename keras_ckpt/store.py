@@ -877,6 +877,13 @@ class CheckpointStore(Store):
             # A commit of this process that failed half way left its pending entry: settle it
             # before this commit takes the slot.
             manifest.trash += _resolve_pending(manifest, self.directory)
+            try:
+                self._check_owners(manifest, record)
+            except ValueError:
+                os.remove(temporary)
+                with _locks_guard:
+                    _writing.discard(temporary)
+                raise
             manifest.pending = {"temp": os.path.basename(temporary), "record": record.to_json()}
             try:
                 self._write_manifest(manifest)
@@ -979,8 +986,16 @@ class CheckpointStore(Store):
         return tuple(parts)
 
     def _check_owners(self, manifest: Manifest, record: CheckpointRecord) -> None:
-        """Refuses a part that would replace a file another checkpoint, an alias or nobody
-        (a file keras_ckpt did not write) owns; a same-named checkpoint's own files may be."""
+        """Refuses a file of ``record`` that another checkpoint has (a shard of a sharded one:
+        the manifest would list it twice), and a part that would replace an alias's file or a
+        file keras_ckpt did not write; a same-named checkpoint's own files may be replaced."""
+        owner = manifest.owner(record.filename)
+        if owner is not None and owner.filename != record.filename:
+            raise ValueError(
+                f"Checkpoint {record.filename!r} would replace a shard of the checkpoint "
+                f"{owner.filename!r}; nothing was committed. Name the checkpoints so that their "
+                "files differ."
+            )
         aliases = {alias_filename(a, t) for a, t in manifest.aliases.items()}
         for name in record.parts:
             owner = manifest.owner(name.filename)

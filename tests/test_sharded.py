@@ -371,6 +371,26 @@ def test_a_shard_name_another_checkpoint_owns_is_refused(tmp_path):
     assert len(store.records()) == 1
 
 
+def test_a_checkpoint_named_like_another_ones_shard_is_refused(tmp_path):
+    store = CheckpointStore(tmp_path)
+    sharded = commit(store, "b.weights.json", fake_sharded(b"b"))
+    before = user_files(tmp_path)
+    with pytest.raises(ValueError, match="would replace a shard of the checkpoint 'b.weights"):
+        store.commit(
+            "b_00001.weights.h5",
+            lambda path: open(path, "wb").close(),
+            epoch=2,
+            step=2,
+            metrics={},
+            kind="weights",
+            run="r",
+            keeper="k",
+        )
+    assert user_files(tmp_path) == before
+    assert keras_ckpt.list_checkpoints(tmp_path) == [sharded]  # the manifest still reads
+    verify(sharded)
+
+
 def test_a_resave_under_the_same_name_deletes_the_shards_it_no_longer_has(tmp_path):
     store = CheckpointStore(tmp_path)
     commit(store, "w.weights.json", fake_sharded(b"1", shards=4))

@@ -256,7 +256,7 @@ class StoreCallback(keras.callbacks.Callback):
                 f"Argument `filename` uses field(s) {unknown} that epoch {epoch + 1} does not "
                 f"provide. Received: filename={template!r}. Fields available: {sorted(values)}"
             ) from None
-        own = {name for record in self._own_records(store) for name in record.filenames}
+        own = {record.filename for record in self._own_records(store)}
         taken = (store.filenames() - own) | set(reserved_alias_filenames())
         return naming.next_free_name(filename, taken)
 
