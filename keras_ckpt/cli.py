@@ -464,6 +464,12 @@ def _show(args: argparse.Namespace) -> int:
             value = _time_text(value)
         elif key == "size":
             value = f"{value} bytes ({_size(value)})"
+        elif key == "parts":  # the shards of sharded weights: one line each
+            total = _size(record.total_size)
+            print(f"{key.ljust(width)}  {len(record.parts)} shards, {total} with the index")
+            for part in record.parts:
+                print(f"{''.ljust(width)}  {_printable(part.filename)} ({_size(part.size)})")
+            continue
         print(f"{key.ljust(width)}  {_printable(value)}")
     if state:
         print(f"{'resume state'.ljust(width)}  {_printable(_state_text(state))}")

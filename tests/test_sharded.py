@@ -178,6 +178,10 @@ def test_prune_deletes_every_shard_and_counts_them(sharded_run, tmp_path, capsys
     shutil.copytree(sharded_run, directory)
     first, second = keras_ckpt.list_checkpoints(directory)
     assert first.total_size == first.size + sum(part.size for part in first.parts)
+    assert cli.main(["show", str(directory), "latest"]) == 0
+    shown = capsys.readouterr().out
+    assert f"{len(second.parts)} shards" in shown
+    assert all(part.filename in shown for part in second.parts)
     assert cli.main(["prune", str(directory), "--keep-last", "1"]) == 0
     assert user_files(directory) == sorted(second.filenames)
     assert keras_ckpt.list_checkpoints(directory) == [second]
