@@ -36,6 +36,7 @@ FLOOR_TESTS = [
     "tests/test_async.py",
     "tests/test_crash.py",
     "tests/test_loading.py",
+    "tests/test_sharded.py",
     "tests/test_keras_own_tests.py",
 ]
 # Where tests/test_keras_own_tests.py finds Keras's callback tests when not in the installed wheel.

@@ -48,6 +48,7 @@ from keras_ckpt.store import (
     CheckpointStore,
     Store,
     alias_filename,
+    alias_has_file,
     file_sha256,
     local_file,
     read_committed,
@@ -342,6 +343,7 @@ def _listed_files(manifest: Manifest) -> list[tuple[str, str]]:
     names += [
         (f"the file of alias {alias!r}", alias_filename(alias, target))
         for alias, target in manifest.aliases.items()
+        if alias_has_file(target)
     ]
     names += [(f"trash entry #{i}", name) for i, name in enumerate(manifest.trash, start=1)]
     if manifest.pending is not None:
@@ -453,7 +455,7 @@ def _ls(args: argparse.Namespace) -> int:
                 record.filename,
                 str(record.epoch) + ("" if record.batch is None else f"/b{record.batch}"),
                 str(record.step),
-                _size(record.size),
+                _size(record.total_size),
                 _age(now - record.time),
                 ",".join(aliases.get(record.filename, [])) or "-",
                 _metrics_text(record.metrics) or "-",
@@ -481,6 +483,12 @@ def _show(args: argparse.Namespace) -> int:
             value = _time_text(value)
         elif key == "size":
             value = f"{value} bytes ({_size(value)})"
+        elif key == "parts":  # the shards of sharded weights: one line each
+            total = _size(record.total_size)
+            print(f"{key.ljust(width)}  {len(record.parts)} shards, {total} with the index")
+            for part in record.parts:
+                print(f"{''.ljust(width)}  {_printable(part.filename)} ({_size(part.size)})")
+            continue
         print(f"{key.ljust(width)}  {_printable(value)}")
     if state:
         print(f"{'resume state'.ljust(width)}  {_printable(_state_text(state))}")
@@ -600,8 +608,8 @@ def _alias_problem(directory: str, manifest: Manifest, alias: str, target: str) 
     record = manifest.find(target)
     if record is None:
         return f"points at {target}, which is not a committed checkpoint"
-    if remote.is_url(directory):
-        return None  # a remote directory's aliases live in its manifest alone: no object
+    if remote.is_url(directory) or not alias_has_file(target):
+        return None  # a remote directory's aliases, a sharded one's: in the manifest alone
     alias_path = os.path.join(directory, alias_filename(alias, target))
     if manifest.find(os.path.basename(alias_path)) is not None:
         return None  # a checkpoint of its own has that name; the alias lives in the manifest
@@ -668,8 +676,8 @@ def _prune(args: argparse.Namespace) -> int:
         print(f"keeping {', '.join(spared)}: the best/latest alias points at it")
     verb = "would delete" if args.dry_run else "deleting"
     for record in dropped:
-        print(f"{verb} {record.filename} ({_size(record.size)})")
-    freed = sum(record.size for record in dropped)
+        print(f"{verb} {record.filename} ({_size(record.total_size)})")
+    freed = sum(record.total_size for record in dropped)
     if args.dry_run:
         print(f"dry run: {len(dropped)} would go ({_size(freed)}), {kept} stay; nothing deleted")
         return 0
@@ -683,7 +691,7 @@ def _prune(args: argparse.Namespace) -> int:
     except _failures(path) as error:
         done = f"after deleting {', '.join(deleted)}" if deleted else "with nothing deleted"
         raise UsageError(f"prune stopped {done}: {_describe(error)}") from None
-    freed = sum(record.size for record in dropped if record.filename in deleted)
+    freed = sum(record.total_size for record in dropped if record.filename in deleted)
     print(f"deleted {len(deleted)} ({_size(freed)}), {len(manifest.records) - len(deleted)} kept")
     return 0
 

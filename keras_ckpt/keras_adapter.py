@@ -150,6 +150,57 @@ H5_GROUPS_DEFERRED = SAVING_SUPPORTED and "_h5_entry_initialized" in _class_code
 """Keras's ``H5IOStore.make`` leaves an object's ``vars`` group to its first variable (3.10+);
 before, ``make`` creates it, empty or not (and Keras 3.5's loader requires the root's)."""
 
+SHARDED_WEIGHTS_VERSION = "3.10"
+"""The first Keras release whose ``save_weights`` takes ``max_shard_size``."""
+
+SHARDED_WEIGHTS_SUPPORTED = (
+    "max_shard_size" in inspect.signature(keras.Model.save_weights).parameters
+)
+"""``model.save_weights(".weights.json", max_shard_size=...)`` writes sharded weights."""
+
+SHARDED_SNAPSHOT_SUPPORTED = (
+    SHARDED_WEIGHTS_SUPPORTED
+    and H5_GROUPS_DEFERRED
+    and hasattr(_saving_lib, "ShardedH5IOStore")
+    and "max_shard_size" in inspect.signature(_saving_lib.ShardedH5IOStore).parameters
+)
+"""A snapshot's recorded saving calls can be replayed into Keras's ``ShardedH5IOStore``."""
+
+
+def check_sharded_weights(argument: str, value: Any) -> None:
+    """Raises ``ValueError`` naming ``argument`` and ``value`` where the installed Keras cannot
+    write sharded weights (probe ``SHARDED_WEIGHTS_SUPPORTED``: Keras 3.10 or newer)."""
+    if not SHARDED_WEIGHTS_SUPPORTED:
+        raise ValueError(
+            f"Argument `{argument}` asks for sharded weights (`.weights.json` with "
+            f"`max_shard_size`), which need Keras {SHARDED_WEIGHTS_VERSION} or newer; this is "
+            f"Keras {keras.__version__}. Received: {argument}={value!r}"
+        )
+
+
+def write_sharded_weights(
+    path: str, calls: list[tuple[str, Any, Any]], max_shard_size: float
+) -> None:
+    """Writes recorded saving calls (``make`` / ``set``, values on the host) as Keras's sharded
+    weights: the index ``path`` (``.weights.json``) and its shards beside it, by Keras's own
+    ``ShardedH5IOStore``, as ``model.save_weights(path, max_shard_size=...)`` would.
+
+    Probe ``SHARDED_SNAPSHOT_SUPPORTED``. Raises:
+        KerasInternalsError: Where it fails (callers check the probe first).
+    """
+    if not SHARDED_SNAPSHOT_SUPPORTED:
+        raise _missing("Writing sharded weights from a snapshot", "`ShardedH5IOStore`")
+    store = _saving_lib.ShardedH5IOStore(path, max_shard_size=max_shard_size, mode="w")
+    try:
+        target = store
+        for op, key, value in calls:
+            if op == "make":
+                target = store.make(key, metadata=value) if value else store.make(key)
+            else:
+                target[key] = value
+    finally:
+        store.close()
+
 
 # Degrading -----------------------------------------------------------------------------------
 

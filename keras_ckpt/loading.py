@@ -16,6 +16,7 @@ from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, LATEST_ALIAS, Checkpoin
 from keras_ckpt.store import (
     CheckpointCorruptedError,
     check_regular_file,
+    check_sharded_index,
     open_regular,
     read_committed,
     verify,
@@ -271,6 +272,8 @@ def _load(
     """``load_checkpoint``, for the public loader ``caller`` (named in its errors)."""
     import keras
 
+    if remote.is_url(record.path) and record.parts:
+        verify(record)  # refused: a checkpoint of several files is kept in local directories only
     if remote.is_url(record.path):  # Keras opens local files: a verified download, then that
         with remote.local_copy(record, verify_checksum) as path:
             return _load(
@@ -285,6 +288,7 @@ def _load(
         verify(record)
     else:
         check_regular_file(record.path)  # never a link that leads out of the directory
+        check_sharded_index(record)  # nor a shard name that does
     if model is None:
         if record.kind == KIND_WEIGHTS:
             raise ValueError(

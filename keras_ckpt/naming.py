@@ -7,10 +7,12 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from keras_ckpt.records import LOCK_NAME, MANIFEST_NAME, TEMP_PREFIX
+from keras_ckpt.records import LOCK_NAME, MANIFEST_NAME, SHARDED_EXTENSION, TEMP_PREFIX
 
 MODEL_EXTENSIONS = (".keras", ".h5")
 WEIGHTS_EXTENSION = ".weights.h5"
+# Keras's sharded weights: the index; its shards are ``<stem>_00000.weights.h5``, ... beside it.
+SHARDED_WEIGHTS_EXTENSION = SHARDED_EXTENSION
 
 # What the checkpoint store names for itself in a directory: its temporary files, its manifest
 # and its lock. No checkpoint may be named like them.
@@ -153,13 +155,20 @@ def default_best_template(monitor: str) -> str:
     return template
 
 
-def with_extension(template: str, save_weights_only: bool) -> str:
+def with_extension(template: str, save_weights_only: bool, sharded: bool = False) -> str:
     """Appends the Keras extension a template lacks; rejects one that contradicts the kind.
+
+    ``sharded`` (a ``max_shard_size`` was given) asks for Keras's sharded weights,
+    ``.weights.json``, which holds weights only.
 
     Example:
         >>> with_extension("best-{epoch}", save_weights_only=True)
         'best-{epoch}.weights.h5'
+        >>> with_extension("best-{epoch}", save_weights_only=True, sharded=True)
+        'best-{epoch}.weights.json'
     """
+    if sharded or template.endswith(SHARDED_WEIGHTS_EXTENSION):
+        return sharded_template(template, "filename", save_weights_only, sharded)
     if template.endswith(WEIGHTS_EXTENSION):
         if not save_weights_only:
             raise ValueError(
@@ -177,6 +186,40 @@ def with_extension(template: str, save_weights_only: bool) -> str:
     return template + (WEIGHTS_EXTENSION if save_weights_only else ".keras")
 
 
+def sharded_template(template: str, argument: str, save_weights_only: bool, sharded: bool) -> str:
+    """``template`` for Keras's sharded weights: with ``sharded`` (a ``max_shard_size``), it
+    must end in ``.weights.json`` (a native callback's ``filename`` may have no extension: it
+    is added) with ``save_weights_only``; without, it must not end in ``.weights.json``.
+
+    Raises:
+        ValueError: Naming ``argument`` (and ``max_shard_size`` or ``save_weights_only``).
+
+    Example:
+        >>> sharded_template("e{epoch}.weights.json", "filepath", True, True)
+        'e{epoch}.weights.json'
+    """
+    if not sharded:
+        raise ValueError(
+            f"Argument `{argument}` ends in `{SHARDED_WEIGHTS_EXTENSION}` (Keras's sharded "
+            "weights), which needs `max_shard_size` (the largest shard, in GB, e.g. 2.0). "
+            f"Received: {argument}={template!r}, max_shard_size=None"
+        )
+    if not save_weights_only:
+        raise ValueError(
+            f"Argument `max_shard_size` saves sharded weights (`{SHARDED_WEIGHTS_EXTENSION}`), "
+            f"which hold weights only: pass `save_weights_only=True`. Received: {argument}="
+            f"{template!r}, save_weights_only=False"
+        )
+    if template.endswith(SHARDED_WEIGHTS_EXTENSION):
+        return template
+    if argument == "filename" and not template.endswith((WEIGHTS_EXTENSION, *MODEL_EXTENSIONS)):
+        return template + SHARDED_WEIGHTS_EXTENSION
+    raise ValueError(
+        f"Argument `{argument}` must end in `{SHARDED_WEIGHTS_EXTENSION}` when `max_shard_size` "
+        f"is set (Keras's sharded weights). Received: {argument}={template!r}"
+    )
+
+
 def next_free_name(filename: str, taken: set[str]) -> str:
     """``filename``, or with ``-v1``, ``-v2``, ... before its extension if that name is taken.
 
@@ -186,9 +229,8 @@ def next_free_name(filename: str, taken: set[str]) -> str:
     """
     if filename not in taken:
         return filename
-    extension = next(
-        (ext for ext in (WEIGHTS_EXTENSION, *MODEL_EXTENSIONS) if filename.endswith(ext)), ""
-    )
+    extensions = (WEIGHTS_EXTENSION, SHARDED_WEIGHTS_EXTENSION, *MODEL_EXTENSIONS)
+    extension = next((ext for ext in extensions if filename.endswith(ext)), "")
     stem = filename[: len(filename) - len(extension)]
     version = 1
     while f"{stem}-v{version}{extension}" in taken:
@@ -196,7 +238,9 @@ def next_free_name(filename: str, taken: set[str]) -> str:
     return f"{stem}-v{version}{extension}"
 
 
-def checked_template(filename: Any, save_weights_only: bool, varying_reason: str | None) -> str:
+def checked_template(
+    filename: Any, save_weights_only: bool, varying_reason: str | None, sharded: bool = False
+) -> str:
     """Validates a native callback's ``filename`` argument and adds the Keras extension.
 
     The template is filled once with sample values (``check_renders``), so that a format spec
@@ -221,7 +265,7 @@ def checked_template(filename: Any, save_weights_only: bool, varying_reason: str
             "Argument `filename` must be a file name without directories. "
             f"Received: filename={filename!r}"
         )
-    template = with_extension(filename, save_weights_only)
+    template = with_extension(filename, save_weights_only, sharded)
     check_renders(template, "filename")
     if not template_fields(template) and varying_reason:
         raise ValueError(

@@ -31,6 +31,9 @@ ALIASES = (BEST_ALIAS, LATEST_ALIAS)
 KIND_MODEL = "model"
 KIND_WEIGHTS = "weights"
 
+# Keras's sharded weights: an index (``<stem>.weights.json``) naming its shard files.
+SHARDED_EXTENSION = ".weights.json"
+
 
 class ManifestError(ValueError):
     """A manifest that keras_ckpt cannot trust: refused whole, nothing is acted on because of it.
@@ -64,6 +67,24 @@ def name_problem(name: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class CheckpointPart:
+    """One more file of a checkpoint that is several files (a shard of Keras's sharded weights).
+
+    Attributes:
+        filename: A plain file name in the checkpoint's directory.
+        size: Its size in bytes.
+        sha256: Hex SHA-256 of it.
+    """
+
+    filename: str
+    size: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.filename, "size": self.size, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
 class CheckpointRecord:
     """One committed checkpoint.
 
@@ -84,6 +105,9 @@ class CheckpointRecord:
         batch: 1-based batch within the epoch for checkpoints taken mid-epoch, else ``None``.
         state: What a resume needs beyond the file (epoch position, callback and random
             states), for checkpoints written by ResumeFromLatest; else ``None``.
+        parts: The checkpoint's other files, for one that is several files (Keras's sharded
+            weights: ``path`` is the ``.weights.json`` index, the parts are its shards); they
+            are committed, verified and deleted together with ``path``. Empty for one file.
 
     Records are read-only: reads of an unchanged manifest share them, dictionaries included.
     """
@@ -101,10 +125,21 @@ class CheckpointRecord:
     kept_by: tuple[str, ...] = ()
     batch: int | None = None
     state: dict[str, Any] | None = None
+    parts: tuple[CheckpointPart, ...] = ()
 
     @property
     def filename(self) -> str:
         return os.path.basename(self.path)
+
+    @property
+    def filenames(self) -> tuple[str, ...]:
+        """Every file of the checkpoint: ``filename``, then its parts'."""
+        return (self.filename, *(part.filename for part in self.parts))
+
+    @property
+    def total_size(self) -> int:
+        """Bytes of every file of the checkpoint (``size`` plus its parts')."""
+        return self.size + sum(part.size for part in self.parts)
 
     def without_keeper(self, keeper: str) -> CheckpointRecord:
         return replace(self, kept_by=tuple(k for k in self.kept_by if k != keeper))
@@ -124,6 +159,8 @@ class CheckpointRecord:
             "run": self.run,
             "kept_by": list(self.kept_by),
             "state": None if self.state is None else encode_non_finite(self.state),
+            # Only where there are parts: a one-file record reads as before this field existed.
+            **({"parts": [part.to_json() for part in self.parts]} if self.parts else {}),
         }
 
     @classmethod
@@ -160,7 +197,52 @@ class CheckpointRecord:
             run=entry.get("run", str, ""),
             kept_by=tuple(entry.text(f"kept_by[{i}]", keeper) for i, keeper in enumerate(kept_by)),
             state=entry.get("state", dict, None),
+            parts=_parts(entry, filename),
         )
+
+
+def _parts(entry: _Entry, filename: str) -> tuple[CheckpointPart, ...]:
+    """The ``parts`` of a manifest entry: each a plain, non-temporary file name in the
+    directory, other than the entry's own file, listed once."""
+    parts = []
+    seen = {filename}
+    for index, item in enumerate(entry.get("parts", list, [])):
+        part = _Entry(item, f"{entry.where} parts[{index}]")
+        name = part.name("file")
+        if name.startswith(TEMP_PREFIX) or name in seen:
+            raise part.fail("file", name, "a checkpoint file listed once, not a temporary name")
+        seen.add(name)
+        parts.append(
+            CheckpointPart(filename=name, size=part.integer("size"), sha256=part.get("sha256", str))
+        )
+    return tuple(parts)
+
+
+def sharded_index_shards(data: Any, where: str) -> list[str]:
+    """The shard file names that a Keras sharded-weights index (``.weights.json``) names.
+
+    Keras opens each name of the index's ``weight_map`` beside the index, so an index is
+    untrusted input like a manifest: every name must be a plain file name.
+
+    Args:
+        data: The parsed JSON of the index.
+        where: The index, as the error names it.
+
+    Raises:
+        ManifestError: If the index is not an object with a ``weight_map`` object whose values
+            are plain file names (or lists of them).
+
+    Example:
+        >>> sharded_index_shards({"weight_map": {"/vars": "m_00000.weights.h5"}}, "m")
+        ['m_00000.weights.h5']
+    """
+    weight_map = _Entry(data, where).get("weight_map", dict)
+    names: dict[str, None] = {}
+    for key, value in weight_map.items():
+        for item in value if isinstance(value, list) else [value]:
+            _Entry({"file": item}, f"{where} weight_map[{key!r}]").name("file")
+            names[item] = None
+    return list(names)
 
 
 class _Entry:
@@ -318,9 +400,10 @@ class Manifest:
         ]
         seen: set[str] = set()
         for record in records:
-            if record.filename in seen:
-                raise top.fail("checkpoints", record.filename, "each file listed once")
-            seen.add(record.filename)
+            for name in record.filenames:  # no file belongs to two checkpoints
+                if name in seen:
+                    raise top.fail("checkpoints", name, "each file listed once")
+                seen.add(name)
         aliases = top.get("aliases", dict, {})
         for alias, target in aliases.items():
             if alias not in ALIASES:
@@ -337,6 +420,13 @@ class Manifest:
         for index, name in enumerate(trash):
             _Entry({"name": name}, f"trash[{index}]").name("name")
         return cls(records=records, aliases=dict(aliases), pending=pending, trash=list(trash))
+
+    def owner(self, filename: str) -> CheckpointRecord | None:
+        """The checkpoint that ``filename`` is a file of (its index or a part), if any."""
+        for record in self.records:
+            if filename in record.filenames:
+                return record
+        return None
 
     def find(self, filename: str) -> CheckpointRecord | None:
         for record in self.records:

@@ -559,8 +559,14 @@ class RemoteStore(Store):
         keeper: str,
         batch: int | None = None,
         state: Mapping[str, Any] | None = None,
+        multi_file: bool = False,
     ) -> CheckpointRecord:
         check_plain_name(filename)
+        if multi_file:
+            raise ValueError(
+                f"Checkpoint {filename!r} is several files (sharded weights), which keras_ckpt "
+                f"keeps in local directories only, not in {self.directory}."
+            )
         upload = f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{filename}"
         with _locks_guard:
             _uploading.add(upload)

@@ -44,18 +44,24 @@ class ModelSnapshot:
         config_json: str | None = None,
         metadata_json: str | None = None,
         assets: Any = None,
+        max_shard_size: float | None = None,
     ):
         self._calls = calls
         self._config_json = config_json
         self._metadata_json = metadata_json
         self._assets = assets
+        self._max_shard_size = max_shard_size
 
     def write(self, path: str) -> None:
-        """Writes the snapshot to ``path``: a ``.keras`` archive for a whole model, otherwise
-        a ``.weights.h5`` file. Any thread may call it, once."""
+        """Writes the snapshot to ``path``: a ``.keras`` archive for a whole model, sharded
+        weights (``path`` the ``.weights.json`` index, the shards beside it) with a
+        ``max_shard_size``, otherwise a ``.weights.h5`` file. Any thread may call it, once."""
         try:
+            if self._max_shard_size is not None:
+                calls = [(op, key, on_host(v) if op == "set" else v) for op, key, v in self._calls]
+                keras_adapter.write_sharded_weights(path, calls, self._max_shard_size)
             # The config and metadata are both there (a whole model) or both absent (weights).
-            if self._config_json is None or self._metadata_json is None:
+            elif self._config_json is None or self._metadata_json is None:
                 _write_h5(path, self._calls)
             else:
                 self._write_model(path, self._config_json, self._metadata_json)
@@ -281,17 +287,27 @@ def _with_optimizer_variables(
     return plan
 
 
-def take_snapshot(model: keras.Model, filepath: str, weights_only: bool) -> ModelSnapshot | None:
-    """Copies what ``model.save_weights(filepath)`` / ``model.save(filepath)`` would write.
+def take_snapshot(
+    model: keras.Model,
+    filepath: str,
+    weights_only: bool,
+    max_shard_size: float | None = None,
+) -> ModelSnapshot | None:
+    """Copies what ``model.save_weights(filepath)`` / ``model.save(filepath)`` would write
+    (``model.save_weights(filepath, max_shard_size=...)`` for sharded ``.weights.json``).
 
     Returns ``None`` where the file must be written synchronously by Keras: a legacy ``.h5`` /
     ``.hdf5`` model or weights file, or a Keras without the saving internals used here (probe
-    ``keras_adapter.SAVING_SUPPORTED``; then with one warning per process).
+    ``keras_adapter.SAVING_SUPPORTED``; then with one warning per process; for sharded weights
+    also ``keras_adapter.SHARDED_SNAPSHOT_SUPPORTED``).
     """
     if not keras_adapter.can_snapshot():
         return None
     if weights_only:
-        if not filepath.endswith(".weights.h5"):
+        if max_shard_size is not None:
+            if not keras_adapter.SHARDED_SNAPSHOT_SUPPORTED:
+                return None
+        elif not filepath.endswith(".weights.h5"):
             return None
         if not model.built:
             raise ValueError(
@@ -312,17 +328,24 @@ def take_snapshot(model: keras.Model, filepath: str, weights_only: bool) -> Mode
         if assets is not None:
             assets.close()
         raise
-    return ModelSnapshot(copies, config_json, metadata_json, assets)
+    return ModelSnapshot(
+        copies, config_json, metadata_json, assets, max_shard_size if weights_only else None
+    )
 
 
-def write_now(model: keras.Model, path: str, weights_only: bool) -> None:
+def write_now(
+    model: keras.Model, path: str, weights_only: bool, max_shard_size: float | None = None
+) -> None:
     """Keras's own synchronous save, for files ``take_snapshot`` does not handle.
 
     Weights to a legacy ``.h5`` / ``.hdf5`` name (which Keras 3's ``save_weights`` refuses)
     are written in the legacy layout ``model.load_weights`` reads there; a whole model to such
-    a name is Keras's legacy HDF5 model (``model.save`` writes it).
+    a name is Keras's legacy HDF5 model (``model.save`` writes it). With ``max_shard_size``,
+    sharded weights (``path`` the ``.weights.json`` index).
     """
-    if weights_only and not path.endswith(".weights.h5"):
+    if weights_only and max_shard_size is not None:
+        model.save_weights(path, overwrite=True, max_shard_size=max_shard_size)
+    elif weights_only and not path.endswith(".weights.h5"):
         keras_adapter.save_legacy_h5_weights(model, path)
     elif weights_only:
         model.save_weights(path, overwrite=True)

@@ -51,6 +51,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -70,10 +71,12 @@ from keras_ckpt.records import (
     MANIFEST_NAME,
     TEMP_PATTERN,
     TEMP_PREFIX,
+    CheckpointPart,
     CheckpointRecord,
     Manifest,
     ManifestError,
     name_problem,
+    sharded_index_shards,
 )
 
 try:
@@ -285,23 +288,69 @@ def _problem_of(error: CheckpointCorruptedError) -> str:
 
 def verify(record: CheckpointRecord) -> None:
     """Raises ``CheckpointCorruptedError`` unless the file is a regular file (not a link) that
-    matches its recorded size and SHA-256 (for a remote directory: the object matches)."""
+    matches its recorded size and SHA-256 (for a remote directory: the object matches). A
+    checkpoint of several files (sharded weights) has each of its parts checked the same way.
+    """
     from keras_ckpt import remote
 
     if remote.is_url(record.path):
+        if record.parts:
+            raise CheckpointCorruptedError(
+                f"Checkpoint {record.path} is several files (sharded weights), which keras_ckpt "
+                "keeps in local directories only."
+            )
         remote.verify(record)
         return
+    _verify_file(record.path, record.size, record.sha256)
+    directory = os.path.dirname(record.path)
+    for part in record.parts:
+        _verify_file(os.path.join(directory, part.filename), part.size, part.sha256, record.path)
+    if record.parts:
+        check_sharded_index(record)
+
+
+def check_sharded_index(record: CheckpointRecord) -> None:
+    """Raises ``CheckpointCorruptedError`` unless the index of a sharded checkpoint (its
+    ``.weights.json``) names only plain file names among the checkpoint's recorded parts, each
+    a regular file: Keras opens every name it gives, so nothing else may be reached through it.
+    """
+    if not record.filename.endswith(".weights.json"):
+        return
     with os.fdopen(open_regular(record.path), "rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        if size != record.size:
-            raise CheckpointCorruptedError(
-                f"Checkpoint {record.path} has {size} bytes; its manifest recorded {record.size}."
-            )
-        sha256 = sha256_and_size(file)[1]
-    if sha256 != record.sha256:
+        raw = file.read()
+    try:
+        shards = sharded_index_shards(json.loads(raw), record.path)
+    except (ValueError, RecursionError) as error:  # ManifestError is a ValueError
+        raise CheckpointCorruptedError(f"Checkpoint {record.path} is refused: {error}") from None
+    parts = {part.filename for part in record.parts}
+    outside = [name for name in shards if name not in parts]
+    if outside:
         raise CheckpointCorruptedError(
-            f"Checkpoint {record.path} does not match the SHA-256 its manifest recorded."
+            f"Checkpoint {record.path} names shards that are not its recorded parts: {outside}."
         )
+    directory = os.path.dirname(record.path)
+    for name in shards:
+        check_regular_file(os.path.join(directory, name))
+
+
+def _verify_file(path: str, expected_size: int, sha256: str, of: str | None = None) -> None:
+    """``verify`` for one file; ``of`` is the checkpoint it is a part of."""
+    try:
+        with os.fdopen(open_regular(path), "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size != expected_size:
+                raise CheckpointCorruptedError(
+                    f"Checkpoint {path} has {size} bytes; its manifest recorded {expected_size}."
+                )
+            digest = sha256_and_size(file)[1]
+        if digest != sha256:
+            raise CheckpointCorruptedError(
+                f"Checkpoint {path} does not match the SHA-256 its manifest recorded."
+            )
+    except CheckpointCorruptedError as error:
+        if of is None:
+            raise
+        raise CheckpointCorruptedError(f"{error} (a shard of the checkpoint {of})") from None
 
 
 @contextlib.contextmanager
@@ -311,6 +360,8 @@ def local_file(record: CheckpointRecord, verify_checksum: bool = True) -> Iterat
     from keras_ckpt import remote
 
     if remote.is_url(record.path):
+        if record.parts:
+            verify(record)  # refused: several files are kept in local directories only
         with remote.local_copy(record, verify_checksum) as path:
             yield path
         return
@@ -345,30 +396,87 @@ def contents_digest(store: Store) -> str:
     return f"{len(manifest.records):08d}{digest[:56]}"
 
 
-def _resolve_pending(manifest: Manifest, directory: str) -> None:
+def _resolve_pending(manifest: Manifest, directory: str) -> list[str]:
     """Settles ``manifest.pending`` in memory: completed if its rename happened, else dropped.
 
-    The rename happened when the temporary file is gone and the final file matches the recorded
-    checksum; otherwise the previous file of that name (if any) is still the committed one.
+    The rename happened when the temporary file (or folder, for a checkpoint of several files)
+    is gone and the final files match the recorded checksums; otherwise the previous file of
+    that name (if any) is still the committed one. Returns the files that are no checkpoint's
+    any more (shards of a replaced or dropped sharded checkpoint), for the caller to delete.
     """
     pending, manifest.pending = manifest.pending, None
-    if pending is None or os.path.exists(os.path.join(directory, pending["temp"])):
-        return
+    if pending is None:
+        return []
     record = CheckpointRecord.from_json(pending["record"], directory)
+    if not os.path.exists(os.path.join(directory, pending["temp"])):
+        try:
+            verify(record)
+        except CheckpointCorruptedError:
+            pass
+        else:
+            return add_record(manifest, record)
+    # Dropped: parts already renamed into place belong to nobody now.
+    aliases = {alias_filename(a, t) for a, t in manifest.aliases.items()}
+    return [
+        name
+        for name in record.filenames[1:]
+        if manifest.owner(name) is None and name not in aliases
+    ]
+
+
+def _move_out(folder: str, directory: str, record: CheckpointRecord) -> None:
+    """Renames the files of ``record`` from ``folder`` into ``directory`` (the parts first, the
+    index last; those moved already are skipped), then removes the folder."""
+    for name in (*record.filenames[1:], record.filename):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(os.path.join(folder, name), os.path.join(directory, name))
+    _remove_staging_folder(folder)
+
+
+_SHARD_SUFFIX = re.compile(r"_[0-9]{5}\.weights\.h5")
+
+
+def _remove_staging_folder(path: str) -> bool:
+    """Removes ``path`` if it is the temporary folder of a sharded save: a real folder (no
+    link) named ``.keras_ckpt-tmp-<hex>-<stem>.weights.json`` holding only regular files named
+    ``<stem>.weights.json`` or ``<stem>_<5 digits>.weights.h5``. Any other folder, even of the
+    temporary pattern, is not keras_ckpt's to delete and stays. Returns whether it went."""
+    name = os.path.basename(path)
+    filename = TEMP_PATTERN.sub("", name, count=1)
+    if not (TEMP_PATTERN.match(name) and filename.endswith(".weights.json")):
+        return False
+    stem = filename[: -len(".weights.json")]
     try:
-        verify(record)
-    except CheckpointCorruptedError:
-        return
-    add_record(manifest, record)
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        entries = os.listdir(path)
+        for entry in entries:
+            shard = entry.startswith(stem) and _SHARD_SUFFIX.fullmatch(entry[len(stem) :])
+            if not (entry == filename or shard) or not stat.S_ISREG(
+                os.lstat(os.path.join(path, entry)).st_mode
+            ):
+                return False
+        for entry in entries:
+            os.remove(os.path.join(path, entry))
+        os.rmdir(path)
+    except OSError:
+        return False
+    return True
 
 
-def add_record(manifest: Manifest, record: CheckpointRecord) -> None:
+def add_record(manifest: Manifest, record: CheckpointRecord) -> list[str]:
+    """Adds ``record``, replacing a same-named one (whose keepers it takes over). Returns the
+    files of the replaced checkpoint that the new one does not have (shards of an earlier
+    sharded save), which the caller deletes."""
     previous = manifest.find(record.filename)
+    stale: list[str] = []
     if previous is not None:
         keepers = tuple(dict.fromkeys(previous.kept_by + record.kept_by))
         record = replace(record, kept_by=keepers)
         manifest.records.remove(previous)
+        stale = [name for name in previous.filenames if name not in record.filenames]
     manifest.records.append(record)
+    return stale
 
 
 def drop_keeper(manifest: Manifest, keeper: str, names: set[str]) -> tuple[list[str], list[str]]:
@@ -376,19 +484,21 @@ def drop_keeper(manifest: Manifest, keeper: str, names: set[str]) -> tuple[list[
     any more, and the aliases that named them. Returns the checkpoints dropped, and every file
     name that goes with them (the checkpoints and the dropped aliases' files)."""
     remaining, deleted = [], []
+    files: list[str] = []
     for record in manifest.records:
         if record.filename in names:
             record = record.without_keeper(keeper)
             if not record.kept_by:
                 deleted.append(record.filename)
+                files.extend(record.filenames)  # a sharded checkpoint's shards go with it
                 continue
         remaining.append(record)
     manifest.records = remaining
-    files = list(deleted)
     for alias, target in list(manifest.aliases.items()):
         if target in deleted:
             del manifest.aliases[alias]
-            files.append(alias_filename(alias, target))
+            if alias_has_file(target):
+                files.append(alias_filename(alias, target))
     return deleted, files
 
 
@@ -416,12 +526,28 @@ def _link_or_copy(source: str, destination: str) -> None:
 
 def reserved_alias_filenames() -> list[str]:
     """File names the aliases use; the native callbacks never name a checkpoint like this."""
-    return [alias + ext for alias in ALIASES for ext in (".keras", ".weights.h5", ".h5")]
+    return [alias + ext for alias in ALIASES for ext in _ALIAS_EXTENSIONS]
+
+
+# ``.weights.json`` is reserved too, though a sharded checkpoint's alias has no file (see
+# ``alias_has_file``): a name some version may want must not be a checkpoint's today.
+_ALIAS_EXTENSIONS = (".weights.h5", ".weights.json", ".keras", ".h5")
+
+
+def alias_has_file(target_filename: str) -> bool:
+    """Whether an alias of ``target_filename`` is a file (a hard link or a copy) beside it.
+
+    Not for sharded weights (``.weights.json``): Keras opens an index's first shard by the
+    index's own name (``best_00000.weights.h5`` for ``best.weights.json``), so a linked index
+    would not load; the alias lives in the manifest only, where ``load_best`` and
+    ``load_latest`` read it.
+    """
+    return not target_filename.endswith(".weights.json")
 
 
 def alias_filename(alias: str, target_filename: str) -> str:
     """``best`` pointing at ``epoch003.weights.h5`` is the file ``best.weights.h5``."""
-    for extension in (".weights.h5", ".keras", ".h5"):
+    for extension in _ALIAS_EXTENSIONS:
         if target_filename.endswith(extension):
             return alias + extension
     return alias
@@ -575,9 +701,12 @@ class Store(abc.ABC):
         keeper: str,
         batch: int | None = None,
         state: Mapping[str, Any] | None = None,
+        multi_file: bool = False,
     ) -> CheckpointRecord:
         """Commits a checkpoint as ``filename``, written by ``write(temporary_path)`` where the
-        store ``writes``; returns its record."""
+        store ``writes``; returns its record. With ``multi_file``, ``write`` may write more
+        files beside ``temporary_path`` (Keras's sharded weights), committed as one checkpoint.
+        """
 
     @abc.abstractmethod
     def release(self, keeper: str, filenames: Iterable[str]) -> list[str]:
@@ -706,14 +835,37 @@ class CheckpointStore(Store):
         keeper: str,
         batch: int | None = None,
         state: Mapping[str, Any] | None = None,
+        multi_file: bool = False,
     ) -> CheckpointRecord:
         """Writes a checkpoint through ``write(temporary_path)`` and commits it as ``filename``.
 
         A same-named committed file is replaced only at the instant of the atomic rename; if
         ``write`` raises, nothing on disk or in the manifest changes.
+
+        With ``multi_file`` (Keras's sharded weights), ``write`` gets ``filename`` inside a
+        temporary folder of the directory and may write more files beside it (the shards); all
+        of them are one checkpoint (see ``_commit_files``).
+
+        Raises:
+            ValueError: If ``filename`` is not a plain name, or (``multi_file``) a file written
+                is not a plain regular file, an index names a file not written, or a file would
+                replace one that another checkpoint or an alias owns.
         """
         check_plain_name(filename)
         self._take_directory()
+        if multi_file:
+            return self._commit_files(
+                filename,
+                write,
+                epoch=epoch,
+                batch=batch,
+                step=step,
+                metrics=metrics,
+                kind=kind,
+                run=run,
+                keeper=keeper,
+                state=state,
+            )
         temporary = self._temporary_path(filename)
         with _locks_guard:
             _writing.add(temporary)
@@ -743,15 +895,24 @@ class CheckpointStore(Store):
             manifest = self.manifest()
             # A commit of this process that failed half way left its pending entry: settle it
             # before this commit takes the slot.
-            _resolve_pending(manifest, self.directory)
+            manifest.trash += _resolve_pending(manifest, self.directory)
+            try:
+                self._check_owners(manifest, record)
+            except ValueError:
+                os.remove(temporary)
+                with _locks_guard:
+                    _writing.discard(temporary)
+                raise
             manifest.pending = {"temp": os.path.basename(temporary), "record": record.to_json()}
             try:
                 self._write_manifest(manifest)
                 os.replace(temporary, record.path)
                 _fsync_directory(self.directory)
                 manifest.pending = None
-                add_record(manifest, record)
+                manifest.trash += add_record(manifest, record)
                 self._write_manifest(manifest)
+                if manifest.trash:  # the shards of a sharded checkpoint of the same name
+                    self._empty_trash(manifest)
             except BaseException:
                 with _locks_guard:
                     _writing.discard(temporary)
@@ -761,6 +922,115 @@ class CheckpointStore(Store):
         with _locks_guard:
             _writing.discard(temporary)
         return record
+
+    def _commit_files(
+        self, filename: str, write: Callable[[str], None], **fields: Any
+    ) -> CheckpointRecord:
+        """``commit`` of a checkpoint that is several files: an index ``filename`` and the parts
+        ``write`` writes beside it (Keras's ``.weights.json`` and its shards).
+
+        1. ``write`` writes into a fresh temporary folder (``.keras_ckpt-tmp-*``) of the
+           directory, under the final names; each file is fsynced and hashed.
+        2. The manifest is replaced with the commit *pending*: from here on the commit is
+           decided, since every file is complete under the temporary folder.
+        3. The parts, then the index, are renamed into the directory; the folder is removed.
+        4. The manifest is replaced with the record (its ``parts`` listing the shards).
+
+        A process killed before step 2 leaves only the temporary folder, which recovery
+        removes; one killed in step 3 has its renames finished by recovery (``recover``).
+        """
+        folder = self._temporary_path(filename)
+        with _locks_guard:
+            _writing.add(folder)
+        try:
+            os.mkdir(folder)
+            write(os.path.join(folder, filename))
+            parts = self._written_parts(folder, filename)
+            size, sha256 = _fsync_and_hash(os.path.join(folder, filename))
+            record = replace(self._new_record(filename, size, sha256, **fields), parts=parts)
+            with self._lock:
+                manifest = self.manifest()
+                manifest.trash += _resolve_pending(manifest, self.directory)
+                self._check_owners(manifest, record)
+                manifest.pending = {"temp": os.path.basename(folder), "record": record.to_json()}
+                self._write_manifest(manifest)
+                try:
+                    _move_out(folder, self.directory, record)
+                    _fsync_directory(self.directory)
+                    manifest.pending = None
+                    manifest.trash += add_record(manifest, record)
+                    self._write_manifest(manifest)
+                    if manifest.trash:  # shards an earlier save of this name had and this lacks
+                        self._empty_trash(manifest)
+                except BaseException:
+                    with _locks_guard:
+                        _writing.discard(folder)
+                    with contextlib.suppress(Exception):
+                        self.recover()
+                    raise
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # made here, a moment ago: ours
+            raise
+        finally:
+            with _locks_guard:
+                _writing.discard(folder)
+        return record
+
+    def _written_parts(self, folder: str, filename: str) -> tuple[CheckpointPart, ...]:
+        """The files ``write`` left in ``folder`` beside ``filename``, fsynced and hashed.
+
+        Raises:
+            ValueError: If ``filename`` is missing, another entry is not a plain regular file,
+                or the index (``.weights.json``) names a shard that was not written.
+        """
+        names = set(os.listdir(folder))
+        if filename not in names:
+            raise ValueError(f"Saving {filename!r} wrote no file of that name.")
+        parts = []
+        for name in sorted(names - {filename}):
+            problem = name_problem(name)
+            path = os.path.join(folder, name)
+            if problem is None and not stat.S_ISREG(os.lstat(path).st_mode):
+                problem = "is not a regular file"
+            if problem is not None:
+                raise ValueError(f"Saving {filename!r} wrote {name!r}, which {problem}.")
+            size, sha256 = _fsync_and_hash(path)
+            parts.append(CheckpointPart(filename=name, size=size, sha256=sha256))
+        if filename.endswith(".weights.json"):
+            with open(os.path.join(folder, filename), "rb") as file:
+                shards = sharded_index_shards(json.load(file), filename)
+            missing = sorted(set(shards) - names)
+            if missing:
+                raise ValueError(f"The index {filename!r} names shards not written: {missing}.")
+        return tuple(parts)
+
+    def _check_owners(self, manifest: Manifest, record: CheckpointRecord) -> None:
+        """Refuses a file of ``record`` that another checkpoint has (a shard of a sharded one:
+        the manifest would list it twice), and a part that would replace an alias's file or a
+        file keras_ckpt did not write; a same-named checkpoint's own files may be replaced."""
+        owner = manifest.owner(record.filename)
+        if owner is not None and owner.filename != record.filename:
+            raise ValueError(
+                f"Checkpoint {record.filename!r} would replace a shard of the checkpoint "
+                f"{owner.filename!r}; nothing was committed. Name the checkpoints so that their "
+                "files differ."
+            )
+        aliases = {alias_filename(a, t) for a, t in manifest.aliases.items()}
+        for name in record.parts:
+            owner = manifest.owner(name.filename)
+            if owner is not None and owner.filename == record.filename:
+                continue
+            if (
+                owner is not None
+                or name.filename in aliases
+                or os.path.lexists(self.path(name.filename))
+            ):
+                whose = f"the checkpoint {owner.filename!r}" if owner else "a file already there"
+                raise ValueError(
+                    f"Checkpoint {record.filename!r} would replace {name.filename!r}, "
+                    f"{whose}; nothing was committed. Name the checkpoints so that their shard "
+                    "files differ."
+                )
 
     def release(self, keeper: str, filenames: Iterable[str]) -> list[str]:
         """``keeper`` no longer keeps ``filenames``; deletes those that nobody keeps.
@@ -793,6 +1063,8 @@ class CheckpointStore(Store):
             manifest = self.manifest()
             if manifest.find(target_filename) is None:
                 raise ValueError(f"{target_filename!r} is not a committed checkpoint.")
+            if not alias_has_file(target_filename):
+                return self._set_alias_in_manifest(manifest, alias, target_filename)
             alias_path = self.path(alias_filename(alias, target_filename))
             # The alias file as it was, kept under a temporary name until the manifest is written.
             backup = None
@@ -817,13 +1089,30 @@ class CheckpointStore(Store):
                 if backup is not None:
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(backup)
-            if previous is not None:
-                stale = alias_filename(alias, previous)
-                if stale != os.path.basename(alias_path) and manifest.find(stale) is None:
-                    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                        if not os.path.isdir(self.path(stale)) or os.path.islink(self.path(stale)):
-                            os.remove(self.path(stale))
+            self._remove_stale_alias(manifest, alias, previous, os.path.basename(alias_path))
         return alias_path
+
+    def _set_alias_in_manifest(self, manifest: Manifest, alias: str, target_filename: str) -> str:
+        """``set_alias`` for a target whose alias has no file (``alias_has_file``): the
+        manifest alone names it. Returns the target's path."""
+        previous = manifest.aliases.get(alias)
+        manifest.aliases[alias] = target_filename
+        self._write_manifest(manifest)
+        self._remove_stale_alias(manifest, alias, previous, None)
+        return self.path(target_filename)
+
+    def _remove_stale_alias(
+        self, manifest: Manifest, alias: str, previous: str | None, current: str | None
+    ) -> None:
+        """Removes the file the alias had while it pointed at ``previous``, if it had one and
+        that is neither the current alias file nor a checkpoint's."""
+        if previous is None or not alias_has_file(previous):
+            return
+        stale = alias_filename(alias, previous)
+        if stale != current and manifest.owner(stale) is None:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                if not os.path.isdir(self.path(stale)) or os.path.islink(self.path(stale)):
+                    os.remove(self.path(stale))
 
     def remove_if_empty(self) -> bool:
         """Removes the directory when it holds no checkpoint and nothing but the manifest and
@@ -855,7 +1144,12 @@ class CheckpointStore(Store):
             manifest = self.manifest()
             changed = False
             if manifest.pending is not None:
-                _resolve_pending(manifest, self.directory)
+                folder = self.path(manifest.pending["temp"])
+                record = CheckpointRecord.from_json(manifest.pending["record"], self.directory)
+                if record.parts and os.path.isdir(folder) and not os.path.islink(folder):
+                    # Decided (every file was complete in the folder): finish the renames.
+                    _move_out(folder, self.directory, record)
+                manifest.trash += _resolve_pending(manifest, self.directory)
                 changed = True
             if manifest.trash:
                 self._empty_trash(manifest)
@@ -868,6 +1162,8 @@ class CheckpointStore(Store):
                     with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                         if not os.path.isdir(path) or os.path.islink(path):
                             os.remove(path)
+                        else:  # the folder of a sharded save; no other folder
+                            _remove_staging_folder(path)
             for alias, target in list(manifest.aliases.items()):
                 if manifest.find(target) is None:
                     continue
@@ -880,7 +1176,7 @@ class CheckpointStore(Store):
                     )
                     del manifest.aliases[alias]
                     alias_file = alias_filename(alias, target)
-                    if manifest.find(alias_file) is None:
+                    if manifest.owner(alias_file) is None and alias_has_file(target):
                         manifest.trash.append(alias_file)
                     changed = True
                     continue
@@ -904,8 +1200,10 @@ class CheckpointStore(Store):
         return self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
 
     def _empty_trash(self, manifest: Manifest) -> None:
-        listed = {record.filename for record in manifest.records}
-        listed.update(alias_filename(a, t) for a, t in manifest.aliases.items())
+        listed = {name for record in manifest.records for name in record.filenames}
+        listed.update(
+            alias_filename(a, t) for a, t in manifest.aliases.items() if alias_has_file(t)
+        )
         for name in manifest.trash:
             path = self.path(name)
             if name not in listed and not (os.path.isdir(path) and not os.path.islink(path)):
@@ -917,6 +1215,8 @@ class CheckpointStore(Store):
     def _link_alias(self, manifest: Manifest, alias: str, target_filename: str) -> str:
         target = self.path(target_filename)
         alias_path = self.path(alias_filename(alias, target_filename))
+        if not alias_has_file(target_filename):
+            return target  # the manifest alone names it
         if manifest.find(os.path.basename(alias_path)) is not None:
             # A checkpoint of its own has the alias's name (say ModelCheckpoint("d/best.keras")):
             # it is never overwritten; the alias then lives in the manifest only.
@@ -1021,6 +1321,7 @@ class FollowerStore(Store):
         keeper: str,
         batch: int | None = None,
         state: Mapping[str, Any] | None = None,
+        multi_file: bool = False,
     ) -> CheckpointRecord:
         """Commits in memory what the chief commits; ``write`` is never called. Takes
         ``CheckpointStore.commit``'s arguments."""
@@ -1057,9 +1358,11 @@ class FollowerStore(Store):
             if manifest.find(target_filename) is None:
                 raise ValueError(f"{target_filename!r} is not a committed checkpoint.")
             previous = manifest.aliases.get(alias)
-            if previous is not None and manifest.find(alias_filename(alias, previous)) is None:
+            if previous is not None and manifest.owner(alias_filename(alias, previous)) is None:
                 self._view.names.discard(alias_filename(alias, previous))
             manifest.aliases[alias] = target_filename
+            if not alias_has_file(target_filename):
+                return self.path(target_filename)
             self._view.names.add(alias_filename(alias, target_filename))
         return self.path(alias_filename(alias, target_filename))
 

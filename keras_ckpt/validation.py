@@ -89,6 +89,27 @@ def non_negative_float(name: str, value: Any) -> float:
     return number
 
 
+def max_shard_size(value: Any) -> float | None:
+    """The ``max_shard_size`` of Keras's sharded weights: ``None`` or a finite number of GB > 0.
+
+    Example:
+        >>> max_shard_size(0.5)
+        0.5
+    """
+    if value is None:
+        return None
+    message = (
+        "Argument `max_shard_size` must be a finite number of GB > 0 (the largest shard file "
+        f"of sharded weights, as `model.save_weights` takes it). Received: max_shard_size={value!r}"
+    )
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ArgumentTypeError(message)
+    number = float(value)
+    if not number > 0 or math.isinf(number):
+        raise ValueError(message)
+    return number
+
+
 def optional_float(name: str, value: Any) -> float | None:
     if value is None:
         return None

@@ -31,6 +31,7 @@ collect_ignore = [
     "remote_child.py",
     "resume_child.py",
     "resume_setup.py",
+    "sharded_crash_child.py",
     "snapshot_child.py",
 ]
 

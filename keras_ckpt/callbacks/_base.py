@@ -11,9 +11,9 @@ from typing import Any
 
 import keras
 
-from keras_ckpt import naming, processes, ranking, validation
+from keras_ckpt import naming, processes, ranking, remote, validation
 from keras_ckpt.callbacks._monitor import EVENT_PREFIX, batches_trained, log_learning_rates
-from keras_ckpt.keras_adapter import fit_callbacks, print_message
+from keras_ckpt.keras_adapter import check_sharded_weights, fit_callbacks, print_message
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
 from keras_ckpt.snapshot import take_snapshot, write_now
@@ -31,6 +31,8 @@ class StoreCallback(keras.callbacks.Callback):
 
     # Logs keys "ckpt/<event_name>_<event>"; None logs nothing (the drop-ins, as in Keras).
     event_name: str | None = None
+    # Set by a callback saving Keras's sharded weights (``.weights.json``), in GB.
+    max_shard_size: float | None = None
 
     def __init__(self, save_weights_only: bool, async_save: bool = True):
         super().__init__()
@@ -120,7 +122,8 @@ class StoreCallback(keras.callbacks.Callback):
         """
         self._settle()
         model, weights_only = self.model, self.save_weights_only
-        snapshot = take_snapshot(model, filename, weights_only)
+        max_shard_size = self.max_shard_size if weights_only else None
+        snapshot = take_snapshot(model, filename, weights_only, max_shard_size)
         if not store.writes and snapshot is not None:
             # Not the chief, which writes this checkpoint: the store commits in memory only,
             # right here. The snapshot is still taken: Keras's saving walk may enter collectives
@@ -131,7 +134,7 @@ class StoreCallback(keras.callbacks.Callback):
             # A legacy .h5/.hdf5 file, or a Keras without the saving internals: Keras writes it now
             # (a store that does not write never calls ``write``).
             def write(path: str) -> None:
-                write_now(model, path, weights_only)
+                write_now(model, path, weights_only, max_shard_size)
         else:
             write = snapshot.write
         step, run = self._step(), self._run or ""
@@ -152,6 +155,7 @@ class StoreCallback(keras.callbacks.Callback):
                     run=run,
                     keeper=self.keeper,
                     state=state,
+                    multi_file=max_shard_size is not None,
                 )
             finally:
                 if snapshot is not None:
@@ -279,6 +283,35 @@ class StoreCallback(keras.callbacks.Callback):
         """This run's checkpoints that this callback keeps, oldest first."""
         WRITER.wait()  # as committed, with the save in flight
         return [r for r in store.records() if r.run == self._run and self.keeper in r.kept_by]
+
+
+def sharded_weights_size(max_shard_size: Any, location: str, argument: str) -> float | None:
+    """Validates a saving callback's ``max_shard_size`` (Keras's sharded weights, in GB).
+
+    Args:
+        max_shard_size: The argument as given: ``None`` (one file per checkpoint) or a number.
+        location: Where the callback saves (its ``directory`` or ``filepath``).
+        argument: The name of ``location``'s argument, for the message.
+
+    Returns:
+        The size as a float, or ``None``.
+
+    Raises:
+        ValueError: If it is not a finite number > 0, the installed Keras cannot write sharded
+            weights (3.10 or newer can), or ``location`` is a remote URL (sharded checkpoints
+            are several files, which keras_ckpt keeps in local directories only).
+    """
+    size = validation.max_shard_size(max_shard_size)
+    if size is None:
+        return None
+    check_sharded_weights("max_shard_size", size)
+    if remote.is_url(location):
+        raise ValueError(
+            "Argument `max_shard_size` saves sharded weights, several files per checkpoint, "
+            "which keras_ckpt keeps in local directories only, not at a URL. Received: "
+            f"{argument}={location!r}, max_shard_size={size!r}"
+        )
+    return size
 
 
 @contextlib.contextmanager

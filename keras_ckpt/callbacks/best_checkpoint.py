@@ -8,7 +8,7 @@ import warnings
 from typing import Any
 
 from keras_ckpt import naming, ranking, validation
-from keras_ckpt.callbacks._base import StoreCallback
+from keras_ckpt.callbacks._base import StoreCallback, sharded_weights_size
 from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
 from keras_ckpt.policies import KeepBest
 from keras_ckpt.records import BEST_ALIAS, CheckpointRecord
@@ -46,6 +46,14 @@ class BestCheckpoint(LazyMode, StoreCallback):
         async_save: Copy the variables to host memory on the training thread and write the
             file in the background (at most one save in flight; a failure is raised at the next
             save or at the end of training). ``False`` writes before training goes on.
+        max_shard_size: Save Keras's sharded weights (``.weights.json`` plus shard files): the
+            largest shard in GB, as ``model.save_weights`` takes it. Needs
+            ``save_weights_only=True`` and Keras 3.10 or newer; a local ``directory``. The
+            ``filename`` gets ``.weights.json`` if it has no extension. Each checkpoint's index
+            and shards are committed, verified and deleted together. The ``best`` alias then
+            has no file (Keras opens an index's first shard by the index's own name, so a
+            linked ``best.weights.json`` would not load): the manifest names it, and
+            ``load_best`` / ``keras_ckpt.best_checkpoint`` find it there.
 
     Raises:
         ValueError: On any invalid argument, naming it.
@@ -68,12 +76,15 @@ class BestCheckpoint(LazyMode, StoreCallback):
         filename: str | None = None,
         verbose: int = 0,
         async_save: bool = True,
+        *,
+        max_shard_size: float | None = None,
     ):
         super().__init__(
             save_weights_only=validation.boolean("save_weights_only", save_weights_only),
             async_save=async_save,
         )
         self.directory = check_directory_usable(directory, "directory")
+        self.max_shard_size = sharded_weights_size(max_shard_size, self.directory, "directory")
         self.monitor = validation.non_empty_str("monitor", monitor)
         self.mode = validation.one_of("mode", mode, ranking.MODES)
         self.top_k = validation.positive_int("top_k", top_k)
@@ -83,6 +94,7 @@ class BestCheckpoint(LazyMode, StoreCallback):
             naming.default_best_template(monitor) if filename is None else filename,
             self.save_weights_only,
             varying_reason="`top_k` > 1" if self.top_k > 1 else None,
+            sharded=self.max_shard_size is not None,
         )
         self._store: Store | None = None
         self._epochs_without_validation = 0

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from keras_ckpt import naming, validation
-from keras_ckpt.callbacks._base import StoreCallback
+from keras_ckpt.callbacks._base import StoreCallback, sharded_weights_size
 from keras_ckpt.callbacks._batches import EpochPosition, enable_batch_hook
 from keras_ckpt.callbacks._monitor import plain_metrics
 from keras_ckpt.policies import AnyOf, KeepAll, KeepEvery, KeepLatest, RetentionPolicy
@@ -53,6 +53,14 @@ class IntervalCheckpoint(StoreCallback):
         retention: A retention policy of your own (an object with ``keep(records)``) instead of
             ``keep_last``/``keep_every``.
         clock: The monotonic clock of ``every_seconds``; tests pass a fake one.
+        max_shard_size: Save Keras's sharded weights (``.weights.json`` plus shard files): the
+            largest shard in GB, as ``model.save_weights`` takes it. Needs
+            ``save_weights_only=True`` and Keras 3.10 or newer; a local ``directory``. The
+            ``filename`` gets ``.weights.json`` if it has no extension. Each checkpoint's index
+            and shards are committed, verified and deleted together. The ``latest`` alias then
+            has no file (Keras opens an index's first shard by the index's own name, so a
+            linked ``latest.weights.json`` would not load): the manifest names it, and
+            ``load_latest`` / ``keras_ckpt.latest_checkpoint`` find it there.
 
     Raises:
         ValueError: On any invalid argument, naming it.
@@ -81,11 +89,13 @@ class IntervalCheckpoint(StoreCallback):
         *,
         retention: RetentionPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_shard_size: float | None = None,
     ):
         super().__init__(
             validation.boolean("save_weights_only", save_weights_only), async_save=async_save
         )
         self.directory = check_directory_usable(directory, "directory")
+        self.max_shard_size = sharded_weights_size(max_shard_size, self.directory, "directory")
         self.every_epochs = validation.optional(
             validation.positive_int, "every_epochs", every_epochs
         )
@@ -112,7 +122,9 @@ class IntervalCheckpoint(StoreCallback):
         if retention is not None:
             validation.retention_policy("retention", retention)
         self.retention = retention if retention is not None else self._default_retention()
-        self.filename = naming.checked_template(filename, self.save_weights_only, None)
+        self.filename = naming.checked_template(
+            filename, self.save_weights_only, None, sharded=self.max_shard_size is not None
+        )
         self._check_filename_varies()
         self._trigger = IntervalTrigger(self.every_epochs, self.every_steps, self.every_seconds)
         self._clock = validation.function("clock", clock, what="returning seconds")

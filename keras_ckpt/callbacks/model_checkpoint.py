@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from keras_ckpt import naming, processes, ranking, remote, validation
-from keras_ckpt.callbacks._base import StoreCallback
+from keras_ckpt.callbacks._base import StoreCallback, sharded_weights_size
 from keras_ckpt.callbacks._batches import enable_batch_hook
 from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
 from keras_ckpt.callbacks._state import Resumable
@@ -71,13 +71,19 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
             ``save_freq``, as in tf.keras. Use ``save_freq`` or ``IntervalCheckpoint``.
         options: tf.keras 2's ``tf.train.CheckpointOptions`` / ``tf.saved_model.SaveOptions``;
             accepted with a ``FutureWarning`` and ignored (Keras 3 saves have no such options).
+        max_shard_size: Save Keras's sharded weights: the largest shard file in GB, as
+            ``model.save_weights`` takes it. Needs ``save_weights_only=True``, a ``filepath``
+            ending in ``.weights.json`` (required there: no default) and Keras 3.10 or newer;
+            local directories only. The index and its shards
+            (``<stem>_00000.weights.h5``, ...) are one checkpoint: committed together,
+            verified and deleted together; ``model.load_weights(<index>)`` loads them.
 
     Raises:
-        ValueError: On a bad ``save_freq``, ``save_top_k``, ``period`` or
+        ValueError: On a bad ``save_freq``, ``save_top_k``, ``period``, ``max_shard_size`` or
             ``initial_value_threshold``, a ``filepath`` extension that does not match
-            ``save_weights_only``, or a ``filepath`` that cannot be filled in (a format spec
-            such as ``{epoch:s}`` that does not apply, a NUL, a name the checkpoint store keeps
-            for itself).
+            ``save_weights_only`` (or ``max_shard_size``), or a ``filepath`` that cannot be
+            filled in (a format spec such as ``{epoch:s}`` that does not apply, a NUL, a name the
+            checkpoint store keeps for itself).
         AttributeError: On a ``filepath`` that is not a ``str`` or ``os.PathLike``, as in Keras
             (the error is also a ``ValueError`` and a ``TypeError``).
 
@@ -102,6 +108,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         async_save: bool = True,
         period: int | None = None,
         options: Any = None,
+        max_shard_size: float | None = None,
     ):
         super().__init__(save_weights_only=save_weights_only, async_save=async_save)
         mode = validation.keras_mode(type(self).__name__, mode)  # Keras warns, falls back
@@ -124,7 +131,15 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         if self.save_top_k is not None:  # ours, so strict: it ranks by `monitor`
             validation.non_empty_str("monitor", monitor)
         validation.save_freq(save_freq, keras_class="ModelCheckpoint")
-        validation.keras_filepath_extension(self.filepath, self.save_weights_only)
+        self.max_shard_size = sharded_weights_size(max_shard_size, self.filepath, "filepath")
+        if self.max_shard_size is not None or self.filepath.endswith(
+            naming.SHARDED_WEIGHTS_EXTENSION
+        ):
+            naming.sharded_template(
+                self.filepath, "filepath", self.save_weights_only, self.max_shard_size is not None
+            )
+        else:
+            validation.keras_filepath_extension(self.filepath, self.save_weights_only)
         self.period = validation.optional(validation.positive_int, "period", period)
         self.options = options
         naming.check_renders(self.filepath, "filepath")
