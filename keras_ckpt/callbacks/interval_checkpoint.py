@@ -215,6 +215,11 @@ class IntervalCheckpoint(StoreCallback):
 
     # Internals ---------------------------------------------------------------------------
 
+    def _after_rollback(self, batch: int) -> None:
+        """``RollbackOnDivergence`` restored a checkpoint after batch ``batch`` of this epoch:
+        steps count on from the restored one."""
+        self._position = EpochPosition(self._step() - (batch + 1), self._position.replayed)
+
     def _save(self, epoch: int, batch: int | None, metrics: dict[str, float]) -> None:
         store = self._store
         assert store is not None, "on_train_begin opens the store"
@@ -231,7 +236,8 @@ class IntervalCheckpoint(StoreCallback):
             store.release(self.keeper, dropped)
             self._say(f"saved {record.filename} (step {record.step})", epoch)
 
-        self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics, then=tidy)
+        if not self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics, then=tidy):
+            return  # a non-finite training loss: nothing saved
         self._last_saved_step = self._step()
         self._trigger.saved(self._clock())
         self._epoch_saves += 1
