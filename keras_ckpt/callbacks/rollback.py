@@ -80,7 +80,10 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
     ``verbose=1`` each rollback prints a line naming the bad step and the checkpoint used. The
     rollbacks (epoch, batch, step, reason, loss, checkpoint, batches skipped) are in
     ``rollbacks`` and in ``state_dict()``, which ``ResumeFromLatest`` saves in its manifest.
-    After ``max_rollbacks`` rollbacks, the next divergence stops training with
+    A divergence before any checkpoint got past the one the last rollback restored goes
+    back one checkpoint further: a batch's loss is computed before its update, so a checkpoint
+    saved right after a bad update (a learning-rate spike) can hold damaged weights with a
+    finite loss. After ``max_rollbacks`` rollbacks, the next divergence stops training with
     ``stopping_reason="rollback_limit"``; with no checkpoint to go back to, a NaN loss stops
     training with ``stopping_reason="non_finite"`` (a spike only warns).
 
@@ -285,6 +288,7 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
                 "loss": loss if reason != decisions.NON_FINITE else str(loss),
                 "checkpoint": record.filename,
                 "checkpoint_step": record.step,
+                "checkpoint_time": record.time,
                 "skipped_batches": skipped,
             }
         )
@@ -309,7 +313,13 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
 
     def _last_good(self, source: StoreCallback, step: int) -> CheckpointRecord | None:
         """The newest of ``source``'s checkpoints of this run committed before ``step``, with
-        a finite training loss and a sound file."""
+        a finite training loss and a sound file.
+
+        If training diverged again before any checkpoint got past the one the last rollback
+        restored, that checkpoint is passed over too, and an older one is used: a step's loss
+        is computed before its update, so a checkpoint saved right after a bad update (a
+        learning-rate spike, say) has a finite loss and damaged weights.
+        """
         store = getattr(source, "_store", None)
         if store is None:
             return None
@@ -318,6 +328,13 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
             for r in store.records()
             if source.keeper in r.kept_by and r.run == source._run and r.step < step
         ]
+        if self.rollbacks:
+            last = self.rollbacks[-1]
+            restored_time = float(last.get("checkpoint_time", -math.inf))
+            restored_step = int(last.get("checkpoint_step", 0))
+            since = [r for r in candidates if r.time > restored_time]
+            if all(r.step <= restored_step for r in since):
+                candidates = [r for r in candidates if r.time < restored_time]
         for record in reversed(candidates):
             if not math.isfinite(record.metrics.get("loss", 0.0)):
                 continue
