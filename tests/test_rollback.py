@@ -107,6 +107,23 @@ def test_invalid_source_is_refused(source):
         keras_ckpt.RollbackOnDivergence(source)
 
 
+@pytest.mark.parametrize(
+    ("state", "match"),
+    [
+        ({"rollbacks": "x"}, "rollbacks must be a list of objects"),
+        ({"rollbacks": [{"checkpoint_step": -1}]}, "integer checkpoint_step >= 0"),
+        ({"rollbacks": [{"checkpoint_time": "soon"}]}, "numeric checkpoint_time"),
+        ({"recent": [1.0, "nan"]}, "recent must be a list of finite numbers"),
+    ],
+)
+def test_a_state_from_the_manifest_is_checked(tmp_path, state, match):
+    resume = keras_ckpt.ResumeFromLatest(tmp_path)
+    rollback = keras_ckpt.RollbackOnDivergence(resume)
+    rollback.load_state_dict(state)
+    with pytest.raises(ValueError, match=match):
+        train([resume, rollback], NaNData(), epochs=1)
+
+
 def test_a_source_outside_the_fit_is_an_error(tmp_path):
     rollback = keras_ckpt.RollbackOnDivergence(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="no ResumeFromLatest or IntervalCheckpoint saving into"):

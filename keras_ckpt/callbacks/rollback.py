@@ -79,7 +79,10 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
     The logs get ``ckpt/rollbacks`` (the rollbacks so far) at each epoch end, and with
     ``verbose=1`` each rollback prints a line naming the bad step and the checkpoint used. The
     rollbacks (epoch, batch, step, reason, loss, checkpoint, batches skipped) are in
-    ``rollbacks`` and in ``state_dict()``, which ``ResumeFromLatest`` saves in its manifest.
+    ``rollbacks`` and in ``state_dict()``, which ``ResumeFromLatest`` saves in the manifest
+    record of each checkpoint (``state["callbacks"]``), the one taken right after a rollback
+    included. An epoch whose last batch was rolled back logs the metrics of no batch: Keras
+    reports 0 for them.
     A divergence before any checkpoint got past the one the last rollback restored goes
     back one checkpoint further: a batch's loss is computed before its update, so a checkpoint
     saved right after a bad update (a learning-rate spike) can hold damaged weights with a
@@ -209,12 +212,33 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
         return {"rollbacks": [dict(r) for r in self.rollbacks], "recent": list(self._recent)}
 
     def _apply_state(self, state: dict[str, Any]) -> None:
+        """Takes back ``state_dict()``; read from a manifest, so every value is checked."""
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        def count(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
         rollbacks = state.get("rollbacks", [])
-        if not isinstance(rollbacks, list) or not all(isinstance(r, dict) for r in rollbacks):
-            raise ValueError(f"rollbacks must be a list of objects, not {rollbacks!r}")
+        if not isinstance(rollbacks, list) or not all(
+            isinstance(r, dict)
+            and number(r.get("checkpoint_time", 0.0))
+            and count(r.get("checkpoint_step", 0))
+            for r in rollbacks
+        ):
+            raise ValueError(
+                "rollbacks must be a list of objects with a numeric checkpoint_time and an "
+                f"integer checkpoint_step >= 0, not {rollbacks!r}"
+            )
+        recent = state.get("recent", [])
+        if not isinstance(recent, list) or not all(
+            number(loss) and math.isfinite(loss) for loss in recent
+        ):
+            raise ValueError(f"recent must be a list of finite numbers, not {recent!r}")
         self.rollbacks = [dict(r) for r in rollbacks]
         self._recent.clear()
-        self._recent.extend(float(loss) for loss in state.get("recent", []))
+        self._recent.extend(float(loss) for loss in recent)
 
     # Internals ---------------------------------------------------------------------------
 
