@@ -177,6 +177,14 @@ def test_interval_checkpoint_source_by_directory_is_exact(tmp_path):
     expected = reference_weights(3, 1, skipped_of(rollback, 3))
     assert skipped_of(rollback, 3) == [2, 3]
     assert max_difference(history.model.get_weights(), expected) == 0.0
+    # Saved again right after the rollback, the manifest record holding it.
+    recorded = [
+        state["rollbacks"]
+        for record in read_manifest(str(tmp_path)).records
+        for key, state in (record.state or {}).get("callbacks", {}).items()
+        if key.startswith("RollbackOnDivergence")
+    ]
+    assert recorded == [[{**rollback.rollbacks[0], "loss": "nan"}]]
 
 
 def test_skip_batches_also_skips_the_batches_after_the_bad_one(tmp_path):

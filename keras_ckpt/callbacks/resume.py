@@ -318,12 +318,13 @@ class ResumeFromLatest(StoreCallback):
             self._trigger.saved(self._clock())
         return committed
 
-    def _after_rollback(self, batch: int) -> None:
+    def _after_rollback(self, batch: int, rollback_states: dict[str, Any]) -> None:
         """``RollbackOnDivergence`` restored a checkpoint after batch ``batch`` of this epoch.
 
         Steps count on from the restored one, and the restored state is saved at once at this
         position (unless the epoch ends here, which saves anyway): a rerun then resumes past
-        the skipped batches, with the rollback counted.
+        the skipped batches, with the rollback counted (the saved state holds every other
+        callback's, ``rollback_states`` included).
         """
         self._position = EpochPosition(self._step() - (batch + 1), self._position.replayed)
         steps = self.params.get("steps") if self.params else None

@@ -81,8 +81,9 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
     rollbacks (epoch, batch, step, reason, loss, checkpoint, batches skipped) are in
     ``rollbacks`` and in ``state_dict()``, which ``ResumeFromLatest`` saves in the manifest
     record of each checkpoint (``state["callbacks"]``), the one taken right after a rollback
-    included. An epoch whose last batch was rolled back logs the metrics of no batch: Keras
-    reports 0 for them.
+    included (an ``IntervalCheckpoint`` also saves right after a rollback, and its record
+    holds them the same way). An epoch whose last batch was rolled back logs the metrics of
+    no batch: Keras reports 0 for them.
     A divergence before any checkpoint got past the one the last rollback restored goes
     back one checkpoint further: a batch's loss is computed before its update, so a checkpoint
     saved right after a bad update (a learning-rate spike) can hold damaged weights with a
@@ -330,7 +331,7 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
         self._last_mean, self._last_counted = 0.0, 0
         if self.lr_factor != 1.0:
             self._lower_learning_rate(model)
-        source._after_rollback(batch)
+        source._after_rollback(batch, callback_states([self]))
         if self.skip_batches is not None and self.skip_batches > 1:
             replay_trained_batches(model, self.skip_batches - 1)
             self._mean_starts_after += self.skip_batches - 1
