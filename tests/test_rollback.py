@@ -351,3 +351,19 @@ def test_resume_never_resumes_into_a_nan_state(tmp_path):
         train([resume], NaNData(), epochs=3)
     assert resume.resumed_from.filename != manifest["checkpoints"][-1]["file"]
     assert all(np.isfinite(w).all() for w in resume.model.get_weights())
+
+
+def test_the_loss_is_read_only_when_a_save_is_due(tmp_path, monkeypatch):
+    """No batch pays for the guard: on JAX and PyTorch a read would be a device-to-host sync."""
+    from keras_ckpt.callbacks import _base
+
+    reads = []
+    real = _base.training_loss
+
+    def counting(model, metrics):
+        reads.append(dict(metrics))
+        return real(model, metrics)
+
+    monkeypatch.setattr(_base, "training_loss", counting)
+    train([keras_ckpt.IntervalCheckpoint(tmp_path, every_steps=4)], NaNData(), epochs=2)
+    assert len(reads) == len(keras_ckpt.list_checkpoints(tmp_path)) == 3  # steps 4, 8, 12
