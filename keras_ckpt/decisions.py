@@ -1,4 +1,5 @@
-"""When to stop training and when to lower the learning rate. Pure: no Keras import.
+"""When to stop training, when to lower the learning rate and when a batch diverged. Pure: no
+Keras import.
 
 Each decision is a function of the state so far and one epoch's monitored value. It returns the
 new state and a reason: ``None`` while there is nothing to do, else why the callback should act,
@@ -14,6 +15,8 @@ behaviour.
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -316,3 +319,133 @@ def after_reduction(state: PlateauState, rule: PlateauRule) -> PlateauState:
         PlateauState(wait=0, cooldown_counter=2, best=0.8)
     """
     return replace(state, wait=0, cooldown_counter=rule.cooldown)
+
+
+# Divergence and rollback ----------------------------------------------------------------
+
+# Why a batch counts as diverged: the values ``divergence_reason`` returns.
+SPIKE = "spike"
+# Why ``RollbackOnDivergence`` stops training (``StoppingState``'s ``NON_FINITE`` is reused for
+# a NaN or infinite loss).
+ROLLBACK_LIMIT = "rollback_limit"
+# What to do about a diverged batch.
+ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class DivergenceRule:
+    """The arguments of ``RollbackOnDivergence`` that the decisions read.
+
+    Args:
+        spike_threshold: A batch loss larger than this many times the median of the last
+            ``window`` batch losses is a spike; ``None`` detects only NaN and infinite losses.
+        window: How many recent batch losses the median is taken over; no spike is called
+            before that many were seen.
+        max_rollbacks: Rollbacks allowed; the next divergence stops training.
+
+    Raises:
+        ValueError: On an invalid argument, naming it.
+    """
+
+    spike_threshold: float | None = None
+    window: int = 20
+    max_rollbacks: int = 3
+
+    def __post_init__(self) -> None:
+        spike_threshold(self.spike_threshold)
+        validation.positive_int("window", self.window)
+        validation.positive_int("max_rollbacks", self.max_rollbacks)
+
+
+def spike_threshold(value: Any) -> float | None:
+    """``value`` as a float if it is ``None`` or a finite number > 1.
+
+    Example:
+        >>> spike_threshold(1)
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument `spike_threshold` must be a finite number > 1 or None. Received: spike_threshold=1
+    """  # noqa: E501
+    if value is None:
+        return None
+    message = (
+        f"Argument `spike_threshold` must be a finite number > 1 or None. "
+        f"Received: spike_threshold={value!r}"
+    )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise validation.ArgumentTypeError(message)
+    if not (math.isfinite(value) and value > 1):
+        raise ValueError(message)
+    return float(value)
+
+
+def batch_loss(mean_now: float, mean_before: float, batches_now: int, batches_before: int) -> float:
+    """One step's loss, recovered from the running means Keras logs per batch.
+
+    Keras logs the mean loss of the epoch so far; the loss of the batches between two reports
+    is the difference of the sums, over their count (batches of equal size assumed: the smaller
+    last batch of an epoch is approximated).
+
+    Args:
+        mean_now: The logged mean after ``batches_now`` batches.
+        mean_before: The logged mean after ``batches_before`` batches (ignored when 0).
+        batches_now: Batches the current mean covers (> ``batches_before``).
+        batches_before: Batches the earlier mean covered.
+
+    Example:
+        >>> batch_loss(2.0, 1.0, 3, 2)  # losses 1, 1, then 4
+        4.0
+        >>> batch_loss(0.5, 123.0, 1, 0)
+        0.5
+    """
+    if batches_before <= 0:
+        return mean_now
+    count = batches_now - batches_before
+    return (mean_now * batches_now - mean_before * batches_before) / max(count, 1)
+
+
+def divergence_reason(loss: float, recent: Sequence[float], rule: DivergenceRule) -> str | None:
+    """Whether one batch's ``loss`` diverged, given the ``recent`` batch losses before it.
+
+    Returns:
+        ``NON_FINITE`` for a NaN or infinite loss; ``SPIKE`` when ``rule.spike_threshold`` is
+        set, ``recent`` holds at least ``rule.window`` losses and ``loss`` exceeds the threshold
+        times the median of the last ``rule.window`` of them (a median <= 0 never calls a
+        spike); else ``None``.
+
+    Example:
+        >>> rule = DivergenceRule(spike_threshold=10.0, window=3)
+        >>> divergence_reason(float("nan"), [], rule)
+        'non_finite'
+        >>> divergence_reason(50.0, [1.0, 2.0], rule) is None  # the window is not full yet
+        True
+        >>> divergence_reason(50.0, [1.0, 2.0, 9.0], rule)
+        'spike'
+        >>> divergence_reason(15.0, [1.0, 2.0, 9.0], rule) is None
+        True
+    """
+    if not math.isfinite(loss):
+        return NON_FINITE
+    if rule.spike_threshold is None or len(recent) < rule.window:
+        return None
+    median = statistics.median(list(recent)[-rule.window :])
+    if median > 0 and loss > rule.spike_threshold * median:
+        return SPIKE
+    return None
+
+
+def decide_rollback(rollbacks: int, rule: DivergenceRule) -> tuple[int, str]:
+    """What to do about a diverged batch after ``rollbacks`` rollbacks.
+
+    Returns:
+        The new rollback count and ``ROLLBACK``, or, once ``rule.max_rollbacks`` were made,
+        the count unchanged and ``ROLLBACK_LIMIT`` (stop training).
+
+    Example:
+        >>> rule = DivergenceRule(max_rollbacks=2)
+        >>> decide_rollback(0, rule), decide_rollback(1, rule), decide_rollback(2, rule)
+        ((1, 'rollback'), (2, 'rollback'), (2, 'rollback_limit'))
+    """
+    if rollbacks >= rule.max_rollbacks:
+        return rollbacks, ROLLBACK_LIMIT
+    return rollbacks + 1, ROLLBACK

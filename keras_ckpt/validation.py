@@ -122,6 +122,23 @@ def optional_float(name: str, value: Any) -> float | None:
     return float(value)
 
 
+def fraction(name: str, value: Any) -> float:
+    """``value`` as a ``float`` if it is a number in (0, 1] (a factor that lowers something).
+
+    Example:
+        >>> fraction("lr_factor", 1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument `lr_factor` must be a number in (0, 1]. Received: lr_factor=1.5
+    """
+    message = f"Argument `{name}` must be a number in (0, 1]. Received: {name}={value!r}"
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ArgumentTypeError(message)
+    if not 0 < float(value) <= 1:
+        raise ValueError(message)
+    return float(value)
+
+
 def one_of(name: str, value: Any, allowed: Sequence[Any]) -> Any:
     """``value`` if it is one of ``allowed``; ``True``/``False`` pass only if listed themselves
     (``True == 1``, but ``verbose=True`` is not the ``1`` that was meant)."""

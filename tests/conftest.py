@@ -31,6 +31,8 @@ collect_ignore = [
     "remote_child.py",
     "resume_child.py",
     "resume_setup.py",
+    "rollback_child.py",
+    "rollback_setup.py",
     "sharded_crash_child.py",
     "snapshot_child.py",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import uuid
 import warnings
@@ -12,7 +13,12 @@ from typing import Any
 import keras
 
 from keras_ckpt import naming, processes, ranking, remote, validation
-from keras_ckpt.callbacks._monitor import EVENT_PREFIX, batches_trained, log_learning_rates
+from keras_ckpt.callbacks._monitor import (
+    EVENT_PREFIX,
+    batches_trained,
+    log_learning_rates,
+    training_loss,
+)
 from keras_ckpt.keras_adapter import check_sharded_weights, fit_callbacks, print_message
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
@@ -42,6 +48,9 @@ class StoreCallback(keras.callbacks.Callback):
         self._start_batches = 0
         self._write_errors: list[BaseException] = []
         self._open_stores: list[Store] = []
+        # Called with the file name on the training thread as each save begins (what
+        # RollbackOnDivergence keeps beside a checkpoint that has no resume state).
+        self._save_listeners: list[Callable[[str], None]] = []
 
     @property
     def keeper(self) -> str:
@@ -113,15 +122,33 @@ class StoreCallback(keras.callbacks.Callback):
         metrics: Mapping[str, float],
         state: Mapping[str, Any] | None = None,
         then: Callable[[CheckpointRecord], None] | None = None,
-    ) -> None:
+    ) -> bool:
         """Saves the model as of now; ``epoch`` and ``batch`` are 0-based as ``fit`` passes them.
 
         The variables are copied to host memory here, on the training thread. Writing,
         committing and ``then(record)`` (aliases, retention, messages) run on the background
         writer with ``async_save``, otherwise here; files are the same either way.
+
+        A step whose training loss is NaN or infinite is not saved: its weights are poisoned.
+        A warning names the step and the file; the checkpoints before it stay as they are.
+
+        Returns:
+            Whether the checkpoint was saved (``False``: refused for a non-finite loss).
         """
         self._settle()
         model, weights_only = self.model, self.save_weights_only
+        # Read here, when a save is due, never per batch: no device-to-host sync is added.
+        loss = training_loss(model, metrics)
+        if loss is not None and not math.isfinite(loss):
+            warnings.warn(
+                f"{type(self).__name__}: not saving {filename} at step {self._step()} "
+                f"(epoch {epoch + 1}): the training loss is {loss}, so the weights may be "
+                "NaN or infinite. The earlier checkpoints stay as they are.",
+                stacklevel=4,
+            )
+            return False
+        for listener in self._save_listeners:
+            listener(filename)
         max_shard_size = self.max_shard_size if weights_only else None
         snapshot = take_snapshot(model, filename, weights_only, max_shard_size)
         if not store.writes and snapshot is not None:
@@ -168,6 +195,7 @@ class StoreCallback(keras.callbacks.Callback):
             WRITER.submit(job, on_error=self._write_errors.append)
         else:
             job()
+        return True
 
     def _retention_plan(
         self,
@@ -269,6 +297,11 @@ class StoreCallback(keras.callbacks.Callback):
             if record.filename == filename:
                 return not ranking.is_improvement(value, record.metrics.get(monitor), mode)
         return False
+
+    def _after_rollback(self, batch: int, rollback_states: dict[str, Any]) -> None:
+        """``RollbackOnDivergence`` restored one of this callback's checkpoints after batch
+        ``batch`` of the current epoch; ``rollback_states`` is its state by its key, as
+        ``callback_states`` gives it (the callbacks it restores from say what follows)."""
 
     def state_dict(self) -> dict[str, Any]:
         """The run this callback continues after a resume (its checkpoints are in the manifest)."""

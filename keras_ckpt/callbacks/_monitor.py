@@ -31,6 +31,21 @@ def plain_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
     return metrics
 
 
+def training_loss(model: keras.Model | None, metrics: Mapping[str, float]) -> float | None:
+    """The training loss a save at this point would record: ``metrics["loss"]`` at an epoch end,
+    else the model's loss tracker (the mean of the epoch so far, NaN once a batch of it was),
+    read now, once per save, so no batch pays for it. ``None`` if the model tracks no loss."""
+    if "loss" in metrics:
+        return float(metrics["loss"])
+    for metric in getattr(model, "metrics", None) or []:
+        if getattr(metric, "name", None) == "loss":
+            try:
+                return float(np.asarray(keras.ops.convert_to_numpy(metric.result())).reshape(()))
+            except Exception:  # a tracker without a scalar result is not the loss we look for
+                return None
+    return None
+
+
 def metric_direction(model: keras.Model | None, monitor: str) -> str | None:
     """``"up"`` or ``"down"`` if one of the model's compiled metrics named like ``monitor`` says."""
     name = monitor.removeprefix("val_")

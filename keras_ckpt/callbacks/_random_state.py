@@ -79,8 +79,13 @@ def set_random_state(model: keras.Model, state: dict[str, Any]) -> None:
         np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     if "torch" in state and keras.backend.backend() == "torch":
         set_torch_generators(state["torch"])
+    set_seed_generators(model, state.get("seed_generators", []))
+
+
+def set_seed_generators(model: keras.Model, saved: list[Any]) -> None:
+    """Restores the model's seed-generator states as ``random_state`` captured them (only when
+    the model has as many seed generators as were saved)."""
     generators = seed_generators(model)
-    saved = state.get("seed_generators", [])
     if len(saved) == len(generators):
         for generator, value in zip(generators, saved, strict=True):
             generator.state.assign(np.array(value, dtype=generator.state.dtype))

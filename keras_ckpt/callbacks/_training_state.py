@@ -9,6 +9,7 @@ callbacks (``_callback_states``). Each piece has a capture and a restore functio
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -139,9 +140,18 @@ def restore_history(callbacks: list[Any], state: dict[str, Any]) -> None:
 
 
 def newest_resumable(records: list[CheckpointRecord]) -> CheckpointRecord | None:
-    """The newest of ``records`` (oldest first) whose file matches its checksum and whose
-    state passes ``state_problem``; each newer one is skipped with a warning naming it."""
+    """The newest of ``records`` (oldest first) whose training loss is finite, whose file
+    matches its checksum and whose state passes ``state_problem``; each newer one is skipped
+    with a warning naming it."""
     for record in reversed(records):
+        loss = record.metrics.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            # Written before saving callbacks refused non-finite losses: its weights are NaN.
+            warnings.warn(
+                f"ResumeFromLatest: skipping {record.path}: its training loss is {loss}.",
+                stacklevel=3,
+            )
+            continue
         try:
             verify(record)
         except CheckpointCorruptedError as error:

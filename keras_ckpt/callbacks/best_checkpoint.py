@@ -170,7 +170,8 @@ class BestCheckpoint(LazyMode, StoreCallback):
             store.release(self.keeper, dropped)
             self._say(f"saved {record.filename} ({self.monitor}={value:.5g})", epoch)
 
-        self._commit(store, filename, epoch=epoch, batch=None, metrics=metrics, then=tidy)
+        if not self._commit(store, filename, epoch=epoch, batch=None, metrics=metrics, then=tidy):
+            return unchanged  # a non-finite training loss
         return 1, len(kept), len(dropped)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:

@@ -227,7 +227,21 @@ class IntervalCheckpoint(StoreCallback):
 
     # Internals ---------------------------------------------------------------------------
 
-    def _save(self, epoch: int, batch: int | None, metrics: dict[str, float]) -> None:
+    def _after_rollback(self, batch: int, rollback_states: dict[str, Any]) -> None:
+        """``RollbackOnDivergence`` restored a checkpoint after batch ``batch`` of this epoch:
+        steps count on from the restored one, and the restored state is saved at once, its
+        manifest record holding the rollbacks (``state["callbacks"]``, as ResumeFromLatest
+        records them)."""
+        self._position = EpochPosition(self._step() - (batch + 1), self._position.replayed)
+        self._save(self._current_epoch, batch, {}, state={"callbacks": rollback_states})
+
+    def _save(
+        self,
+        epoch: int,
+        batch: int | None,
+        metrics: dict[str, float],
+        state: dict[str, Any] | None = None,
+    ) -> None:
         store = self._store
         assert store is not None, "on_train_begin opens the store"
         self._settle()
@@ -243,7 +257,11 @@ class IntervalCheckpoint(StoreCallback):
             store.release(self.keeper, dropped)
             self._say(f"saved {record.filename} (step {record.step})", epoch)
 
-        self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics, then=tidy)
+        committed = self._commit(
+            store, filename, epoch=epoch, batch=batch, metrics=metrics, state=state, then=tidy
+        )
+        if not committed:
+            return  # a non-finite training loss: nothing saved
         self._last_saved_step = self._step()
         self._trigger.saved(self._clock())
         self._epoch_saves += 1

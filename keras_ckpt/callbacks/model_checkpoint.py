@@ -311,7 +311,8 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
             if self.verbose > 0:
                 print_message(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 
-        self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics, then=tidy)
+        if not self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics, then=tidy):
+            return  # a non-finite training loss: nothing saved
         self._has_saved = True
 
     def _format_path(self, epoch: int, batch: int | None, logs: dict[str, Any]) -> str:

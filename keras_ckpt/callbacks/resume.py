@@ -261,8 +261,12 @@ class ResumeFromLatest(StoreCallback):
         batch: int,
         metrics: dict[str, float] | None = None,
         finished: bool = False,
-    ) -> None:
-        """Saves the state after ``batch`` batches of 0-based ``epoch`` (batch 0: its start)."""
+    ) -> bool:
+        """Saves the state after ``batch`` batches of 0-based ``epoch`` (batch 0: its start).
+
+        Returns:
+            Whether it was saved (not for a non-finite training loss).
+        """
         store = self._store
         assert store is not None
         self._settle()
@@ -301,7 +305,7 @@ class ResumeFromLatest(StoreCallback):
             store.release(self.keeper, dropped)
             self._say(f"saved {record.filename} (step {record.step})", record.epoch - 1)
 
-        self._commit(
+        committed = self._commit(
             store,
             filename,
             epoch=record_epoch,
@@ -310,7 +314,23 @@ class ResumeFromLatest(StoreCallback):
             state=state,
             then=tidy,
         )
-        self._trigger.saved(self._clock())
+        if committed:
+            self._trigger.saved(self._clock())
+        return committed
+
+    def _after_rollback(self, batch: int, rollback_states: dict[str, Any]) -> None:
+        """``RollbackOnDivergence`` restored a checkpoint after batch ``batch`` of this epoch.
+
+        Steps count on from the restored one, and the restored state is saved at once at this
+        position (unless the epoch ends here, which saves anyway): a rerun then resumes past
+        the skipped batches, with the rollback counted (the saved state holds every other
+        callback's, ``rollback_states`` included).
+        """
+        self._position = EpochPosition(self._step() - (batch + 1), self._position.replayed)
+        steps = self.params.get("steps") if self.params else None
+        if steps is None or batch + 1 < steps:
+            if self._save(self._epoch, batch + 1):
+                self._epoch_saves += 1
 
     # Restoring ---------------------------------------------------------------------------
 
