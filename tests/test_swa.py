@@ -319,6 +319,27 @@ def test_state_survives_json_exactly():
     assert_weights_equal(other.average, swa.average)
 
 
+def test_a_state_of_other_shapes_is_refused_with_the_shapes():
+    swa = keras_ckpt.StochasticWeightAveraging()
+    fit(make_resume_model(), [swa], epochs=1)
+    other = keras_ckpt.StochasticWeightAveraging()
+    other.set_model(
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])  # other shapes
+    )
+    other.load_state_dict(swa.state_dict())
+    with pytest.raises(ValueError, match=r"the averaged weights have the shapes \[\(4, 16\)"):
+        other.on_train_begin()
+
+
+def test_verbose_says_when_it_averages_and_swaps(capsys):
+    swa = keras_ckpt.StochasticWeightAveraging(start_epoch=1, verbose=1)
+    fit(make_resume_model(), [swa], epochs=3)
+    out = capsys.readouterr().out
+    assert "1 snapshot(s) of the weights averaged (epoch 2)" in out
+    assert "2 snapshot(s) of the weights averaged (epoch 3)" in out
+    assert "the model holds the average of 2 snapshot(s) of its weights" in out
+
+
 @pytest.mark.parametrize(
     ("swa_arguments", "crash_step"),
     [

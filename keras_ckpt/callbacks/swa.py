@@ -47,7 +47,8 @@ class StochasticWeightAveraging(Resumable, keras.callbacks.Callback):
     ``.weights.h5`` (of the raw weights, from which training continues), and the manifest grows
     by about 1.4 times the trainable weights' size per kept resume checkpoint. Put this callback
     before ``ResumeFromLatest`` in ``callbacks`` (it refuses otherwise), so that the final
-    checkpoint holds the averaged model and a rerun of the finished script gives it back.
+    checkpoint holds the averaged model and a rerun of the finished script gives it back (asking
+    that rerun for more epochs trains on from the averaged weights).
 
     Args:
         start_epoch: Epochs trained before averaging begins (0-based index of the first
@@ -209,7 +210,7 @@ class StochasticWeightAveraging(Resumable, keras.callbacks.Callback):
         if self.verbose > 0:
             print_message(
                 f"StochasticWeightAveraging: the model holds the average of "
-                f"{self.averaged_count} weights."
+                f"{self.averaged_count} snapshot(s) of its weights."
             )
 
     # Internals ---------------------------------------------------------------------------
@@ -231,8 +232,8 @@ class StochasticWeightAveraging(Resumable, keras.callbacks.Callback):
         self._averaged_at = done
         if self.verbose > 0:
             print_message(
-                f"\nStochasticWeightAveraging: averaged {self.averaged_count} weights "
-                f"({self.per} {done})."
+                f"\nStochasticWeightAveraging: {self.averaged_count} snapshot(s) of the weights "
+                f"averaged ({self.per} {done})."
             )
 
     def _set_rate(self, rate: float | None) -> None:
@@ -267,6 +268,15 @@ class StochasticWeightAveraging(Resumable, keras.callbacks.Callback):
     def _apply_state(self, state: dict[str, Any]) -> None:
         average = state.get("average")
         self._average = None if average is None else [_decode(entry) for entry in average]
+        model = self.model
+        if self._average is not None and model is not None:
+            expected = [tuple(variable.shape) for variable in model.trainable_variables]
+            found = [value.shape for value in self._average]
+            if found != expected:
+                raise ValueError(
+                    "the averaged weights have the shapes "
+                    f"{found}, the model's trainable variables {expected}"
+                )
         self.averaged_count = int(state.get("count", 0))
         self._averaged_at = int(state.get("averaged_at", 0))
 
