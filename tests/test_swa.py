@@ -3,6 +3,7 @@ rates it sets, BatchNormalization statistics, exact resume and plain-Keras files
 
 import json
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from resume_setup import make_resume_model, resume_data
 
 import keras_ckpt
 from keras_ckpt.averaging import recompute_batch_norm
+from keras_ckpt.callbacks._callback_states import join_arrays, split_arrays
+from keras_ckpt.snapshot import append_arrays, read_arrays
 from keras_ckpt.swa import SwaSchedule
 from keras_ckpt.writer import WRITER
 
@@ -307,16 +310,43 @@ def test_averaged_model_saves_and_loads_in_plain_keras(tmp_path):
 # Resume --------------------------------------------------------------------------------------
 
 
-def test_state_survives_json_exactly():
+def test_state_survives_the_manifest_and_the_weights_file_exactly(tmp_path):
     model = make_resume_model()
     swa = keras_ckpt.StochasticWeightAveraging(start_epoch=1)
     fit(model, [swa], epochs=3)
-    state = json.loads(json.dumps(swa.state_dict()))
+    arrays = []
+    manifest_state = json.loads(json.dumps(split_arrays(swa.state_dict(), arrays)))
+    assert manifest_state["average"] == [{"keras_ckpt_array": i} for i in range(4)]
+    path = str(tmp_path / "x.weights.h5")
+    model.save_weights(path)
+    append_arrays(path, arrays)
     other = keras_ckpt.StochasticWeightAveraging(start_epoch=1)
-    other.load_state_dict(state)
+    other.load_state_dict(join_arrays(manifest_state, lambda: read_arrays(path)))
     other.on_train_begin()  # a pending state is applied after the reset
     assert other.averaged_count == 2
     assert_weights_equal(other.average, swa.average)
+    # The state holds copies: the next averaging point does not change a state taken before.
+    state = swa.state_dict()
+    swa.average[0] += 1
+    assert_weights_equal(state["average"], other.average)
+    # Plain Keras loads the file and passes the arrays by.
+    plain = make_resume_model(seed=2)
+    plain.optimizer.build(plain.trainable_variables)
+    plain.load_weights(path)
+    assert_weights_equal(plain.get_weights(), model.get_weights())
+
+
+def test_damaged_array_references_and_groups_are_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"array 3 is not in the checkpoint \(1\)"):
+        join_arrays({"a": {"keras_ckpt_array": 3}}, lambda: [np.zeros(1)])
+    with pytest.raises(ValueError, match=r"an array reference is 'x', not an index"):
+        join_arrays({"a": [{"keras_ckpt_array": "x"}]}, lambda: [np.zeros(1)])
+    path = str(tmp_path / "x.weights.h5")
+    with h5py.File(path, "w") as file:
+        file.create_group("keras_ckpt_callback_arrays").create_dataset("1", data=np.zeros(1))
+    with pytest.raises(ValueError, match=r"keras_ckpt_callback_arrays holds \['1'\]"):
+        read_arrays(path)
+    assert join_arrays({"count": 2}, lambda: pytest.fail("no array to read")) == {"count": 2}
 
 
 def test_a_state_of_other_shapes_is_refused_with_the_shapes():
@@ -365,7 +395,12 @@ def test_kill_and_resume_averages_exactly_the_same_weights(tmp_path, swa_argumen
     resumed = make_resume_model(seed=1)
     again = callbacks(tmp_path / "cut")
     fit(resumed, again, epochs=5)
-    assert again[1].resumed_from is not None
+    resumed_from = again[1].resumed_from
+    assert resumed_from is not None
+    # The average went into the weights file, the manifest holds references to it.
+    swa_state = resumed_from.state["callbacks"]["StochasticWeightAveraging()"]
+    assert swa_state["average"] == [{"keras_ckpt_array": i} for i in range(4)]
+    assert len(read_arrays(resumed_from.path)) == 4
     assert again[0].averaged_count == whole[0].averaged_count > 1
     assert_weights_equal(resumed.get_weights(), uninterrupted.get_weights())
     assert_weights_equal(again[0].raw_weights, whole[0].raw_weights)

@@ -16,7 +16,7 @@ from keras_ckpt.callbacks._monitor import EVENT_PREFIX, batches_trained, log_lea
 from keras_ckpt.keras_adapter import fit_callbacks, print_message
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
-from keras_ckpt.snapshot import take_snapshot, write_now
+from keras_ckpt.snapshot import append_arrays, take_snapshot, write_now
 from keras_ckpt.store import Store, reserved_alias_filenames
 from keras_ckpt.writer import WRITER
 
@@ -111,12 +111,15 @@ class StoreCallback(keras.callbacks.Callback):
         metrics: Mapping[str, float],
         state: Mapping[str, Any] | None = None,
         then: Callable[[CheckpointRecord], None] | None = None,
+        arrays: list[Any] | None = None,
     ) -> None:
         """Saves the model as of now; ``epoch`` and ``batch`` are 0-based as ``fit`` passes them.
 
         The variables are copied to host memory here, on the training thread. Writing,
         committing and ``then(record)`` (aliases, retention, messages) run on the background
-        writer with ``async_save``, otherwise here; files are the same either way.
+        writer with ``async_save``, otherwise here; files are the same either way. ``arrays``
+        (host arrays of callback states, not changed afterwards) go into the same
+        ``.weights.h5``, beside the variables (``snapshot.append_arrays``).
         """
         self._settle()
         model, weights_only = self.model, self.save_weights_only
@@ -134,6 +137,13 @@ class StoreCallback(keras.callbacks.Callback):
                 write_now(model, path, weights_only)
         else:
             write = snapshot.write
+        if arrays:
+            write_variables = write
+
+            def write(path: str) -> None:
+                write_variables(path)
+                append_arrays(path, arrays)
+
         step, run = self._step(), self._run or ""
         # Where this thread's Keras messages go; Keras keeps it per thread, and ``then`` may
         # print from the writer's.

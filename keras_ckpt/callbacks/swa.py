@@ -3,7 +3,6 @@ training, the replacement for tensorflow-addons' ``SWA``."""
 
 from __future__ import annotations
 
-import base64
 import warnings
 from typing import Any
 
@@ -43,9 +42,11 @@ class StochasticWeightAveraging(Resumable, keras.callbacks.Callback):
 
     Exact resume: the average and its count are this callback's ``state_dict()``, which
     ``ResumeFromLatest`` stores with each checkpoint, so a resumed run averages exactly the same
-    weights. The average is kept there as base64 text: the checkpoint file stays a plain Keras
-    ``.weights.h5`` (of the raw weights, from which training continues), and the manifest grows
-    by about 1.4 times the trainable weights' size per kept resume checkpoint. Put this callback
+    weights. The count goes into the manifest; the average's arrays go into the checkpoint's
+    ``.weights.h5`` itself, in a group of its own (``keras_ckpt_callback_arrays``) beside the
+    trained weights, from which training continues. Plain ``model.load_weights`` passes that
+    group by, so the file stays one plain Keras loads; it grows by the trainable weights' size.
+    Put this callback
     before ``ResumeFromLatest`` in ``callbacks`` (it refuses otherwise), so that the final
     checkpoint holds the averaged model and a rerun of the finished script gives it back (asking
     that rerun for more epochs trains on from the averaged weights).
@@ -258,16 +259,19 @@ class StochasticWeightAveraging(Resumable, keras.callbacks.Callback):
     # State -------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The running average (each variable's dtype, shape and base64 bytes) and its count."""
+        """The running average (copies of NumPy arrays: ResumeFromLatest writes them into the
+        checkpoint's weights file) and its count."""
         return {
             "count": self.averaged_count,
             "averaged_at": self._averaged_at,
-            "average": None if self._average is None else [_encode(a) for a in self._average],
+            "average": self.average,
         }
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         average = state.get("average")
-        self._average = None if average is None else [_decode(entry) for entry in average]
+        self._average = None if average is None else [np.array(value) for value in average]
+        self.averaged_count = int(state.get("count", 0))
+        self._averaged_at = int(state.get("averaged_at", 0))
         model = self.model
         if self._average is not None and model is not None:
             expected = [tuple(variable.shape) for variable in model.trainable_variables]
@@ -277,8 +281,6 @@ class StochasticWeightAveraging(Resumable, keras.callbacks.Callback):
                     "the averaged weights have the shapes "
                     f"{found}, the model's trainable variables {expected}"
                 )
-        self.averaged_count = int(state.get("count", 0))
-        self._averaged_at = int(state.get("averaged_at", 0))
 
 
 def _optional_rate(name: str, value: Any) -> float | None:
@@ -288,18 +290,3 @@ def _optional_rate(name: str, value: Any) -> float | None:
 def _averaging_dtype(value: np.ndarray) -> np.ndarray:
     """``value`` in the dtype the average is kept in: its own, at least float32."""
     return value.astype(np.float32) if value.dtype.itemsize < 4 else value
-
-
-def _encode(array: np.ndarray) -> dict[str, Any]:
-    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    return {
-        "dtype": array.dtype.name,
-        "shape": list(array.shape),
-        "data": base64.b64encode(little.tobytes()).decode("ascii"),
-    }
-
-
-def _decode(entry: dict[str, Any]) -> np.ndarray:
-    dtype = np.dtype(entry["dtype"]).newbyteorder("<")
-    flat = np.frombuffer(base64.b64decode(entry["data"]), dtype=dtype)
-    return flat.reshape(entry["shape"]).astype(dtype.newbyteorder("="))
