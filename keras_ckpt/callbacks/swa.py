@@ -46,10 +46,12 @@ class StochasticWeightAveraging(Resumable, keras.callbacks.Callback):
     ``.weights.h5`` itself, in a group of its own (``keras_ckpt_callback_arrays``) beside the
     trained weights, from which training continues. Plain ``model.load_weights`` passes that
     group by, so the file stays one plain Keras loads; it grows by the trainable weights' size.
-    Put this callback
-    before ``ResumeFromLatest`` in ``callbacks`` (it refuses otherwise), so that the final
-    checkpoint holds the averaged model and a rerun of the finished script gives it back (asking
-    that rerun for more epochs trains on from the averaged weights).
+    Put this callback before ``ResumeFromLatest`` in ``callbacks`` (it refuses otherwise), so
+    that the final checkpoint holds the averaged model and a rerun of the finished script gives
+    it back (asking that rerun for more epochs trains on from the averaged weights).
+
+    With ``start_step`` and ``steps_per_execution > 1``, the batch hooks come once per execution:
+    an averaging point inside one is taken at its end, once.
 
     Args:
         start_epoch: Epochs trained before averaging begins (0-based index of the first
