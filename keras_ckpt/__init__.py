@@ -24,6 +24,7 @@ _EXPORTS = {
     "ReduceLROnPlateau": "keras_ckpt.callbacks.learning_rate",
     "ResumeFromLatest": "keras_ckpt.callbacks.resume",
     "RollbackOnDivergence": "keras_ckpt.callbacks.rollback",
+    "StochasticWeightAveraging": "keras_ckpt.callbacks.swa",
     "average_checkpoints": "keras_ckpt.averaging",
     "best_checkpoint": "keras_ckpt.loading",
     "latest_checkpoint": "keras_ckpt.loading",
@@ -47,6 +48,7 @@ __all__ = [
     "ReduceLROnPlateau",
     "ResumeFromLatest",
     "RollbackOnDivergence",
+    "StochasticWeightAveraging",
     "average_checkpoints",
     "best_checkpoint",
     "latest_checkpoint",
@@ -67,6 +69,7 @@ if TYPE_CHECKING:
     from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
     from keras_ckpt.callbacks.resume import ResumeFromLatest
     from keras_ckpt.callbacks.rollback import RollbackOnDivergence
+    from keras_ckpt.callbacks.swa import StochasticWeightAveraging
     from keras_ckpt.loading import (
         best_checkpoint,
         latest_checkpoint,
@@ -91,6 +94,7 @@ _SUBMODULES = (
     "processes",
     "schedules",
     "store",
+    "swa",
     "triggers",
 )
 

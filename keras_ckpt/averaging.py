@@ -367,3 +367,76 @@ def _greedy(
 def _describe(records: Sequence[CheckpointRecord]) -> str:
     names = ", ".join(f"{record.filename} (epoch {record.epoch})" for record in records)
     return f"{len(records)} checkpoint(s): {names}"
+
+
+# BatchNormalization statistics of averaged weights -------------------------------------------
+
+
+def batch_norm_layers(model: keras.Model) -> list[Any]:
+    """The model's ``BatchNormalization`` layers, those of nested models included."""
+    import keras
+
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def walk(layer: Any) -> None:
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        for inner in getattr(layer, "layers", None) or []:
+            walk(inner)
+
+    for layer in model.layers:
+        walk(layer)
+    return found
+
+
+def recompute_batch_norm(model: keras.Model, data: Any, batch_size: int = 32) -> int:
+    """Sets every ``BatchNormalization`` layer's moving mean and variance to the mean, over the
+    batches of ``data``, of the batch statistics the model computes with its current weights
+    (PyTorch's ``torch.optim.swa_utils.update_bn``: each batch counts once).
+
+    The model runs forward eagerly in training mode, one batch at a time, with each layer's
+    ``momentum`` set to ``n / (n + 1)`` for batch ``n``, so Keras's own update
+    ``moving = moving * momentum + batch * (1 - momentum)`` keeps a running mean; the momenta
+    are put back afterwards. Other layers run in training mode too (Dropout drops), as in
+    PyTorch.
+
+    Args:
+        model: A built model.
+        data: Inputs: an array (cut into batches of ``batch_size``), or an iterable of batches,
+            each the inputs or a tuple whose first item is the inputs (``(x, y)``, a
+            ``tf.data.Dataset``...).
+        batch_size: The batch size for an array.
+
+    Returns:
+        The number of batches read (0: nothing changed).
+    """
+    import numpy as np
+
+    layers = batch_norm_layers(model)
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    batches = 0
+    try:
+        for batch in _input_batches(data, batch_size, np):
+            for layer in layers:
+                layer.momentum = batches / (batches + 1)
+            model(batch, training=True)
+            batches += 1
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return batches
+
+
+def _input_batches(data: Any, batch_size: int, np: Any) -> Any:
+    if isinstance(data, np.ndarray) or hasattr(data, "shape"):
+        for start in range(0, len(data), batch_size):
+            yield data[start : start + batch_size]
+        return
+    for batch in data:
+        yield batch[0] if isinstance(batch, tuple) else batch

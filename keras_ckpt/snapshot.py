@@ -362,3 +362,37 @@ __all__ = [
     "take_snapshot",
     "write_now",
 ]
+
+
+# Callbacks' arrays beside the variables ----------------------------------------------------
+
+# The group of a resume checkpoint's ``.weights.h5`` that holds the NumPy arrays of callback
+# states (a running average of the weights, say), one dataset per array named by its index.
+# Keras's loading walks the model's own objects only, so plain ``load_weights`` passes it by.
+CALLBACK_ARRAYS_GROUP = "keras_ckpt_callback_arrays"
+
+
+def append_arrays(path: str, arrays: list[np.ndarray]) -> None:
+    """Adds ``arrays`` to the written ``.weights.h5`` at ``path``, in ``CALLBACK_ARRAYS_GROUP``."""
+    with h5py.File(path, "a") as file:
+        group = file.create_group(CALLBACK_ARRAYS_GROUP)
+        for index, array in enumerate(arrays):
+            group.create_dataset(str(index), data=array)
+
+
+def read_arrays(path: str) -> list[np.ndarray]:
+    """The arrays ``append_arrays`` added to the file at ``path`` (none: ``[]``).
+
+    Raises:
+        ValueError: If the group holds anything but datasets named 0, 1, ...
+    """
+    with h5py.File(path, "r") as file:
+        group = file.get(CALLBACK_ARRAYS_GROUP)
+        if group is None:
+            return []
+        names = sorted(group.keys(), key=lambda name: (len(name), name))
+        if names != [str(index) for index in range(len(names))] or not all(
+            isinstance(group[name], h5py.Dataset) for name in names
+        ):
+            raise ValueError(f"{path}: {CALLBACK_ARRAYS_GROUP} holds {names[:5]}")
+        return [np.asarray(group[name][()]) for name in names]

@@ -43,6 +43,26 @@ def positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def non_negative_int(name: str, value: Any) -> int:
+    """``value`` if it is an int >= 0 (``bool`` is refused).
+
+    Example:
+        >>> non_negative_int("start_epoch", -1)
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument `start_epoch` must be a non-negative integer. Received: start_epoch=-1
+    """
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ArgumentTypeError(
+            f"Argument `{name}` must be a non-negative integer. Received: {name}={value!r}"
+        )
+    if int(value) < 0:
+        raise ValueError(
+            f"Argument `{name}` must be a non-negative integer. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
 def optional(check: Callable[[str, Any], T], name: str, value: Any) -> T | None:
     """``None`` if ``value`` is ``None``, else ``check(name, value)``.
 

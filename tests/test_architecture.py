@@ -24,6 +24,7 @@ FLOORS = {
     "triggers": CORE,
     "decisions": CORE,
     "validation": CORE,
+    "swa": CORE,
     "store": STORE,
     "remote": STORE,
     "writer": STORE,

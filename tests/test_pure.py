@@ -22,6 +22,7 @@ PURE_MODULES = [
     "keras_ckpt.ranking",
     "keras_ckpt.records",
     "keras_ckpt.store",
+    "keras_ckpt.swa",
     "keras_ckpt.triggers",
     "keras_ckpt.validation",
     "keras_ckpt.writer",

@@ -8,6 +8,7 @@ from keras_ckpt.callbacks.learning_rate import LearningRateScheduler, ReduceLROn
 from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
 from keras_ckpt.callbacks.resume import ResumeFromLatest
 from keras_ckpt.callbacks.rollback import RollbackOnDivergence
+from keras_ckpt.callbacks.swa import StochasticWeightAveraging
 
 __all__ = [
     "BackupAndRestore",
@@ -19,4 +20,5 @@ __all__ = [
     "ReduceLROnPlateau",
     "ResumeFromLatest",
     "RollbackOnDivergence",
+    "StochasticWeightAveraging",
 ]

@@ -22,7 +22,7 @@ from keras_ckpt.callbacks._monitor import (
 from keras_ckpt.keras_adapter import check_sharded_weights, fit_callbacks, print_message
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
-from keras_ckpt.snapshot import take_snapshot, write_now
+from keras_ckpt.snapshot import append_arrays, take_snapshot, write_now
 from keras_ckpt.store import Store, reserved_alias_filenames
 from keras_ckpt.writer import WRITER
 
@@ -122,12 +122,15 @@ class StoreCallback(keras.callbacks.Callback):
         metrics: Mapping[str, float],
         state: Mapping[str, Any] | None = None,
         then: Callable[[CheckpointRecord], None] | None = None,
+        arrays: list[Any] | None = None,
     ) -> bool:
         """Saves the model as of now; ``epoch`` and ``batch`` are 0-based as ``fit`` passes them.
 
         The variables are copied to host memory here, on the training thread. Writing,
         committing and ``then(record)`` (aliases, retention, messages) run on the background
-        writer with ``async_save``, otherwise here; files are the same either way.
+        writer with ``async_save``, otherwise here; files are the same either way. ``arrays``
+        (host arrays of callback states, not changed afterwards) go into the same
+        ``.weights.h5``, beside the variables (``snapshot.append_arrays``).
 
         A step whose training loss is NaN or infinite is not saved: its weights are poisoned.
         A warning names the step and the file; the checkpoints before it stay as they are.
@@ -164,6 +167,13 @@ class StoreCallback(keras.callbacks.Callback):
                 write_now(model, path, weights_only, max_shard_size)
         else:
             write = snapshot.write
+        if arrays:
+            write_variables = write
+
+            def write(path: str) -> None:
+                write_variables(path)
+                append_arrays(path, arrays)
+
         step, run = self._step(), self._run or ""
         # Where this thread's Keras messages go; Keras keeps it per thread, and ``then`` may
         # print from the writer's.

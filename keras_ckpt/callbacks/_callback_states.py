@@ -7,6 +7,10 @@ apart (``IDENTIFYING_ATTRIBUTES``), e.g. ``EarlyStopping(monitor='val_loss', mod
 key does not depend on where the callback stands in the list, so a rerun with the callbacks in
 another order, or with one more or one fewer, gives each state back to its own callback.
 
+NumPy arrays in a state (a running average of the weights) are not put into the JSON manifest:
+``split_arrays`` replaces each by a reference, and ResumeFromLatest writes the arrays into the
+checkpoint's ``.weights.h5`` (``snapshot.append_arrays``); ``join_arrays`` puts them back.
+
 Callbacks that share a key are told apart by their order among themselves (``key#0``,
 ``key#1``, ...); restoring them warns, since a changed order would swap their states.
 Checkpoints written before keys named the configuration store ``ClassName#index`` (the
@@ -19,7 +23,10 @@ import copy
 import os
 import re
 import warnings
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 # What a callback watches and where it writes: stable across reruns of the same script, and
 # different between two callbacks of one class that are meant to differ. Settings such as
@@ -90,6 +97,65 @@ def load_callback_states(callbacks: list[Any], states: dict[str, Any], path: str
                 f"ResumeFromLatest: the state of {key} in {path} cannot be loaded "
                 f"({type(error).__name__}: {error}); keras_ckpt did not write it so."
             ) from None
+
+
+# A NumPy array of a callback state, in the JSON state: its index among the checkpoint's arrays.
+ARRAY_KEY = "keras_ckpt_array"
+
+
+def split_arrays(state: Any, arrays: list[np.ndarray]) -> Any:
+    """``state`` with each NumPy array replaced by ``{ARRAY_KEY: index}``, the array appended to
+    ``arrays`` (a state may hold arrays too large for the JSON manifest: ResumeFromLatest writes
+    them into the checkpoint's ``.weights.h5``).
+
+    Example:
+        >>> arrays = []
+        >>> split_arrays({"count": 2, "average": [np.zeros(2)]}, arrays), len(arrays)
+        ({'count': 2, 'average': [{'keras_ckpt_array': 0}]}, 1)
+    """
+    if isinstance(state, np.ndarray):
+        arrays.append(state)
+        return {ARRAY_KEY: len(arrays) - 1}
+    if isinstance(state, dict):
+        return {key: split_arrays(value, arrays) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return [split_arrays(value, arrays) for value in state]
+    return state
+
+
+def has_arrays(state: Any) -> bool:
+    """Whether ``split_arrays`` put any array reference into ``state``."""
+    if isinstance(state, dict):
+        return set(state) == {ARRAY_KEY} or any(has_arrays(v) for v in state.values())
+    return isinstance(state, list) and any(has_arrays(value) for value in state)
+
+
+def join_arrays(state: Any, arrays: Callable[[], list[np.ndarray]]) -> Any:
+    """``state`` with the references of ``split_arrays`` replaced by the arrays, which
+    ``arrays()`` gives (called once, only if there is a reference).
+
+    Raises:
+        ValueError: If a reference is not an index of the arrays.
+    """
+    loaded: list[list[np.ndarray]] = []
+
+    def join(value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {ARRAY_KEY}:
+            if not loaded:
+                loaded.append(arrays())
+            index = value[ARRAY_KEY]
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise ValueError(f"an array reference is {index!r}, not an index")
+            if not 0 <= index < len(loaded[0]):
+                raise ValueError(f"array {index} is not in the checkpoint ({len(loaded[0])})")
+            return loaded[0][index]
+        if isinstance(value, dict):
+            return {key: join(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [join(item) for item in value]
+        return value
+
+    return join(state)
 
 
 def _by_key(callbacks: list[Any]) -> dict[str, list[Any]]:

@@ -1,6 +1,8 @@
 """The state protocol every keras_ckpt callback follows, and users' callbacks may follow too.
 
-``state_dict()`` returns plain data (JSON-able); ``load_state_dict(state)`` takes it back. Keras
+``state_dict()`` returns plain data (JSON-able, and NumPy arrays, which ResumeFromLatest writes
+into the checkpoint's weights file rather than its JSON manifest; a state must not share an
+array it changes later); ``load_state_dict(state)`` takes it back. Keras
 callbacks reset their counters in ``on_train_begin``, so state loaded before that hook is kept
 and applied after the reset; state loaded while training runs (ResumeFromLatest restores from
 its own ``on_train_begin``, which may come after this callback's) is applied at once. Fields

@@ -12,7 +12,12 @@ import keras
 from keras_ckpt import validation
 from keras_ckpt.callbacks._base import StoreCallback
 from keras_ckpt.callbacks._batches import EpochPosition, enable_batch_hook
-from keras_ckpt.callbacks._callback_states import load_callback_states
+from keras_ckpt.callbacks._callback_states import (
+    has_arrays,
+    join_arrays,
+    load_callback_states,
+    split_arrays,
+)
 from keras_ckpt.callbacks._monitor import plain_metrics
 from keras_ckpt.callbacks._random_state import host_generators, set_random_state
 from keras_ckpt.callbacks._replay import continue_epoch
@@ -32,6 +37,7 @@ from keras_ckpt.keras_adapter import (
 from keras_ckpt.policies import KeepLatest
 from keras_ckpt.processes import agree_on_save, is_writer
 from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
+from keras_ckpt.snapshot import read_arrays
 from keras_ckpt.store import Store, check_directory_usable, local_file
 from keras_ckpt.triggers import IntervalTrigger
 
@@ -280,6 +286,10 @@ class ResumeFromLatest(StoreCallback):
             start_batches=self._start_batches,
             host=self._epoch_begin_generators if batch else host_generators(),
         )
+        # Arrays of callback states (SWA's running average) go into the checkpoint's weights
+        # file, which stays one plain Keras loads; the manifest keeps a reference to each.
+        arrays: list[Any] = []
+        state["callbacks"] = split_arrays(state["callbacks"], arrays)
         # Records name the epoch a checkpoint was taken in: an epoch-boundary save belongs to
         # the epoch that just ended.
         record_epoch = max(epoch - 1 if batch == 0 else epoch, 0)
@@ -313,6 +323,7 @@ class ResumeFromLatest(StoreCallback):
             metrics=metrics or {},
             state=state,
             then=tidy,
+            arrays=arrays,
         )
         if committed:
             self._trigger.saved(self._clock())
@@ -336,8 +347,17 @@ class ResumeFromLatest(StoreCallback):
 
     def _restore(self, record: CheckpointRecord) -> None:
         state = record.state or {}
+        callbacks = state.get("callbacks", {})
         with local_file(record, verify_checksum=False) as path:  # verified when chosen
             load_variables(self.model, path, state.get("variables", []))
+            if has_arrays(callbacks):
+                try:
+                    callbacks = join_arrays(callbacks, lambda: read_arrays(path))
+                except (ValueError, OSError, KeyError) as error:
+                    raise ValueError(
+                        f"ResumeFromLatest could not read the callback states' arrays of "
+                        f"{record.path}: {error}"
+                    ) from error
         self._run = record.run
         self._start_batches = int(state.get("start_batches", 0))
         set_random_state(self.model, state.get("random", {}))
@@ -356,7 +376,7 @@ class ResumeFromLatest(StoreCallback):
         set_fit_start_epoch(self.model, epoch)
         batch = int(state.get("batch", 0))
         self._end_replay = continue_epoch(self.model, batch, state.get("random", {}))
-        load_callback_states(self._siblings, state.get("callbacks", {}), record.path)
+        load_callback_states(self._siblings, callbacks, record.path)
         # History resets in its own on_train_begin, which runs after this one: refill it when
         # the first epoch begins.
         self._history_to_restore = state.get("history")
