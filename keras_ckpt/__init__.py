@@ -23,6 +23,7 @@ _EXPORTS = {
     "ModelCheckpoint": "keras_ckpt.callbacks.model_checkpoint",
     "ReduceLROnPlateau": "keras_ckpt.callbacks.learning_rate",
     "ResumeFromLatest": "keras_ckpt.callbacks.resume",
+    "SwapEMAWeights": "keras_ckpt.callbacks.swap_ema_weights",
     "average_checkpoints": "keras_ckpt.averaging",
     "best_checkpoint": "keras_ckpt.loading",
     "latest_checkpoint": "keras_ckpt.loading",
@@ -45,6 +46,7 @@ __all__ = [
     "ModelCheckpoint",
     "ReduceLROnPlateau",
     "ResumeFromLatest",
+    "SwapEMAWeights",
     "average_checkpoints",
     "best_checkpoint",
     "latest_checkpoint",
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
     from keras_ckpt.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
     from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
     from keras_ckpt.callbacks.resume import ResumeFromLatest
+    from keras_ckpt.callbacks.swap_ema_weights import SwapEMAWeights
     from keras_ckpt.loading import (
         best_checkpoint,
         latest_checkpoint,

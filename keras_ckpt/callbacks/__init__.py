@@ -7,6 +7,7 @@ from keras_ckpt.callbacks.interval_checkpoint import IntervalCheckpoint
 from keras_ckpt.callbacks.learning_rate import LearningRateScheduler, ReduceLROnPlateau
 from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
 from keras_ckpt.callbacks.resume import ResumeFromLatest
+from keras_ckpt.callbacks.swap_ema_weights import SwapEMAWeights
 
 __all__ = [
     "BackupAndRestore",
@@ -17,4 +18,5 @@ __all__ = [
     "ModelCheckpoint",
     "ReduceLROnPlateau",
     "ResumeFromLatest",
+    "SwapEMAWeights",
 ]
