@@ -62,6 +62,14 @@ def watch(model: keras.Model, callbacks: list[Any]) -> None:
         keras_adapter.run_before(callback, "_finalize_ema_values", keep)
 
 
+def is_swap_callback(callback: Any) -> bool:
+    """Whether ``callback`` puts the averages into the model for validation: Keras's
+    ``SwapEMAWeights`` or keras_ckpt's."""
+    return isinstance(callback, keras.callbacks.SwapEMAWeights) or bool(
+        getattr(type(callback), "swaps_ema_weights", False)
+    )
+
+
 def holds_averages(model: keras.Model) -> bool:
     """Whether a ``SwapEMAWeights`` has put the averages into the model (the raw weights are
     in the optimizer's slots)."""
@@ -178,6 +186,7 @@ def averages_into_model(model: keras.Model, what: str) -> None:
 __all__ = [
     "averages_into_model",
     "holds_averages",
+    "is_swap_callback",
     "raw_weights_in_model",
     "saved_sources",
     "swap",

@@ -38,6 +38,8 @@ class SwapEMAWeights(keras.callbacks.Callback):
         >>> swap = keras_ckpt.SwapEMAWeights(swap_on_epoch=True)
     """
 
+    swaps_ema_weights = True  # how keras_ckpt.ema recognises it
+
     def __init__(self, swap_on_epoch: bool = False):
         super().__init__()
         self.swap_on_epoch = swap_on_epoch
