@@ -161,3 +161,139 @@ def test_files_hold_the_raw_weights_and_the_averages(tmp_path, data):
         weights, averages = saved_layers_and_averages(path)
         assert_weights_equal(weights, record.raw[epoch])
         assert_weights_equal(averages, record.averages[epoch])
+
+
+def test_files_hold_the_raw_weights_with_keras_own_swap_too(tmp_path, data):
+    """Keras's SwapEMAWeights copies the averages over the raw weights at the last epoch; the
+    raw weights are copied aside first. Its TensorFlow swap rounds, hence the tolerance."""
+    record = Record()
+    callbacks = [
+        record,
+        keras.callbacks.SwapEMAWeights(swap_on_epoch=True),
+        keras_ckpt.ModelCheckpoint(tmp_path / "model-{epoch}.weights.h5", save_weights_only=True),
+        keras_ckpt.ResumeFromLatest(tmp_path / "resume", keep_last=9),
+    ]
+    fit(make_model(), data, callbacks, epochs=2)
+    resume = keras_ckpt.list_checkpoints(tmp_path / "resume")
+    paths = [(0, tmp_path / "model-1.weights.h5"), (1, tmp_path / "model-2.weights.h5")]
+    for epoch, path in paths + [(r.epoch - 1, r.path) for r in resume]:
+        weights, averages = saved_layers_and_averages(path)
+        for saved, recorded in zip(weights, record.raw[epoch], strict=True):
+            np.testing.assert_allclose(saved, recorded, atol=1e-6)
+        for saved, recorded in zip(averages, record.averages[epoch], strict=True):
+            np.testing.assert_allclose(saved, recorded, atol=1e-6)
+
+
+def test_the_swap_is_exact_and_swaps_back(data):
+    model = make_model()
+    fit(model, data, [], epochs=1)
+    optimizer = model.optimizer
+    optimizer._model_variables_moving_average[0].assign(
+        optimizer._model_variables_moving_average[0] * 1.1 + 0.37
+    )  # raw and averages differ everywhere, with bits an add-and-subtract would round
+    raw = [np.array(v.numpy()) for v in model.trainable_variables]
+    averages = [np.array(a.numpy()) for a in optimizer._model_variables_moving_average]
+    swap = keras_ckpt.SwapEMAWeights()
+    swap.set_model(model)
+    swap.on_test_begin()
+    assert swap._ema_weights_in_model
+    assert_weights_equal([v.numpy() for v in model.trainable_variables], averages)
+    assert_weights_equal([a.numpy() for a in optimizer._model_variables_moving_average], raw)
+    swap.on_test_end()
+    assert not swap._ema_weights_in_model
+    assert_weights_equal([v.numpy() for v in model.trainable_variables], raw)
+    assert_weights_equal([a.numpy() for a in optimizer._model_variables_moving_average], averages)
+    # predict swaps back at its end (Keras's own callback leaves the averages in the model).
+    model.predict(data[0], verbose=0, callbacks=[swap])
+    assert_weights_equal([v.numpy() for v in model.trainable_variables], raw)
+
+
+def test_the_swap_needs_an_ema_optimizer(data):
+    model = make_model()
+    model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="`use_ema=True` is set on the optimizer"):
+        fit(model, data, [keras_ckpt.SwapEMAWeights()], epochs=1)
+
+
+def best_run(tmp_path, data, swap):
+    record = Record()
+    best = keras_ckpt.BestCheckpoint(tmp_path / "best", weights="ema", top_k=2)
+    model = make_model()
+    history = fit(model, data, [record, swap, best], epochs=3)
+    return record, best, history
+
+
+@pytest.mark.parametrize("swap_class", [keras_ckpt.SwapEMAWeights, keras.callbacks.SwapEMAWeights])
+def test_best_checkpoint_ranks_by_the_averages_and_loads_them(tmp_path, data, swap_class):
+    record, best, history = best_run(tmp_path, data, swap_class())
+    epoch = int(np.argmin(history.history["val_loss"]))
+    assert best.best_value == pytest.approx(history.history["val_loss"][epoch])
+    atol = 0 if swap_class is keras_ckpt.SwapEMAWeights else 1e-6
+    # The file resumes: raw weights as the model's, the averages in the optimizer.
+    loaded = keras_ckpt.load_best(tmp_path / "best")
+    for saved, raw in zip(loaded.get_weights(), record.raw[epoch], strict=True):
+        np.testing.assert_allclose(saved, raw, rtol=0, atol=atol)
+    # weights="ema": the model holding the averages, whose val_loss was the one ranked.
+    averaged = keras_ckpt.load_best(tmp_path / "best", weights="ema")
+    for saved, average in zip(averaged.get_weights(), record.averages[epoch], strict=True):
+        np.testing.assert_allclose(saved, average, rtol=0, atol=atol)
+    x_val, y_val = data[2:]
+    assert averaged.evaluate(x_val, y_val, verbose=0) == pytest.approx(best.best_value, rel=1e-5)
+    # Into a given model; load_checkpoint takes the argument too.
+    into = keras_ckpt.load_best(tmp_path / "best", model=make_model(seed=3), weights="ema")
+    assert_weights_equal(into.get_weights(), averaged.get_weights())
+    first = keras_ckpt.list_checkpoints(tmp_path / "best")[0]
+    loaded = keras_ckpt.load_checkpoint(first, weights="ema")
+    for saved, average in zip(loaded.get_weights(), record.averages[first.epoch - 1], strict=True):
+        np.testing.assert_allclose(saved, average, rtol=0, atol=atol)
+
+
+def test_export_with_the_averages(tmp_path, data, capsys):
+    from keras_ckpt import cli
+
+    record, best, history = best_run(tmp_path, data, keras_ckpt.SwapEMAWeights())
+    epoch = int(np.argmin(history.history["val_loss"]))
+    assert cli.main(["export", str(tmp_path / "best"), str(tmp_path / "raw.keras")]) == 0
+    out = str(tmp_path / "ema.keras")
+    assert cli.main(["export", str(tmp_path / "best"), out, "--weights", "ema"]) == 0
+    assert "with the moving averages as its weights" in capsys.readouterr().out
+    # Plain Keras opens both.
+    assert_weights_equal(
+        keras.saving.load_model(tmp_path / "raw.keras").get_weights(), record.raw[epoch]
+    )
+    assert_weights_equal(keras.saving.load_model(out).get_weights(), record.averages[epoch])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "ema.keras", "raw.keras"]
+
+
+def test_averages_are_asked_of_a_checkpoint_without_them(tmp_path, data, capsys):
+    from keras_ckpt import cli
+
+    model = make_model()
+    model.compile(optimizer="adam", loss="mse")
+    fit(model, data, [keras_ckpt.BestCheckpoint(tmp_path)], epochs=1)
+    with pytest.raises(ValueError, match="weights='ema' needs moving averages, but .* has none"):
+        keras_ckpt.load_best(tmp_path, weights="ema")
+    assert cli.main(["export", str(tmp_path), str(tmp_path / "out.keras"), "--weights", "ema"]) == 2
+    assert "has none" in capsys.readouterr().err
+    assert not (tmp_path / "out.keras").exists()
+
+
+def test_weights_argument_errors(tmp_path, data):
+    message = r"Argument `weights` must be one of 'raw', 'ema'. Received: weights='EMA'"
+    with pytest.raises(ValueError, match=message):
+        keras_ckpt.BestCheckpoint(tmp_path, weights="EMA")
+    with pytest.raises(ValueError, match=message):
+        keras_ckpt.load_best(tmp_path, weights="EMA")
+    with pytest.raises(ValueError, match="add keras_ckpt.SwapEMAWeights()"):
+        fit(make_model(), data, [keras_ckpt.BestCheckpoint(tmp_path, weights="ema")], epochs=1)
+    with pytest.raises(ValueError, match="Pass weights='ema' to rank by them"):
+        fit(
+            make_model(),
+            data,
+            [keras_ckpt.SwapEMAWeights(), keras_ckpt.BestCheckpoint(tmp_path)],
+            epochs=1,
+        )
+    plain = make_model()
+    plain.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="Set `use_ema=True` on the optimizer"):
+        fit(plain, data, [keras_ckpt.BestCheckpoint(tmp_path, weights="ema")], epochs=1)
