@@ -97,6 +97,10 @@ def _keep_raw(model: keras.Model) -> None:
     else:
         raw = [_copy(variable) for variable, _ in pairs]
     _kept_raw[model] = raw
+    for reference in _keras_swaps.get(model, []):
+        callback = reference()
+        if callback is not None:
+            keras_adapter.forget_keras_swap(callback)
 
 
 def swap(model: keras.Model) -> None:

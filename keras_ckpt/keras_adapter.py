@@ -797,6 +797,16 @@ def keras_swap_holds_ema(callback: Any) -> bool:
     return bool(getattr(callback, "_ema_weights_in_model", False))
 
 
+def forget_keras_swap(callback: Any) -> None:
+    """Tells Keras's own ``SwapEMAWeights`` ``callback`` that the model does not hold the
+    averages "instead of" the raw weights: at the end of ``fit`` the model and the optimizer's
+    slots both hold them, and a later ``fit`` that restores the raw weights (``ResumeFromLatest``)
+    must not have them exchanged at its first epoch. Probe ``KERAS_SWAP_STATE_SUPPORTED``; where
+    it fails, nothing is done."""
+    if KERAS_SWAP_STATE_SUPPORTED:
+        callback._ema_weights_in_model = False
+
+
 def run_before(owner: Any, method: str, hook: Callable[[], None]) -> None:
     """Makes ``owner.<method>`` call ``hook()`` first (on this instance only; calling it again
     replaces the hook). Used on an EMA optimizer's ``finalize_variable_values``, which copies the
