@@ -291,3 +291,40 @@ def test_weights_argument_errors(tmp_path, data):
     plain.compile(optimizer="adam", loss="mse")
     with pytest.raises(ValueError, match="Set `use_ema=True` on the optimizer"):
         fit(plain, data, [keras_ckpt.BestCheckpoint(tmp_path, weights="ema")], epochs=1)
+
+
+def test_keras_own_synchronous_saves_get_the_raw_weights_too(data):
+    """A legacy .h5 file is written by Keras from the model itself: the raw weights are put in
+    place for the write and everything is put back exactly."""
+    from keras_ckpt import ema
+
+    model = make_model()
+    fit(model, data, [], epochs=1)
+    optimizer = model.optimizer
+    optimizer._model_variables_moving_average[0].assign(
+        optimizer._model_variables_moving_average[0] + 1.0
+    )
+    raw = [np.array(v.numpy()) for v in model.trainable_variables]
+    averages = [np.array(a.numpy()) for a in optimizer._model_variables_moving_average]
+    slots = optimizer._model_variables_moving_average
+    ema.swap(model)
+    with ema.raw_weights_in_model(model):
+        assert_weights_equal([v.numpy() for v in model.trainable_variables], raw)
+        assert_weights_equal([a.numpy() for a in slots], averages)
+    assert_weights_equal([v.numpy() for v in model.trainable_variables], averages)
+    ema.swap(model)
+    assert_weights_equal([v.numpy() for v in model.trainable_variables], raw)
+
+
+def test_without_the_ema_internals_a_save_refuses_and_a_swap_state_warns(monkeypatch, data):
+    from keras_ckpt import keras_adapter
+
+    model = make_model()
+    fit(model, data, [], epochs=1)
+    monkeypatch.setattr(keras_adapter, "EMA_SUPPORTED", False)
+    with pytest.raises(keras_adapter.KerasInternalsError, match="_model_variables_moving_average"):
+        keras_adapter.ema_variable_pairs(model)
+    monkeypatch.setattr(keras_adapter, "KERAS_SWAP_STATE_SUPPORTED", False)
+    monkeypatch.setattr(keras_adapter, "_warned", set())
+    with pytest.warns(UserWarning, match="use keras_ckpt.SwapEMAWeights"):
+        assert not keras_adapter.keras_swap_holds_ema(keras.callbacks.SwapEMAWeights())
