@@ -328,3 +328,12 @@ def test_without_the_ema_internals_a_save_refuses_and_a_swap_state_warns(monkeyp
     monkeypatch.setattr(keras_adapter, "_warned", set())
     with pytest.warns(UserWarning, match="use keras_ckpt.SwapEMAWeights"):
         assert not keras_adapter.keras_swap_holds_ema(keras.callbacks.SwapEMAWeights())
+
+
+def test_early_stopping_restores_the_best_averages(tmp_path, data):
+    best = keras_ckpt.BestCheckpoint(tmp_path, weights="ema")
+    stop = keras_ckpt.EarlyStopping(patience=5, restore_best_weights=best)
+    model = make_model()
+    fit(model, data, [keras_ckpt.SwapEMAWeights(), best, stop], epochs=3)
+    expected = keras_ckpt.load_best(tmp_path, weights="ema")
+    assert_weights_equal(model.get_weights(), expected.get_weights())
