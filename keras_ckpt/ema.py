@@ -103,6 +103,18 @@ def _keep_raw(model: keras.Model) -> None:
             keras_adapter.forget_keras_swap(callback)
 
 
+def loaded(model: keras.Model) -> None:
+    """The model's variables were just loaded from a checkpoint: the raw weights are in the
+    model and the averages in the slots, whatever a swap had done before (a fit that crashed
+    while the model held the averages, then a resume into the same model)."""
+    _kept_raw.pop(model, None)
+    _swapped.pop(model, None)
+    for reference in _keras_swaps.get(model, []):
+        callback = reference()
+        if callback is not None:
+            keras_adapter.forget_keras_swap(callback)
+
+
 def swap(model: keras.Model) -> None:
     """Exchanges the model's weights and their moving averages, bit for bit (a copy and two
     assignments per variable; Keras's TensorFlow swap adds and subtracts, which rounds).
@@ -191,6 +203,7 @@ __all__ = [
     "averages_into_model",
     "holds_averages",
     "is_swap_callback",
+    "loaded",
     "raw_weights_in_model",
     "saved_sources",
     "swap",

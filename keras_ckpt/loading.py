@@ -363,6 +363,9 @@ def load_weights(model: keras.Model, path: str) -> None:
     if optimizer is not None and not optimizer.built and model.built:
         optimizer.build(model.trainable_variables)
     model.load_weights(path)
+    from keras_ckpt import ema  # imports Keras
+
+    ema.loaded(model)
 
 
 def _check_load_options(safe_mode: Any, custom_objects: Any) -> None:

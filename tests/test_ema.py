@@ -337,3 +337,25 @@ def test_early_stopping_restores_the_best_averages(tmp_path, data):
     fit(model, data, [keras_ckpt.SwapEMAWeights(), best, stop], epochs=3)
     expected = keras_ckpt.load_best(tmp_path, weights="ema")
     assert_weights_equal(model.get_weights(), expected.get_weights())
+
+
+class CrashAtEpochBegin(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_resume_into_the_model_that_crashed_holding_the_averages(tmp_path, data):
+    expected = make_model()
+    fit(expected, data, [keras_ckpt.SwapEMAWeights(swap_on_epoch=True)])
+    model = make_model()
+    resume = keras_ckpt.ResumeFromLatest(tmp_path)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        # Listed first, the crash comes before the swap back: the model holds the averages.
+        fit(model, data, [CrashAtEpochBegin(2), keras_ckpt.SwapEMAWeights(True), resume])
+    fit(model, data, [keras_ckpt.SwapEMAWeights(swap_on_epoch=True), resume])
+    assert_weights_equal(model.get_weights(), expected.get_weights())
