@@ -75,7 +75,9 @@ def saved_layers_and_averages(path):
     return [np.array(w) for w in model.get_weights()], averages
 
 
-@pytest.mark.parametrize("swap_class", [keras_ckpt.SwapEMAWeights, None])
+@pytest.mark.parametrize(
+    "swap_class", [keras_ckpt.SwapEMAWeights, None], ids=["keras_ckpt_swap", "no_swap"]
+)
 def test_resume_is_exact_with_the_keras_recipe(tmp_path, data, swap_class):
     def callbacks(crash=None):
         swap = [swap_class(swap_on_epoch=True)] if swap_class else []
@@ -104,7 +106,9 @@ def test_resume_is_exact_with_the_keras_recipe(tmp_path, data, swap_class):
 
 
 @pytest.mark.parametrize(
-    "swap_class", [keras_ckpt.SwapEMAWeights, keras.callbacks.SwapEMAWeights, None]
+    "swap_class",
+    [keras_ckpt.SwapEMAWeights, keras.callbacks.SwapEMAWeights, None],
+    ids=["keras_ckpt_swap", "keras_swap", "no_swap"],
 )
 def test_a_finished_run_extended_equals_one_longer_run(tmp_path, data, swap_class):
     swap = [swap_class(swap_on_epoch=True)] if swap_class else []  # one instance for every fit
@@ -217,7 +221,11 @@ def best_run(tmp_path, data, swap):
     return record, best, history
 
 
-@pytest.mark.parametrize("swap_class", [keras_ckpt.SwapEMAWeights, keras.callbacks.SwapEMAWeights])
+@pytest.mark.parametrize(
+    "swap_class",
+    [keras_ckpt.SwapEMAWeights, keras.callbacks.SwapEMAWeights],
+    ids=["keras_ckpt_swap", "keras_swap"],
+)
 def test_best_checkpoint_ranks_by_the_averages_and_loads_them(tmp_path, data, swap_class):
     record, best, history = best_run(tmp_path, data, swap_class())
     epoch = int(np.argmin(history.history["val_loss"]))
