@@ -44,6 +44,8 @@ def watch(model: keras.Model, callbacks: list[Any]) -> None:
     """Called as ``fit`` begins: forgets the previous fit's end, notes Keras's own
     ``SwapEMAWeights`` among ``callbacks``, and has the raw weights copied aside before anything
     overwrites them with the averages at the end of this fit."""
+    if model is None:  # hooks called without a model (a test driving them)
+        return
     _kept_raw.pop(model, None)
     keras_swaps = [c for c in callbacks if isinstance(c, keras.callbacks.SwapEMAWeights)]
     _keras_swaps[model] = [weakref.ref(c) for c in keras_swaps]
