@@ -25,6 +25,7 @@ _EXPORTS = {
     "ResumeFromLatest": "keras_ckpt.callbacks.resume",
     "RollbackOnDivergence": "keras_ckpt.callbacks.rollback",
     "StochasticWeightAveraging": "keras_ckpt.callbacks.swa",
+    "SwapEMAWeights": "keras_ckpt.callbacks.swap_ema_weights",
     "average_checkpoints": "keras_ckpt.averaging",
     "best_checkpoint": "keras_ckpt.loading",
     "latest_checkpoint": "keras_ckpt.loading",
@@ -49,6 +50,7 @@ __all__ = [
     "ResumeFromLatest",
     "RollbackOnDivergence",
     "StochasticWeightAveraging",
+    "SwapEMAWeights",
     "average_checkpoints",
     "best_checkpoint",
     "latest_checkpoint",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
     from keras_ckpt.callbacks.resume import ResumeFromLatest
     from keras_ckpt.callbacks.rollback import RollbackOnDivergence
     from keras_ckpt.callbacks.swa import StochasticWeightAveraging
+    from keras_ckpt.callbacks.swap_ema_weights import SwapEMAWeights
     from keras_ckpt.loading import (
         best_checkpoint,
         latest_checkpoint,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -175,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output", metavar="OUT.keras")
     export.add_argument(
         "--which", default="best", help="'best' (the default), 'latest' or an epoch number"
+    )
+    export.add_argument(
+        "--weights",
+        choices=("raw", "ema"),
+        default="raw",
+        help="'raw' (the default): the file as saved; 'ema': the model holding the optimizer's "
+        "moving averages (a run with use_ema=True)",
     )
 
     average = commands.add_parser(
@@ -770,19 +778,40 @@ def _export(args: argparse.Namespace) -> int:
         except _checkpoint_failures(path) as error:
             raise UsageError(f"{_describe(error)} Nothing exported") from None
         output = _export_target(args.output, path)
-        temporary = f"{output}.tmp-{uuid.uuid4().hex[:8]}"
+        averaged = None
+        if args.weights == "ema":
+            averaged = _with_averages(dataclasses.replace(record, path=source), path)
+        # Keras saves only to a name ending in .keras.
+        temporary = f"{output}.tmp-{uuid.uuid4().hex[:8]}" + (
+            ".keras" if averaged is not None else ""
+        )
         try:
             # Missing parent folders are created (as export always did): the path says where.
             os.makedirs(os.path.dirname(output), exist_ok=True)
-            shutil.copyfile(source, temporary)
+            if averaged is None:
+                shutil.copyfile(source, temporary)
+            else:
+                averaged.save(temporary)
             os.replace(temporary, output)
         except OSError as error:
             raise UsageError(f"cannot write {output}: {_describe(error)}") from None
         finally:
             with contextlib.suppress(OSError):
                 os.remove(temporary)
-    print(f"exported {record.filename} (epoch {record.epoch}) to {output}")
+    averages = " with the moving averages as its weights" if args.weights == "ema" else ""
+    print(f"exported {record.filename} (epoch {record.epoch}) to {output}{averages}")
     return 0
+
+
+def _with_averages(record: CheckpointRecord, directory: str) -> Any:
+    """The checkpoint's model (verified already) with its optimizer's moving averages as its
+    weights, for ``export --weights ema``."""
+    from keras_ckpt.loading import load_checkpoint
+
+    try:
+        return load_checkpoint(record, verify_checksum=False, weights="ema")
+    except _checkpoint_failures(directory) + (ValueError,) as error:
+        raise UsageError(f"{_describe(error)} Nothing exported") from None
 
 
 def _average(args: argparse.Namespace) -> int:

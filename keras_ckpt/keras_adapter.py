@@ -781,3 +781,106 @@ def tensorflow_read(value: Any) -> Any:
     if not tensorflow_reads_hold():
         return None
     return tf.identity(value)
+
+
+# Exponential moving averages (use_ema) -------------------------------------------------------
+
+EMA_SUPPORTED = {"_model_variables_moving_average", "_trainable_variables"} <= _OPTIMIZER_NAMES
+"""An optimizer with ``use_ema=True`` keeps the averages in ``_model_variables_moving_average``,
+one per variable of ``_trainable_variables`` (the model's, as built), in the same order."""
+
+_KERAS_SWAP_NAMES = _class_code_names(getattr(keras.callbacks, "SwapEMAWeights", None))
+
+KERAS_SWAP_STATE_SUPPORTED = {"_ema_weights_in_model", "_finalize_ema_values"} <= _KERAS_SWAP_NAMES
+"""Keras's ``SwapEMAWeights`` records in ``_ema_weights_in_model`` whether the model holds the
+averages, and copies them over its raw weights in ``_finalize_ema_values`` at the last epoch."""
+
+
+def _ema_optimizers(model: keras.Model) -> list[Any]:
+    """The optimizers of ``model`` with ``use_ema=True`` (inside a LossScaleOptimizer too)."""
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    inner = getattr(optimizer, "optimizers", None)
+    candidates = list(inner) if isinstance(inner, (list, tuple)) else [optimizer]
+    return [o for o in candidates if o is not None and getattr(o, "use_ema", False)]
+
+
+def uses_ema(model: keras.Model) -> bool:
+    """Whether the model's optimizer keeps moving averages (``use_ema=True``). Public API only."""
+    return bool(_ema_optimizers(model))
+
+
+def ema_variable_pairs(model: keras.Model) -> list[tuple[Any, Any]]:
+    """``(model variable, its moving average)`` for every variable an EMA optimizer averages;
+    ``[]`` without ``use_ema`` or before the optimizer is built.
+
+    Raises:
+        KerasInternalsError: Where the probe ``EMA_SUPPORTED`` fails and the optimizer uses EMA:
+            a checkpoint would silently hold the averages in the wrong place.
+    """
+    pairs: list[tuple[Any, Any]] = []
+    for optimizer in _ema_optimizers(model):
+        if not EMA_SUPPORTED:
+            raise _missing(
+                "Saving with use_ema=True", "`optimizer._model_variables_moving_average`"
+            )
+        averages = getattr(optimizer, "_model_variables_moving_average", None)
+        variables = getattr(optimizer, "_trainable_variables", None)
+        if not getattr(optimizer, "built", False) or averages is None or variables is None:
+            continue
+        pairs += [(v, a) for v, a in zip(variables, averages, strict=True) if a is not None]
+    return pairs
+
+
+def keras_swap_holds_ema(callback: Any) -> bool:
+    """Whether Keras's own ``SwapEMAWeights`` ``callback`` has put the averages into the model.
+
+    Probe ``KERAS_SWAP_STATE_SUPPORTED``; where it fails: one warning and ``False`` (a checkpoint
+    saved while Keras's callback has swapped then holds the averages as the model's weights).
+    """
+    if not KERAS_SWAP_STATE_SUPPORTED:
+        _degrade(
+            "keras_swap_holds_ema",
+            "`SwapEMAWeights._ema_weights_in_model`",
+            "use keras_ckpt.SwapEMAWeights so that checkpoints keep the raw weights",
+        )
+        return False
+    return bool(getattr(callback, "_ema_weights_in_model", False))
+
+
+def forget_keras_swap(callback: Any) -> None:
+    """Tells Keras's own ``SwapEMAWeights`` ``callback`` that the model does not hold the
+    averages "instead of" the raw weights: at the end of ``fit`` the model and the optimizer's
+    slots both hold them, and a later ``fit`` that restores the raw weights (``ResumeFromLatest``)
+    must not have them exchanged at its first epoch. Probe ``KERAS_SWAP_STATE_SUPPORTED``; where
+    it fails, nothing is done."""
+    if KERAS_SWAP_STATE_SUPPORTED:
+        callback._ema_weights_in_model = False
+
+
+def run_before(owner: Any, method: str, hook: Callable[[], None]) -> None:
+    """Makes ``owner.<method>`` call ``hook()`` first (on this instance only; calling it again
+    replaces the hook). Used on an EMA optimizer's ``finalize_variable_values``, which copies the
+    averages over the model's weights at the end of ``fit``, and on Keras's ``SwapEMAWeights``'s
+    ``_finalize_ema_values`` (probe ``KERAS_SWAP_STATE_SUPPORTED``; where it fails, nothing is
+    done there), so that the raw weights are copied aside before they are overwritten."""
+    if method.startswith("_") and not KERAS_SWAP_STATE_SUPPORTED:
+        return
+    hooks = owner.__dict__.get("_keras_ckpt_hooks")
+    if hooks is None:
+        hooks = {}
+        object.__setattr__(owner, "_keras_ckpt_hooks", hooks)
+    if method not in hooks:
+        original = getattr(owner, method)
+
+        def run_hook_first(*args: Any, **kwargs: Any) -> Any:
+            hooks[method]()
+            return original(*args, **kwargs)
+
+        object.__setattr__(owner, method, run_hook_first)
+    hooks[method] = hook
+
+
+def ema_optimizers(model: keras.Model) -> list[Any]:
+    """The optimizers of ``model`` with ``use_ema=True``. Public API only."""
+    return _ema_optimizers(model)

@@ -129,6 +129,7 @@ def load_best(
     custom_objects: dict[str, Any] | None = None,
     monitor: str | None = None,
     mode: str = "auto",
+    weights: str = "raw",
 ) -> keras.Model:
     """Loads the best checkpoint of ``directory`` (written by ``BestCheckpoint``, or by any
     saving callback when ``monitor`` is given).
@@ -148,6 +149,9 @@ def load_best(
         monitor: Load the checkpoint with the best value of this metric instead of the one
             the ``best`` alias names (see ``best_checkpoint``).
         mode: ``"min"``, ``"max"`` or ``"auto"``, for ``monitor``.
+        weights: ``"raw"`` (the default): the model's weights as saved, the raw ones of a
+            ``use_ema=True`` run. ``"ema"``: the optimizer's moving averages are copied over
+            them, giving the model to evaluate or export (its optimizer keeps the averages).
 
     Under ``safe_mode=True`` the archive's ``config.json`` is read first, and a checkpoint
     whose config names a module outside Keras (``keras``, ``keras_hub``, ``keras_cv``,
@@ -175,7 +179,9 @@ def load_best(
         keras_ckpt.CheckpointCorruptedError: If the file does not match its manifest entry,
             or a whole-model file is not a ``.keras`` archive with a readable ``config.json``.
         ValueError: If the best checkpoint holds weights only and no ``model`` is given, if
-            ``safe_mode`` is not a bool or ``custom_objects`` is not a dict or None, when the
+            ``safe_mode`` is not a bool or ``custom_objects`` is not a dict or None, if
+            ``weights`` is not ``"raw"`` or ``"ema"``, or is ``"ema"`` and the checkpoint (or
+            the ``model`` given) has no moving averages, when the
             config names a module outside Keras under ``safe_mode=True`` (see above), or when
             Keras refuses the model (a ``Lambda`` layer under ``safe_mode=True``, say).
         keras_ckpt.loading.DistributedLoadError: If ``model`` spans several processes and not
@@ -186,6 +192,7 @@ def load_best(
         After ``keras-ckpt demo``: ``model = keras_ckpt.load_best("runs/demo")``.
     """
     _check_load_options(safe_mode, custom_objects)
+    validation.weights(weights)
     return _load(
         "load_best",
         best_checkpoint(directory, monitor, mode),
@@ -193,6 +200,7 @@ def load_best(
         verify_checksum=verify_checksum,
         safe_mode=safe_mode,
         custom_objects=custom_objects,
+        weights=weights,
     )
 
 
@@ -203,6 +211,7 @@ def load_latest(
     verify_checksum: bool = True,
     safe_mode: bool = True,
     custom_objects: dict[str, Any] | None = None,
+    weights: str = "raw",
 ) -> keras.Model:
     """Loads the newest checkpoint of ``directory`` (written by ``IntervalCheckpoint``).
 
@@ -210,6 +219,7 @@ def load_latest(
     ``load_best``.
     """
     _check_load_options(safe_mode, custom_objects)
+    validation.weights(weights)
     return _load(
         "load_latest",
         latest_checkpoint(directory),
@@ -217,6 +227,7 @@ def load_latest(
         verify_checksum=verify_checksum,
         safe_mode=safe_mode,
         custom_objects=custom_objects,
+        weights=weights,
     )
 
 
@@ -227,6 +238,7 @@ def load_checkpoint(
     verify_checksum: bool = True,
     safe_mode: bool = True,
     custom_objects: dict[str, Any] | None = None,
+    weights: str = "raw",
 ) -> keras.Model:
     """Loads one checkpoint record: the whole model, or its weights into ``model``.
 
@@ -238,6 +250,7 @@ def load_checkpoint(
         safe_mode: For a whole-model checkpoint, passed to ``keras.saving.load_model``; keep
             the default ``True`` unless you trust the file (see ``load_best``).
         custom_objects: For a whole-model checkpoint, passed to ``keras.saving.load_model``.
+        weights: ``"raw"`` or ``"ema"``, as for ``load_best``.
 
     Modules named in the config and several processes: as for ``load_best``.
 
@@ -250,6 +263,7 @@ def load_checkpoint(
         keras_ckpt.loading.DistributedLoadError: As for ``load_best``.
     """
     _check_load_options(safe_mode, custom_objects)
+    validation.weights(weights)
     return _load(
         "load_checkpoint",
         record,
@@ -257,6 +271,7 @@ def load_checkpoint(
         verify_checksum=verify_checksum,
         safe_mode=safe_mode,
         custom_objects=custom_objects,
+        weights=weights,
     )
 
 
@@ -268,15 +283,40 @@ def _load(
     verify_checksum: bool,
     safe_mode: bool,
     custom_objects: dict[str, Any] | None,
+    weights: str = "raw",
 ) -> keras.Model:
     """``load_checkpoint``, for the public loader ``caller`` (named in its errors)."""
+    model = _load_as_saved(
+        caller,
+        record,
+        model,
+        verify_checksum=verify_checksum,
+        safe_mode=safe_mode,
+        custom_objects=custom_objects,
+    )
+    if weights == "ema":
+        from keras_ckpt import ema  # imports Keras
+
+        ema.averages_into_model(model, record.path)
+    return model
+
+
+def _load_as_saved(
+    caller: str,
+    record: CheckpointRecord,
+    model: keras.Model | None,
+    *,
+    verify_checksum: bool,
+    safe_mode: bool,
+    custom_objects: dict[str, Any] | None,
+) -> keras.Model:
     import keras
 
     if remote.is_url(record.path) and record.parts:
         verify(record)  # refused: a checkpoint of several files is kept in local directories only
     if remote.is_url(record.path):  # Keras opens local files: a verified download, then that
         with remote.local_copy(record, verify_checksum) as path:
-            return _load(
+            return _load_as_saved(
                 caller,
                 dataclasses.replace(record, path=path),
                 model,
@@ -327,6 +367,9 @@ def load_weights(model: keras.Model, path: str) -> None:
     if optimizer is not None and not optimizer.built and model.built:
         optimizer.build(model.trainable_variables)
     model.load_weights(path)
+    from keras_ckpt import ema  # imports Keras
+
+    ema.loaded(model)
 
 
 def _check_load_options(safe_mode: Any, custom_objects: Any) -> None:

@@ -27,7 +27,7 @@ import h5py
 import keras
 import numpy as np
 
-from keras_ckpt import keras_adapter
+from keras_ckpt import ema, keras_adapter
 
 _COPY_CHUNK = 1 << 20
 
@@ -321,6 +321,7 @@ def take_snapshot(
         config_json, metadata_json = keras_adapter.model_config_json(model)
     calls, assets = _saving_calls(model, with_assets=not weights_only)
     try:
+        calls = _raw_weights_and_averages(model, calls)
         copies = [
             (op, key, snapshot_copy(value) if op == "set" else value) for op, key, value in calls
         ]
@@ -333,6 +334,42 @@ def take_snapshot(
     )
 
 
+def _raw_weights_and_averages(
+    model: keras.Model, calls: list[tuple[str, Any, Any]]
+) -> list[tuple[str, Any, Any]]:
+    """``calls`` reading the raw weights for the model's variables and the moving averages for
+    the optimizer's slots, wherever ``SwapEMAWeights`` or the end of ``fit`` has put them now
+    (``ema.saved_sources``): a checkpoint of an EMA run always resumes from the raw weights."""
+    sources = ema.saved_sources(model)
+    if not sources:
+        return calls
+    optimizer_variables = list(getattr(model.optimizer, "variables", []) or [])
+    found, result, group = set(), [], None
+    for op, key, value in calls:
+        if op == "make":
+            group = key
+        elif op == "set":
+            variable = value
+            if (
+                not isinstance(value, keras.Variable)
+                and group == "optimizer"
+                and key.isdigit()
+                and int(key) < len(optimizer_variables)
+            ):
+                variable = optimizer_variables[int(key)]  # Keras saved a copy of its value
+            if id(variable) in sources:
+                found.add(id(variable))
+                value = sources[id(variable)]
+        result.append((op, key, value))
+    if len(found) != len(sources):
+        raise RuntimeError(
+            f"keras_ckpt: Keras {keras.__version__} saved {len(found)} of the {len(sources)} "
+            "model and moving-average variables where keras_ckpt looks for them; the checkpoint "
+            "would hold the averages as the model's weights, so it is not written."
+        )
+    return result
+
+
 def write_now(
     model: keras.Model, path: str, weights_only: bool, max_shard_size: float | None = None
 ) -> None:
@@ -343,14 +380,15 @@ def write_now(
     a name is Keras's legacy HDF5 model (``model.save`` writes it). With ``max_shard_size``,
     sharded weights (``path`` the ``.weights.json`` index).
     """
-    if weights_only and max_shard_size is not None:
-        model.save_weights(path, overwrite=True, max_shard_size=max_shard_size)
-    elif weights_only and not path.endswith(".weights.h5"):
-        keras_adapter.save_legacy_h5_weights(model, path)
-    elif weights_only:
-        model.save_weights(path, overwrite=True)
-    else:
-        model.save(path, overwrite=True)
+    with ema.raw_weights_in_model(model):
+        if weights_only and max_shard_size is not None:
+            model.save_weights(path, overwrite=True, max_shard_size=max_shard_size)
+        elif weights_only and not path.endswith(".weights.h5"):
+            keras_adapter.save_legacy_h5_weights(model, path)
+        elif weights_only:
+            model.save_weights(path, overwrite=True)
+        else:
+            model.save(path, overwrite=True)
 
 
 __all__ = [

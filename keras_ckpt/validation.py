@@ -169,6 +169,20 @@ def one_of(name: str, value: Any, allowed: Sequence[Any]) -> Any:
     return value
 
 
+WEIGHTS = ("raw", "ema")
+"""Which weights of a ``use_ema=True`` run: the trained ones, or their moving averages."""
+
+
+def weights(value: Any) -> str:
+    """The ``weights`` argument: ``"raw"`` or ``"ema"``.
+
+    Example:
+        >>> weights("ema")
+        'ema'
+    """
+    return str(one_of("weights", value, WEIGHTS))
+
+
 def non_empty_str(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ArgumentTypeError(

@@ -27,6 +27,7 @@ REPLACED = (
     "LearningRateScheduler",
     "ModelCheckpoint",
     "ReduceLROnPlateau",
+    "SwapEMAWeights",
 )
 
 

@@ -34,6 +34,7 @@ FLOORS = {
     "schedules": KERAS,
     "loading": KERAS,
     "averaging": KERAS,
+    "ema": KERAS,
     "callbacks": CALLBACKS,
     "cli": ENTRY,
     "demo": ENTRY,

@@ -34,6 +34,7 @@ CLASSES = [
     ("ReduceLROnPlateau", {}),
     ("LearningRateScheduler", {"schedule": lambda epoch: 0.1}),
     ("BackupAndRestore", {"backup_dir": "backup"}),
+    ("SwapEMAWeights", {"swap_on_epoch": True}),
 ]
 
 

@@ -45,11 +45,21 @@ TEST_FILES = [
     "learning_rate_scheduler_test.py",
     "model_checkpoint_test.py",
     "reduce_lr_on_plateau_test.py",
+    "swap_ema_weights_test.py",
 ]
 TESTS_DIRECTORY = pathlib.Path(__file__).parent
 SOURCE_ROOT = TESTS_DIRECTORY.parent
 
 PLATEAU = "reduce_lr_on_plateau_test.py::ReduceLROnPlateauTest"
+SWAP = "swap_ema_weights_test.py::SwapEMAWeightsTest"
+EMA_FILES_HOLD_RAW_WEIGHTS = (
+    "It expects Keras's recipe, SwapEMAWeights(swap_on_epoch=True) before ModelCheckpoint, to "
+    "save the moving averages as the model's weights, with the raw weights in the optimizer's "
+    "slots: a resume from that file diverges. keras_ckpt's checkpoints hold the raw weights as "
+    "the model's and the averages in the optimizer, so they resume exactly; "
+    "load_best(weights='ema') and keras-ckpt export --weights ema give the averages "
+    "(test_ema.py)."
+)
 
 # Keras test -> (text its failure must contain, why keras_ckpt differs on purpose).
 EXPECTED_FAILURES = {
@@ -58,6 +68,11 @@ EXPECTED_FAILURES = {
         "Keras cannot lower the rate of an optimizer built with a LearningRateSchedule and raises "
         "TypeError; keras_ckpt's ReduceLROnPlateau scales the schedule instead (tested in "
         "test_stopping_and_lr.py).",
+    ),
+    f"{SWAP}::test_swap_ema_weights_on_epoch": ("AssertionError", EMA_FILES_HOLD_RAW_WEIGHTS),
+    f"{SWAP}::test_swap_ema_weights_with_tf_distribute": (
+        "AssertionError",
+        EMA_FILES_HOLD_RAW_WEIGHTS,
     ),
     "backup_and_restore_test.py::BackupAndRestoreCallbackTest::test_best_case_step": (
         "_last_batch_seen",

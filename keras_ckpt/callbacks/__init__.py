@@ -9,6 +9,7 @@ from keras_ckpt.callbacks.model_checkpoint import ModelCheckpoint
 from keras_ckpt.callbacks.resume import ResumeFromLatest
 from keras_ckpt.callbacks.rollback import RollbackOnDivergence
 from keras_ckpt.callbacks.swa import StochasticWeightAveraging
+from keras_ckpt.callbacks.swap_ema_weights import SwapEMAWeights
 
 __all__ = [
     "BackupAndRestore",
@@ -21,4 +22,5 @@ __all__ = [
     "ResumeFromLatest",
     "RollbackOnDivergence",
     "StochasticWeightAveraging",
+    "SwapEMAWeights",
 ]

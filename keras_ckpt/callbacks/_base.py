@@ -12,7 +12,7 @@ from typing import Any
 
 import keras
 
-from keras_ckpt import naming, processes, ranking, remote, validation
+from keras_ckpt import ema, naming, processes, ranking, remote, validation
 from keras_ckpt.callbacks._monitor import (
     EVENT_PREFIX,
     batches_trained,
@@ -252,6 +252,12 @@ class StoreCallback(keras.callbacks.Callback):
             name.startswith("learning_rate") for name in logs
         ):
             log_learning_rates(self.model, logs)  # unless a learning-rate callback did
+
+    def _watch_ema(self) -> None:
+        """With ``use_ema=True``, every checkpoint of this fit holds the raw weights as the
+        model's and the moving averages in the optimizer, whatever a ``SwapEMAWeights`` or the
+        end of ``fit`` does with them (``keras_ckpt.ema``)."""
+        ema.watch(self.model, fit_callbacks(self))
 
     def _warn_if_tensorboard_comes_first(self) -> None:
         if self.event_name is None:

@@ -7,9 +7,10 @@ import os
 import warnings
 from typing import Any
 
-from keras_ckpt import naming, ranking, validation
+from keras_ckpt import ema, naming, ranking, validation
 from keras_ckpt.callbacks._base import StoreCallback, sharded_weights_size
 from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
+from keras_ckpt.keras_adapter import fit_callbacks, uses_ema
 from keras_ckpt.policies import KeepBest
 from keras_ckpt.records import BEST_ALIAS, CheckpointRecord
 from keras_ckpt.store import Store, check_directory_usable
@@ -46,6 +47,13 @@ class BestCheckpoint(LazyMode, StoreCallback):
         async_save: Copy the variables to host memory on the training thread and write the
             file in the background (at most one save in flight; a failure is raised at the next
             save or at the end of training). ``False`` writes before training goes on.
+        weights: ``"raw"`` (the default) ranks by the metrics as ``fit`` reports them.
+            ``"ema"``, for an optimizer with ``use_ema=True``, ranks by the metrics of the
+            model holding the moving averages: a ``SwapEMAWeights`` (keras_ckpt's or Keras's)
+            must be among the callbacks of ``fit``, which validates with the averages. Either
+            way each file holds the raw weights as the model's weights and the averages in the
+            optimizer (so it resumes); ``load_best(directory, weights="ema")`` and
+            ``keras-ckpt export --weights ema`` give the model holding the averages.
         max_shard_size: Save Keras's sharded weights (``.weights.json`` plus shard files): the
             largest shard in GB, as ``model.save_weights`` takes it. Needs
             ``save_weights_only=True`` and Keras 3.10 or newer; a local ``directory``. The
@@ -56,7 +64,10 @@ class BestCheckpoint(LazyMode, StoreCallback):
             ``load_best`` / ``keras_ckpt.best_checkpoint`` find it there.
 
     Raises:
-        ValueError: On any invalid argument, naming it.
+        ValueError: On any invalid argument, naming it; as training begins, with
+            ``weights="ema"`` if the optimizer has no ``use_ema=True`` or no
+            ``SwapEMAWeights`` is in the ``fit``, and with ``weights="raw"`` if a
+            ``SwapEMAWeights`` is (the validation metrics are then the averages').
 
     Example:
         >>> import keras_ckpt
@@ -76,6 +87,7 @@ class BestCheckpoint(LazyMode, StoreCallback):
         filename: str | None = None,
         verbose: int = 0,
         async_save: bool = True,
+        weights: str = "raw",
         *,
         max_shard_size: float | None = None,
     ):
@@ -90,6 +102,7 @@ class BestCheckpoint(LazyMode, StoreCallback):
         self.top_k = validation.positive_int("top_k", top_k)
         self.min_delta = validation.non_negative_float("min_delta", min_delta)
         self.verbose = validation.one_of("verbose", verbose, (0, 1))
+        self.weights = validation.weights(weights)
         self.filename = naming.checked_template(
             naming.default_best_template(monitor) if filename is None else filename,
             self.save_weights_only,
@@ -107,6 +120,8 @@ class BestCheckpoint(LazyMode, StoreCallback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._settle()
+        self._watch_ema()
+        self._check_weights()
         self._warn_if_tensorboard_comes_first()
         self._store = self._open_store(self.directory)
         self._begin_run(continue_run=True)
@@ -117,6 +132,29 @@ class BestCheckpoint(LazyMode, StoreCallback):
             self._say(
                 f"found {len(earlier)} checkpoint(s) of earlier runs in {self.directory}; they "
                 "are kept and not ranked with this run's."
+            )
+
+    def _check_weights(self) -> None:
+        """The validation metrics are the averages' exactly when a SwapEMAWeights is in fit."""
+        swapping = any(ema.is_swap_callback(c) for c in fit_callbacks(self))
+        if self.weights == "ema" and not uses_ema(self.model):
+            optimizer = getattr(self.model, "optimizer", None)
+            raise ValueError(
+                "BestCheckpoint(weights='ema') ranks by the moving averages' metrics, but the "
+                "optimizer keeps none. Set `use_ema=True` on the optimizer. Received: "
+                f"use_ema={getattr(optimizer, 'use_ema', None)}"
+            )
+        if self.weights == "ema" and not swapping:
+            raise ValueError(
+                "BestCheckpoint(weights='ema') ranks by the metrics of the model holding the "
+                "moving averages: add keras_ckpt.SwapEMAWeights() to the callbacks of fit, so "
+                "that validation runs with them."
+            )
+        if self.weights == "raw" and swapping:
+            raise ValueError(
+                "BestCheckpoint: a SwapEMAWeights in this fit validates with the moving "
+                "averages, so the metrics are theirs. Pass weights='ema' to rank by them. "
+                "Received: weights='raw'"
             )
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:

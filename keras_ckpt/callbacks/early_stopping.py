@@ -10,7 +10,7 @@ import keras
 from keras_ckpt import decisions, validation
 from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics, set_keras_monitor_attributes
 from keras_ckpt.callbacks._state import Resumable
-from keras_ckpt.keras_adapter import print_message
+from keras_ckpt.keras_adapter import print_message, uses_ema
 
 
 class EarlyStopping(LazyMode, Resumable, keras.callbacks.Callback):
@@ -38,7 +38,8 @@ class EarlyStopping(LazyMode, Resumable, keras.callbacks.Callback):
         mode: ``"auto"``, ``"min"`` or ``"max"`` (unknown values warn and use auto, as in Keras).
         baseline: Training stops unless the metric beats this within ``patience`` epochs.
         restore_best_weights: ``False``, ``True`` (hold the best weights in memory, as Keras),
-            or a ``BestCheckpoint`` or its directory.
+            or a ``BestCheckpoint`` or its directory (with ``use_ema=True``, the best
+            checkpoint's moving averages, as a model holds them after ``fit``).
         start_from_epoch: Epochs to wait before monitoring starts.
         stopping_threshold: Stop once the metric is better than this.
         divergence_threshold: Stop once the metric is worse than this.
@@ -126,7 +127,10 @@ class EarlyStopping(LazyMode, Resumable, keras.callbacks.Callback):
                 print_message(
                     f"Restoring model weights from the best checkpoint in {self._best_directory}."
                 )
-            load_best(self._best_directory, model=self.model)
+            # As fit ends, a use_ema=True model holds the moving averages (Keras puts them
+            # there): the best checkpoint's, then.
+            weights = "ema" if uses_ema(self.model) else "raw"
+            load_best(self._best_directory, model=self.model, weights=weights)
         elif (
             self.restore_best_weights is True
             and self.best_weights is None

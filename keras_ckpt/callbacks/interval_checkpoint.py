@@ -167,6 +167,7 @@ class IntervalCheckpoint(StoreCallback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._settle()
+        self._watch_ema()
         self._warn_if_tensorboard_comes_first()
         self._store = self._open_store(self.directory)
         self._begin_run(continue_run=True)

@@ -187,6 +187,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
                 "multi-process run. End `filepath` in '.keras' or '.weights.h5'."
             )
         self._settle()
+        self._watch_ema()
         self._begin_run(continue_run=False)
         self.best = self.initial_value_threshold
         self._forget_mode()

@@ -9,7 +9,7 @@ from typing import Any
 
 import keras
 
-from keras_ckpt import validation
+from keras_ckpt import ema, validation
 from keras_ckpt.callbacks._base import StoreCallback
 from keras_ckpt.callbacks._batches import EpochPosition, enable_batch_hook
 from keras_ckpt.callbacks._callback_states import (
@@ -157,6 +157,7 @@ class ResumeFromLatest(StoreCallback):
         # inside the save: seconds on TensorFlow, where deleting an iterator waits for its
         # threads.
         self._siblings = _sibling_callbacks(self)
+        ema.watch(self.model, self._siblings)  # before the restore: it forgets the last fit's end
         self._warn_if_tensorboard_comes_first()
         self._check_alone_in_fit()
         self._end_replay()  # of an earlier fit that failed during its replay
