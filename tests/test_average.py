@@ -147,11 +147,15 @@ def test_the_average_of_two_is_their_mean_in_float32(run):
 
 def test_what_is_not_averaged_comes_from_the_newest(run):
     root, _, _ = run
-    # Ranked worst first, so that the first chosen is not the newest (the test could fail).
-    chosen = checkpoints_in(root / "best", "best", k=3, mode="max")
-    newest = max(chosen, key=lambda r: r.step)
+    # A ranking whose first is not the newest (best first or worst first, as training went on
+    # this backend), so that taking the first chosen instead of the newest would fail.
+    for k, mode in [(3, "max"), (3, "min"), (4, "max"), (4, "min")]:
+        chosen = checkpoints_in(root / "best", "best", k=k, mode=mode)
+        newest = max(chosen, key=lambda r: r.step)
+        if newest.path != chosen[0].path:
+            break
     assert newest.path != chosen[0].path
-    average = keras_ckpt.average_checkpoints(root / "best", which="best", k=3, mode="max")
+    average = keras_ckpt.average_checkpoints(root / "best", which="best", k=k, mode=mode)
     assert int(average.optimizer.iterations.numpy()) == newest.step
     for actual, wanted in zip(
         average.optimizer.variables, loaded(newest).optimizer.variables, strict=True
