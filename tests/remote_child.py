@@ -5,6 +5,7 @@ Usage:
                                          killed; prints "committed NAME" after each
     python remote_child.py race URL TAG N  commits N checkpoints TAG-<i>; prints "ok NAME",
                                            "conflict NAME" or "error NAME: ..." for each
+                                           (every NAME a conflict when the open is refused)
 """
 
 import os
@@ -27,7 +28,17 @@ def commit(store, name, data):
     )
 
 
-store = remote.RemoteStore(url)
+try:
+    store = remote.RemoteStore(url)
+except remote.ManifestConflictError:
+    # Opening settles a pending commit it finds, which in a race is the other writer's commit
+    # in flight: the other writer changed the manifest first, so this one is refused whole.
+    if mode != "race":
+        raise
+    tag, count = sys.argv[3], int(sys.argv[4])
+    for index in range(count):
+        print(f"conflict {tag}-{index:03d}.weights.h5", flush=True)
+    sys.exit(0)
 if mode == "forever":
     index = 0
     while True:
