@@ -56,7 +56,7 @@ def newest_keras_tests(session: nox.Session) -> str:
 def keras_floor(session: nox.Session) -> None:
     """The suite's Keras-facing tests on Keras 3.5 with TensorFlow 2.18."""
     session.install(*(f"{name}=={version}" for name, version in FLOOR.items()), *OTHER_BACKENDS)
-    session.install("-e", ".", "pytest>=8")
+    session.install("-e", ".", "pytest>=8", "pytest-xdist>=3.5")
     # Installing keras_ckpt into a project's environment must leave its Keras and TensorFlow be.
     names = ", ".join(repr(name) for name in FLOOR)
     installed = session.run(
@@ -73,6 +73,8 @@ def keras_floor(session: nox.Session) -> None:
         "pytest",
         "-p",
         "no:cacheprovider",
+        "-n",
+        "2",
         *FLOOR_TESTS,
         *session.posargs,
         env={KERAS_TESTS_VARIABLE: newest_keras_tests(session)},

@@ -8,17 +8,26 @@ import sys
 import pytest
 
 # Their outcome does not depend on the backend, so they run once, on TensorFlow: the pure core
-# and the store (no Keras at all), argument checks at construction, and the command line and
-# hostile directories, which are refused before Keras reads a byte.
+# and the store (no Keras at all), argument checks at construction, the command line (local and
+# remote) and hostile directories, which are refused before Keras reads a byte; Keras 2-era
+# code and Keras's own callback tests, which check the drop-in classes' decisions and files
+# against Keras's (the same logic whatever the backend; the files are the snapshot's, tested on
+# every backend by the resume, async and loading tests); and the checkpoint events in the logs
+# and TensorBoard (which writes with TensorFlow).
 BACKEND_INDEPENDENT = [
     "test_pure.py",
     "test_store.py",
     "test_arguments.py",
     "test_cli.py",
+    "test_cli_remote.py",
     "test_untrusted_directory.py",
     "test_decisions.py",
     "test_architecture.py",
     "test_package.py",
+    "test_keras2_code.py",
+    "test_keras_own_tests.py",
+    "test_drop_in_fidelity.py",
+    "test_events.py",
 ]
 
 
