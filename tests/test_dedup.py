@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import re
 
 import pytest
 
@@ -241,3 +242,182 @@ def test_recovery_removes_blobs_no_checkpoint_lists_and_nothing_else(tmp_path):
     store.recover()
     assert not stray.exists() and other.exists()
     assert on_disk(tmp_path) == set(record.filenames) | {other.name}
+
+
+# Keras: real training ---------------------------------------------------------------------------
+
+EPOCHS = 10
+
+
+def frozen_backbone_model(seed=0):
+    """A 256 -> 256 Dense "backbone", frozen, under a 256 -> 12 trainable head: 95.5% of the
+    parameters frozen (65,792 of 68,876)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    backbone = keras.layers.Dense(256, activation="relu", name="backbone")
+    backbone.trainable = False
+    model = keras.Sequential([keras.Input((256,)), backbone, keras.layers.Dense(12, name="head")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    return model
+
+
+@pytest.fixture
+def backbone_data():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(64, 256)).astype("float32"), rng.normal(size=(64, 12)).astype("float32")
+
+
+def weights_of(model):
+    return [v.numpy().copy() for v in model.weights] + [
+        v.numpy().copy() for v in model.optimizer.variables
+    ]
+
+
+def assert_same(got, expected):
+    import numpy as np
+
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def directory_bytes(directory):
+    return sum(
+        os.lstat(os.path.join(directory, name)).st_size
+        for name in os.listdir(directory)
+        if name != LOCK
+    )
+
+
+def test_frozen_backbone_is_stored_once_and_every_checkpoint_exports_to_plain_keras(
+    tmp_path, backbone_data, capsys
+):
+    """The acceptance test of issue 17 item 4: 10 checkpoints of a model with 95% of its
+    parameters frozen use at most 1.2 x one full checkpoint + 10 x the trainable part; each
+    exports to a standard .weights.h5 that plain Keras loads, equal to that epoch's weights."""
+    import keras
+
+    import keras_ckpt
+    from keras_ckpt import cli
+
+    model = frozen_backbone_model()
+    directory = tmp_path / "run"
+    recorded = []
+    checkpoint = keras_ckpt.IntervalCheckpoint(directory, save_weights_only=True, dedup=True)
+    remember = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: recorded.append(weights_of(model))
+    )
+    x, y = backbone_data
+    model.fit(x, y, epochs=EPOCHS, batch_size=32, verbose=0, callbacks=[checkpoint, remember])
+
+    records = keras_ckpt.list_checkpoints(directory)
+    assert len(records) == EPOCHS
+    assert all(r.filename.endswith(".weights.dedup.json") for r in records)
+    full = tmp_path / "full.weights.h5"
+    model.save_weights(full)
+    trainable = sum(v.numpy().nbytes for v in model.trainable_weights) + sum(
+        v.numpy().nbytes for v in model.optimizer.variables
+    )
+    frozen = sum(v.numpy().nbytes for v in model.non_trainable_weights)
+    assert frozen / (frozen + sum(v.numpy().nbytes for v in model.trainable_weights)) > 0.95
+    used = directory_bytes(directory)
+    budget = 1.2 * full.stat().st_size + EPOCHS * trainable
+    with capsys.disabled():
+        print(
+            f"\ndisk: {used} bytes; full checkpoint {full.stat().st_size}; trainable part "
+            f"{trainable}; budget {budget:.0f}"
+        )
+    assert used <= budget
+    # The frozen kernel is one blob that all ten checkpoints list.
+    shared = set.intersection(*(set(r.filenames[1:]) for r in records))
+    assert len(shared) >= 2  # the backbone's kernel and bias (and the learning rate)
+
+    for record in records:
+        output = tmp_path / "out" / f"e{record.epoch}.weights.h5"
+        code = cli.main(["export", str(directory), str(output), "--which", str(record.epoch)])
+        assert code == 0, capsys.readouterr().err
+        fresh = frozen_backbone_model(seed=1)
+        fresh.optimizer.build(fresh.trainable_variables)
+        fresh.load_weights(output)  # plain Keras, no keras_ckpt
+        assert_same(weights_of(fresh), recorded[record.epoch - 1])
+    # The last export is the very file model.save_weights writes.
+    assert output.read_bytes() == full.read_bytes()
+    # load_latest and load_checkpoint load directly.
+    fresh = keras_ckpt.load_latest(directory, model=frozen_backbone_model(seed=2))
+    assert_same(weights_of(fresh), recorded[-1])
+    fresh = keras_ckpt.load_checkpoint(records[3], model=frozen_backbone_model(seed=2))
+    assert_same(weights_of(fresh), recorded[3])
+    assert cli.main(["verify", str(directory)]) == 0
+    assert f"all {EPOCHS} checkpoints verified" in capsys.readouterr().out
+
+
+def test_retention_keeps_the_shared_blobs_and_best_loads(tmp_path, backbone_data):
+    import keras_ckpt
+
+    model = frozen_backbone_model()
+    directory = tmp_path / "run"
+    interval = keras_ckpt.IntervalCheckpoint(
+        directory, save_weights_only=True, dedup=True, keep_last=2
+    )
+    best = keras_ckpt.BestCheckpoint(
+        directory, monitor="loss", save_weights_only=True, dedup=True, top_k=2
+    )
+    x, y = backbone_data
+    model.fit(x, y, epochs=5, batch_size=32, verbose=0, callbacks=[interval, best])
+    assert_consistent(directory)  # no blob left that no checkpoint lists, none missing
+    records = keras_ckpt.list_checkpoints(directory)
+    assert len(records) <= 4
+    backbone = model.get_layer("backbone").kernel.numpy()
+    loaded = keras_ckpt.load_best(directory, model=frozen_backbone_model(seed=3))
+    assert (loaded.get_layer("backbone").kernel.numpy() == backbone).all()
+    latest = keras_ckpt.load_latest(directory, model=frozen_backbone_model(seed=3))
+    assert_same([v.numpy() for v in latest.weights], [v.numpy() for v in model.weights])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dedup": 1, "save_weights_only": True}, "Argument `dedup` must be True or False"),
+        ({"dedup": True}, "pass `save_weights_only=True`"),
+        (
+            {"dedup": True, "save_weights_only": True, "max_shard_size": 1.0},
+            "`dedup` and `max_shard_size` cannot be combined",
+        ),
+        (
+            {"dedup": True, "save_weights_only": True, "filename": "e{epoch}.weights.h5"},
+            "must end in `.weights.dedup.json`",
+        ),
+        ({"save_weights_only": True, "filename": "e{epoch}.weights.dedup.json"}, "`dedup=True`"),
+    ],
+)
+@pytest.mark.parametrize("callback", ["IntervalCheckpoint", "BestCheckpoint"])
+def test_dedup_arguments_are_checked_at_construction(tmp_path, callback, kwargs, message):
+    import keras_ckpt
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        getattr(keras_ckpt, callback)(tmp_path / "run", **kwargs)
+
+
+def test_dedup_at_a_url_is_refused(tmp_path):
+    import keras_ckpt
+
+    with pytest.raises(ValueError, match="local directories only"):
+        keras_ckpt.IntervalCheckpoint("memory://run", save_weights_only=True, dedup=True)
+
+
+def test_export_of_a_weights_only_checkpoint_without_blobs_copies_it(tmp_path, backbone_data):
+    import keras_ckpt
+    from keras_ckpt import cli
+
+    model = frozen_backbone_model()
+    directory = tmp_path / "run"
+    checkpoint = keras_ckpt.IntervalCheckpoint(directory, save_weights_only=True)
+    x, y = backbone_data
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[checkpoint])
+    output = tmp_path / "w.weights.h5"
+    assert cli.main(["export", str(directory), str(output), "--which", "latest"]) == 0
+    with open(keras_ckpt.list_checkpoints(directory)[0].path, "rb") as file:
+        assert output.read_bytes() == file.read()
