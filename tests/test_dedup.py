@@ -91,6 +91,23 @@ def assert_consistent(directory):
 FROZEN = b"\x01\x02\x03\x04" * 64
 
 
+def assert_assembles_to(record, variables, folder):
+    """``record`` assembles into a ``.weights.h5`` file holding ``variables`` (float32)."""
+    import h5py
+    import numpy as np
+
+    from keras_ckpt.snapshot import assemble_weights
+
+    path = os.path.join(folder, "assembled.weights.h5")
+    assemble_weights(record, path)
+    with h5py.File(path, "r") as file:
+        group = file["layers/dense/vars"]
+        assert sorted(group) == sorted(variables)
+        for key, content in variables.items():
+            np.testing.assert_array_equal(group[key][()], np.frombuffer(content, "float32"))
+    os.remove(path)
+
+
 # Pure core -----------------------------------------------------------------------------------
 
 
@@ -216,7 +233,7 @@ def test_random_commits_and_releases_never_delete_a_blob_in_use(tmp_path):
     rng = random.Random(17)
     pool = [bytes([value]) * 16 for value in range(6)]
     store = CheckpointStore(tmp_path)
-    names = []
+    names, contents = [], {}
     for step in range(120):
         if names and rng.random() < 0.45:
             chosen = rng.sample(names, rng.randint(1, min(3, len(names))))
@@ -227,7 +244,11 @@ def test_random_commits_and_releases_never_delete_a_blob_in_use(tmp_path):
             variables = {str(i): rng.choice(pool) for i in range(rng.randint(1, 4))}
             commit(store, name, variables, keeper=rng.choice("AB"), epoch=step + 1)
             names.append(name)
+            contents[name] = variables
         assert_consistent(tmp_path)
+        if step % 10 == 9:  # and each loads: the assembled .weights.h5 holds its variables
+            for record in store.records():
+                assert_assembles_to(record, contents[record.filename], tmp_path.parent)
     CheckpointStore(tmp_path).recover()
     assert_consistent(tmp_path)
 
@@ -421,3 +442,88 @@ def test_export_of_a_weights_only_checkpoint_without_blobs_copies_it(tmp_path, b
     assert cli.main(["export", str(directory), str(output), "--which", "latest"]) == 0
     with open(keras_ckpt.list_checkpoints(directory)[0].path, "rb") as file:
         assert output.read_bytes() == file.read()
+
+
+# Crash safety ----------------------------------------------------------------------------------
+
+CRASH_CHILD = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[3])
+from test_dedup import FROZEN, commit
+from keras_ckpt.store import CheckpointStore
+
+store = CheckpointStore(sys.argv[1])
+commit(store, "e1.weights.dedup.json", {"0": FROZEN, "1": b"hea1"}, epoch=1)
+calls, kill_at = [0], int(sys.argv[2])
+real_replace, real_remove = os.replace, os.remove
+
+def counted(real):
+    def call(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+
+os.replace, os.remove = counted(real_replace), counted(real_remove)
+commit(store, "e2.weights.dedup.json", {"0": FROZEN, "1": b"hea2", "2": b"new!"}, epoch=2)
+store.release("A", ["e1.weights.dedup.json"])
+print("finished")
+"""
+
+
+def test_a_kill_at_any_rename_or_delete_leaves_every_checkpoint_whole(tmp_path):
+    """A process killed (SIGKILL) at each rename or delete of a dedup commit that shares a
+    blob, then of the release of the older checkpoint: reopening the directory leaves each
+    checkpoint whole or absent (e1 until its release commits, e2 once its commit does), and
+    no blob that no checkpoint lists."""
+    import signal
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    outcomes = set()
+    for kill_at in range(1, 40):
+        directory = tmp_path / f"kill{kill_at}"
+        child = subprocess.run(
+            [sys.executable, "-c", CRASH_CHILD, str(directory), str(kill_at), tests],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        store = CheckpointStore(directory)  # recovery
+        names = [record.filename for record in store.records()]
+        assert_consistent(directory)
+        outcomes.add(tuple(names))
+        if child.returncode == 0:
+            assert "finished" in child.stdout
+            assert names == ["e2.weights.dedup.json"]
+            break
+        assert child.returncode == -signal.SIGKILL, child.stderr
+        assert names in (
+            ["e1.weights.dedup.json"],
+            ["e1.weights.dedup.json", "e2.weights.dedup.json"],
+            ["e2.weights.dedup.json"],
+        )
+        store.close()
+    else:
+        pytest.fail("the child never finished")
+    assert len(outcomes) == 3  # kills before, between and after the two commits
+
+
+def test_a_blob_replaced_by_a_link_is_never_followed(tmp_path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(FROZEN)
+    directory = tmp_path / "run"
+    store = CheckpointStore(directory)
+    record = commit(store, "e1.weights.dedup.json", {"0": FROZEN})
+    blob = directory / blob_of(FROZEN)
+    blob.unlink()
+    blob.symlink_to(outside)
+    with pytest.raises(CheckpointCorruptedError, match="symbolic link"):
+        verify(record)
+    with pytest.raises(CheckpointCorruptedError, match="symbolic link"):
+        read_dedup_index(record)
+    store.release("A", [record.filename])
+    assert outside.read_bytes() == FROZEN  # the link went, never what it points at
+    assert not os.path.lexists(blob)
