@@ -527,3 +527,24 @@ def test_a_blob_replaced_by_a_link_is_never_followed(tmp_path):
     store.release("A", [record.filename])
     assert outside.read_bytes() == FROZEN  # the link went, never what it points at
     assert not os.path.lexists(blob)
+
+
+def test_resume_from_dedup_checkpoints_equals_an_uninterrupted_run(tmp_path, backbone_data):
+    import keras_ckpt
+
+    x, y = backbone_data
+
+    def train(directory, epochs, model=None):
+        model = model or frozen_backbone_model()
+        resume = keras_ckpt.ResumeFromLatest(directory, dedup=True, keep_last=2)
+        model.fit(x, y, epochs=epochs, batch_size=32, shuffle=False, verbose=0, callbacks=[resume])
+        return model
+
+    whole = train(tmp_path / "whole", 4, frozen_backbone_model())
+    train(tmp_path / "cut", 2)
+    resumed = train(tmp_path / "cut", 4)  # a fresh model: everything comes from the directory
+    assert_same(weights_of(resumed), weights_of(whole))
+    records = keras_ckpt.list_checkpoints(tmp_path / "cut")
+    assert len(records) >= 2  # keep_last, and the checkpoint the rerun resumed from
+    assert all(r.filename.endswith(".weights.dedup.json") for r in records)
+    assert_consistent(tmp_path / "cut")
