@@ -42,6 +42,7 @@ from keras_ckpt.records import (
     CheckpointRecord,
     Manifest,
     ManifestError,
+    is_blob,
 )
 from keras_ckpt.store import (
     CheckpointCorruptedError,
@@ -486,9 +487,15 @@ def _show(args: argparse.Namespace) -> int:
             value = _time_text(value)
         elif key == "size":
             value = f"{value} bytes ({_size(value)})"
-        elif key == "parts":  # the shards of sharded weights: one line each
+        elif key == "parts":  # the shards of sharded weights, or blobs (dedup): one line each
             total = _size(record.total_size)
-            print(f"{key.ljust(width)}  {len(record.parts)} shards, {total} with the index")
+            if is_blob(record.parts[0].filename):
+                others = {n for r in manifest.records if r is not record for n in r.filenames}
+                shared = sum(part.filename in others for part in record.parts)
+                what = f"{len(record.parts)} blobs ({shared} shared with other checkpoints)"
+            else:
+                what = f"{len(record.parts)} shards"
+            print(f"{key.ljust(width)}  {what}, {total} with the index")
             for part in record.parts:
                 print(f"{''.ljust(width)}  {_printable(part.filename)} ({_size(part.size)})")
             continue

@@ -178,7 +178,7 @@ def test_a_manifest_may_list_a_blob_twice_but_no_other_file():
 # Store ----------------------------------------------------------------------------------------
 
 
-def test_a_blob_committed_once_is_shared_not_written_again(tmp_path):
+def test_a_blob_committed_once_is_shared_not_written_again(tmp_path, capsys):
     store = CheckpointStore(tmp_path)
     first = commit(store, "e1.weights.dedup.json", {"0": FROZEN, "1": b"head"}, epoch=1)
     frozen_file = tmp_path / blob_of(FROZEN)
@@ -188,6 +188,10 @@ def test_a_blob_committed_once_is_shared_not_written_again(tmp_path):
     assert blob_of(FROZEN) in first.filenames and blob_of(FROZEN) in second.filenames
     assert len(on_disk(tmp_path)) == 5  # two indexes, one frozen blob, two heads
     assert_consistent(tmp_path)
+    from keras_ckpt import cli
+
+    assert cli.main(["show", str(tmp_path), "e2.weights.dedup.json"]) == 0
+    assert "2 blobs (1 shared with other checkpoints)" in capsys.readouterr().out
     # Releasing the first deletes its index and its own head, not the shared blob.
     assert store.release("A", ["e1.weights.dedup.json"]) == ["e1.weights.dedup.json"]
     assert on_disk(tmp_path) == set(second.filenames)
