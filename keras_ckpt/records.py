@@ -166,6 +166,8 @@ class CheckpointRecord:
         parts: The checkpoint's other files, for one that is several files (Keras's sharded
             weights: ``path`` is the ``.weights.json`` index, the parts are its shards); they
             are committed, verified and deleted together with ``path``. Empty for one file.
+            For weights stored once (``path`` a ``.weights.dedup.json`` index) the parts are
+            blobs, which other records may list too: a blob goes with the last of them.
 
     Records are read-only: reads of an unchanged manifest share them, dictionaries included.
     """

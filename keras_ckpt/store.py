@@ -19,6 +19,13 @@ are removed. Readers (``list_checkpoints``) see only what the manifest lists.
 Deletion is recorded the same way: the manifest drops the records and lists the files as
 *trash* before they are unlinked.
 
+Weights stored once (``dedup=True``): a checkpoint is an index (``.weights.dedup.json``) whose
+parts are content-addressed blobs (``blob-<sha256>.bin``). It is committed like sharded
+weights, through a temporary folder, with only the blobs no committed checkpoint has; the ones
+it shares are taken from the records that list them. A blob is the one file several records
+may list; it is trashed only when no remaining record lists it, and recovery removes a file of
+the blob pattern that no record lists (what a killed save left).
+
 A directory is untrusted input (runs are downloaded and shared). The manifest is checked as a
 whole when it is parsed (``keras_ckpt.records``): every name in it must be a plain file name in
 the directory, or it is refused. Files are opened without following symbolic links, and a

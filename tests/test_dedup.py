@@ -565,3 +565,32 @@ def test_resume_from_dedup_checkpoints_equals_an_uninterrupted_run(tmp_path, bac
     assert len(records) >= 2  # keep_last, and the checkpoint the rerun resumed from
     assert all(r.filename.endswith(".weights.dedup.json") for r in records)
     assert_consistent(tmp_path / "cut")
+
+
+def test_bfloat16_and_integer_variables_round_trip_to_the_same_file(tmp_path):
+    import keras
+    import numpy as np
+
+    import keras_ckpt
+    from keras_ckpt import cli
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(3, dtype="bfloat16"),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")  # iterations: an int64 variable
+    x, y = np.ones((8, 4), "float32"), np.zeros((8, 2), "float32")
+    directory = tmp_path / "run"
+    checkpoint = keras_ckpt.IntervalCheckpoint(directory, save_weights_only=True, dedup=True)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[checkpoint])
+    output = tmp_path / "out.weights.h5"
+    assert cli.main(["export", str(directory), str(output), "--which", "1"]) == 0
+    model.save_weights(tmp_path / "keras.weights.h5")
+    assert output.read_bytes() == (tmp_path / "keras.weights.h5").read_bytes()
+    (record,) = keras_ckpt.list_checkpoints(directory)
+    dtypes = {item.dtype for item in read_dedup_index(record) if hasattr(item, "dtype")}
+    assert {"bfloat16", "float32", "int64"} <= dtypes
