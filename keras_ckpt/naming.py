@@ -197,12 +197,15 @@ def with_extension(
     return template + (WEIGHTS_EXTENSION if save_weights_only else ".keras")
 
 
-def dedup_template(template: str, save_weights_only: bool, dedup: bool) -> str:
-    """``filename`` for weights stored once (``dedup=True``): it ends in
-    ``.weights.dedup.json`` (added where it has no extension), with ``save_weights_only``.
+def dedup_template(
+    template: str, save_weights_only: bool, dedup: bool, argument: str = "filename"
+) -> str:
+    """``template`` for weights stored once (``dedup=True``): it ends in
+    ``.weights.dedup.json`` (a native callback's ``filename`` may have no extension: it is
+    added), with ``save_weights_only``.
 
     Raises:
-        ValueError: Naming ``filename`` (and ``dedup`` or ``save_weights_only``).
+        ValueError: Naming ``argument`` (and ``dedup`` or ``save_weights_only``).
 
     Example:
         >>> dedup_template("e{epoch}", True, True)
@@ -210,8 +213,8 @@ def dedup_template(template: str, save_weights_only: bool, dedup: bool) -> str:
     """
     if not dedup:
         raise ValueError(
-            f"Argument `filename` ends in `{DEDUP_EXTENSION}` (weights stored once), which "
-            f"needs `dedup=True`. Received: filename={template!r}, dedup=False"
+            f"Argument `{argument}` ends in `{DEDUP_EXTENSION}` (weights stored once), which "
+            f"needs `dedup=True`. Received: {argument}={template!r}, dedup=False"
         )
     if not save_weights_only:
         raise ValueError(
@@ -221,11 +224,12 @@ def dedup_template(template: str, save_weights_only: bool, dedup: bool) -> str:
         )
     if template.endswith(DEDUP_EXTENSION):
         return template
-    if not template.endswith((WEIGHTS_EXTENSION, SHARDED_WEIGHTS_EXTENSION, *MODEL_EXTENSIONS)):
+    known = (WEIGHTS_EXTENSION, SHARDED_WEIGHTS_EXTENSION, *MODEL_EXTENSIONS)
+    if argument == "filename" and not template.endswith(known):
         return template + DEDUP_EXTENSION
     raise ValueError(
-        f"Argument `filename` must end in `{DEDUP_EXTENSION}` (or have no extension) when "
-        f"`dedup=True`. Received: filename={template!r}"
+        f"Argument `{argument}` must end in `{DEDUP_EXTENSION}` when `dedup=True`. "
+        f"Received: {argument}={template!r}"
     )
 
 

@@ -594,3 +594,34 @@ def test_bfloat16_and_integer_variables_round_trip_to_the_same_file(tmp_path):
     (record,) = keras_ckpt.list_checkpoints(directory)
     dtypes = {item.dtype for item in read_dedup_index(record) if hasattr(item, "dtype")}
     assert {"bfloat16", "float32", "int64"} <= dtypes
+
+
+def test_model_checkpoint_replacing_one_dedup_file_leaves_only_its_blobs(tmp_path, backbone_data):
+    import keras_ckpt
+
+    model = frozen_backbone_model()
+    directory = tmp_path / "run"
+    checkpoint = keras_ckpt.ModelCheckpoint(
+        str(directory / "model.weights.dedup.json"), save_weights_only=True, dedup=True
+    )
+    x, y = backbone_data
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[checkpoint])
+    (record,) = keras_ckpt.list_checkpoints(directory)
+    assert_consistent(directory)  # the heads of epochs 1 and 2 went with their index
+    loaded = keras_ckpt.load_checkpoint(record, model=frozen_backbone_model(seed=5))
+    assert_same(weights_of(loaded), weights_of(model))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"filepath": "d/e{epoch}.weights.h5", "dedup": True}, "must end in `.weights.dedup"),
+        ({"filepath": "d/e{epoch}.weights.dedup.json"}, "needs `dedup=True`"),
+        ({"filepath": "memory://d/e.weights.dedup.json", "dedup": True}, "local directories"),
+    ],
+)
+def test_model_checkpoint_dedup_arguments(tmp_path, kwargs, message):
+    import keras_ckpt
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        keras_ckpt.ModelCheckpoint(save_weights_only=True, **kwargs)
