@@ -340,7 +340,13 @@ def dedup_index_layout(data: Any, where: str) -> list[DedupGroup | DedupDataset]
             path = entry.get("group", str)
             if not path.isprintable():
                 raise entry.fail("group", path, "a printable HDF5 group path")
-            layout.append(DedupGroup(path=path, attrs=dict(entry.get("attrs", dict, {}))))
+            attrs = dict(entry.get("attrs", dict, {}))
+            for name, value in attrs.items():
+                if not isinstance(value, (str, int, float)) or (
+                    isinstance(value, str) and not value.isprintable()
+                ):
+                    raise entry.fail(f"attrs.{name}", value, "a number or a printable string")
+            layout.append(DedupGroup(path=path, attrs=attrs))
             continue
         key = entry.get("dataset", str)
         if not key.isprintable() or not key or "/" in key:

@@ -138,6 +138,13 @@ def test_an_untrusted_index_is_refused_naming_the_field(entry, field):
         dedup_index_layout(data, "e1.weights.dedup.json")
 
 
+@pytest.mark.parametrize("attrs", [{"name": {"nested": 1}}, {"name": [1]}, {"name": "a\x00b"}])
+def test_an_untrusted_group_attribute_is_refused(attrs):
+    data = {"format": DEDUP_FORMAT, "version": 1, "layout": [{"group": "g", "attrs": attrs}]}
+    with pytest.raises(ManifestError, match=r"layout\[0\] has attrs.name"):
+        dedup_index_layout(data, "e1.weights.dedup.json")
+
+
 def test_a_manifest_may_list_a_blob_twice_but_no_other_file():
     part = {"file": blob_of(FROZEN), "size": 256, "sha256": hashlib.sha256(FROZEN).hexdigest()}
 
