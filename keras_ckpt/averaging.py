@@ -19,9 +19,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from keras_ckpt import ranking, validation
-from keras_ckpt.loading import _check_load_options, _committed, _load, load_weights
+from keras_ckpt.loading import (
+    _check_load_options,
+    _committed,
+    _load,
+    checkpoint_file,
+    load_weights,
+)
 from keras_ckpt.records import KIND_WEIGHTS, CheckpointRecord
-from keras_ckpt.store import local_file
 
 if TYPE_CHECKING:
     import keras
@@ -179,7 +184,7 @@ def average_checkpoints(
         if record is newest:
             current = newest_values
         else:
-            with local_file(record, verify_checksum) as path:
+            with checkpoint_file(record, verify_checksum) as path:
                 load_weights(model, path)
             current = [_host_value(variable) for variable in floats]
         if greedy:

@@ -43,6 +43,7 @@ from keras_ckpt.records import (
     CheckpointRecord,
     Manifest,
     ManifestError,
+    is_blob,
 )
 from keras_ckpt.store import (
     CheckpointCorruptedError,
@@ -171,9 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
 
-    export = commands.add_parser("export", help="copy one checkpoint out as a standalone .keras")
+    export = commands.add_parser(
+        "export",
+        help="copy one checkpoint out as a standalone .keras (a weights-only one as .weights.h5)",
+    )
     export.add_argument("directory", metavar="DIR", help=_DIRECTORY_HELP)
-    export.add_argument("output", metavar="OUT.keras")
+    export.add_argument("output", metavar="OUT.keras|OUT.weights.h5")
     export.add_argument(
         "--which", default="best", help="'best' (the default), 'latest' or an epoch number"
     )
@@ -491,9 +495,15 @@ def _show(args: argparse.Namespace) -> int:
             value = _time_text(value)
         elif key == "size":
             value = f"{value} bytes ({_size(value)})"
-        elif key == "parts":  # the shards of sharded weights: one line each
+        elif key == "parts":  # the shards of sharded weights, or blobs (dedup): one line each
             total = _size(record.total_size)
-            print(f"{key.ljust(width)}  {len(record.parts)} shards, {total} with the index")
+            if is_blob(record.parts[0].filename):
+                others = {n for r in manifest.records if r is not record for n in r.filenames}
+                shared = sum(part.filename in others for part in record.parts)
+                what = f"{len(record.parts)} blobs ({shared} shared with other checkpoints)"
+            else:
+                what = f"{len(record.parts)} shards"
+            print(f"{key.ljust(width)}  {what}, {total} with the index")
             for part in record.parts:
                 print(f"{''.ljust(width)}  {_printable(part.filename)} ({_size(part.size)})")
             continue
@@ -758,18 +768,32 @@ def _export(args: argparse.Namespace) -> int:
     if which == BEST_ALIAS and BEST_ALIAS not in manifest.aliases:
         raise UsageError("the directory has no best checkpoint; use --which latest or an epoch")
     record = _find(manifest, which)
-    if not args.output.endswith(".keras"):
-        raise UsageError(f"the output must end in .keras, got {args.output!r}")
+    weights_out = args.output.endswith(".weights.h5")
+    if not args.output.endswith(".keras") and not weights_out:
+        raise UsageError(
+            "the output must end in .keras (or .weights.h5 for a weights-only checkpoint), "
+            f"got {args.output!r}"
+        )
     _check_local_output(args.output)
-    if record.kind != KIND_MODEL:
+    if record.kind != KIND_MODEL and not weights_out:
         raise UsageError(
             f"{record.filename} holds weights only, which cannot make a standalone model; "
-            "export a whole-model checkpoint (save_weights_only=False), or load the weights into "
-            "your model and call model.save"
+            "export it as OUT.weights.h5, export a whole-model checkpoint "
+            "(save_weights_only=False), or load the weights into your model and call model.save"
+        )
+    if weights_out and (record.kind == KIND_MODEL or record.filename.endswith(".weights.json")):
+        raise UsageError(
+            f"{record.filename} is not a weights-only checkpoint in one file or in blobs "
+            "(a whole model or sharded weights); export it as OUT.keras or keep it as it is"
         )
     with contextlib.ExitStack() as download:
         try:
-            if remote.is_url(record.path):
+            if weights_out:
+                from keras_ckpt.loading import checkpoint_file
+
+                # Weights stored once (dedup) are assembled into a standard .weights.h5 file.
+                source = download.enter_context(checkpoint_file(record, verify_checksum=True))
+            elif remote.is_url(record.path):
                 # One download, checked against the recorded size and SHA-256, is what is copied.
                 source = download.enter_context(local_file(record, verify_checksum=True))
             else:

@@ -7,16 +7,25 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from keras_ckpt import processes, ranking, remote, validation
-from keras_ckpt.records import BEST_ALIAS, KIND_WEIGHTS, LATEST_ALIAS, CheckpointRecord, Manifest
+from keras_ckpt.records import (
+    BEST_ALIAS,
+    DEDUP_EXTENSION,
+    KIND_WEIGHTS,
+    LATEST_ALIAS,
+    CheckpointRecord,
+    Manifest,
+)
 from keras_ckpt.store import (
     CheckpointCorruptedError,
     check_regular_file,
     check_sharded_index,
+    local_file,
     open_regular,
     read_committed,
     verify,
@@ -275,6 +284,35 @@ def load_checkpoint(
     )
 
 
+@contextlib.contextmanager
+def checkpoint_file(record: CheckpointRecord, verify_checksum: bool = True) -> Iterator[str]:
+    """A local file of the checkpoint that plain Keras opens, for as long as the block runs.
+
+    The file itself (``store.local_file``: a verified download for a remote directory), or for
+    weights stored once (``dedup=True``) a standard ``.weights.h5`` assembled from the blobs
+    in a temporary folder and deleted afterwards (``snapshot.assemble_weights``).
+
+    Args:
+        record: A committed checkpoint.
+        verify_checksum: Check every file's size and SHA-256 first.
+
+    Raises:
+        CheckpointCorruptedError: If a file does not match its record.
+    """
+    if not record.filename.endswith(DEDUP_EXTENSION):
+        with local_file(record, verify_checksum) as path:
+            yield path
+        return
+    from keras_ckpt.snapshot import assemble_weights
+
+    if verify_checksum or remote.is_url(record.path):  # a URL: refused, several files
+        verify(record)
+    with tempfile.TemporaryDirectory(prefix="keras_ckpt-") as folder:
+        path = os.path.join(folder, record.filename[: -len(DEDUP_EXTENSION)] + ".weights.h5")
+        assemble_weights(record, path)
+        yield path
+
+
 def _load(
     caller: str,
     record: CheckpointRecord,
@@ -329,6 +367,16 @@ def _load_as_saved(
     else:
         check_regular_file(record.path)  # never a link that leads out of the directory
         check_sharded_index(record)  # nor a shard name that does
+    if record.filename.endswith(DEDUP_EXTENSION):  # weights stored once: a standard file first
+        with checkpoint_file(record, verify_checksum=False) as path:
+            return _load(
+                caller,
+                dataclasses.replace(record, path=path, parts=()),
+                model,
+                verify_checksum=False,
+                safe_mode=safe_mode,
+                custom_objects=custom_objects,
+            )
     if model is None:
         if record.kind == KIND_WEIGHTS:
             raise ValueError(

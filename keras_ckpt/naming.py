@@ -7,7 +7,13 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from keras_ckpt.records import LOCK_NAME, MANIFEST_NAME, SHARDED_EXTENSION, TEMP_PREFIX
+from keras_ckpt.records import (
+    DEDUP_EXTENSION,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    SHARDED_EXTENSION,
+    TEMP_PREFIX,
+)
 
 MODEL_EXTENSIONS = (".keras", ".h5")
 WEIGHTS_EXTENSION = ".weights.h5"
@@ -155,11 +161,14 @@ def default_best_template(monitor: str) -> str:
     return template
 
 
-def with_extension(template: str, save_weights_only: bool, sharded: bool = False) -> str:
+def with_extension(
+    template: str, save_weights_only: bool, sharded: bool = False, dedup: bool = False
+) -> str:
     """Appends the Keras extension a template lacks; rejects one that contradicts the kind.
 
     ``sharded`` (a ``max_shard_size`` was given) asks for Keras's sharded weights,
-    ``.weights.json``, which holds weights only.
+    ``.weights.json``, which holds weights only. ``dedup`` (weights stored once) asks for a
+    dedup index, ``.weights.dedup.json``, weights only too.
 
     Example:
         >>> with_extension("best-{epoch}", save_weights_only=True)
@@ -167,6 +176,8 @@ def with_extension(template: str, save_weights_only: bool, sharded: bool = False
         >>> with_extension("best-{epoch}", save_weights_only=True, sharded=True)
         'best-{epoch}.weights.json'
     """
+    if dedup or template.endswith(DEDUP_EXTENSION):
+        return dedup_template(template, save_weights_only, dedup)
     if sharded or template.endswith(SHARDED_WEIGHTS_EXTENSION):
         return sharded_template(template, "filename", save_weights_only, sharded)
     if template.endswith(WEIGHTS_EXTENSION):
@@ -184,6 +195,42 @@ def with_extension(template: str, save_weights_only: bool, sharded: bool = False
             )
         return template
     return template + (WEIGHTS_EXTENSION if save_weights_only else ".keras")
+
+
+def dedup_template(
+    template: str, save_weights_only: bool, dedup: bool, argument: str = "filename"
+) -> str:
+    """``template`` for weights stored once (``dedup=True``): it ends in
+    ``.weights.dedup.json`` (a native callback's ``filename`` may have no extension: it is
+    added), with ``save_weights_only``.
+
+    Raises:
+        ValueError: Naming ``argument`` (and ``dedup`` or ``save_weights_only``).
+
+    Example:
+        >>> dedup_template("e{epoch}", True, True)
+        'e{epoch}.weights.dedup.json'
+    """
+    if not dedup:
+        raise ValueError(
+            f"Argument `{argument}` ends in `{DEDUP_EXTENSION}` (weights stored once), which "
+            f"needs `dedup=True`. Received: {argument}={template!r}, dedup=False"
+        )
+    if not save_weights_only:
+        raise ValueError(
+            "Argument `dedup=True` stores weights once, per variable: it saves weights only, "
+            "not whole `.keras` models; pass `save_weights_only=True`. Received: "
+            "dedup=True, save_weights_only=False"
+        )
+    if template.endswith(DEDUP_EXTENSION):
+        return template
+    known = (WEIGHTS_EXTENSION, SHARDED_WEIGHTS_EXTENSION, *MODEL_EXTENSIONS)
+    if argument == "filename" and not template.endswith(known):
+        return template + DEDUP_EXTENSION
+    raise ValueError(
+        f"Argument `{argument}` must end in `{DEDUP_EXTENSION}` when `dedup=True`. "
+        f"Received: {argument}={template!r}"
+    )
 
 
 def sharded_template(template: str, argument: str, save_weights_only: bool, sharded: bool) -> str:
@@ -229,7 +276,7 @@ def next_free_name(filename: str, taken: set[str]) -> str:
     """
     if filename not in taken:
         return filename
-    extensions = (WEIGHTS_EXTENSION, SHARDED_WEIGHTS_EXTENSION, *MODEL_EXTENSIONS)
+    extensions = (WEIGHTS_EXTENSION, SHARDED_WEIGHTS_EXTENSION, DEDUP_EXTENSION, *MODEL_EXTENSIONS)
     extension = next((ext for ext in extensions if filename.endswith(ext)), "")
     stem = filename[: len(filename) - len(extension)]
     version = 1
@@ -239,7 +286,11 @@ def next_free_name(filename: str, taken: set[str]) -> str:
 
 
 def checked_template(
-    filename: Any, save_weights_only: bool, varying_reason: str | None, sharded: bool = False
+    filename: Any,
+    save_weights_only: bool,
+    varying_reason: str | None,
+    sharded: bool = False,
+    dedup: bool = False,
 ) -> str:
     """Validates a native callback's ``filename`` argument and adds the Keras extension.
 
@@ -265,7 +316,7 @@ def checked_template(
             "Argument `filename` must be a file name without directories. "
             f"Received: filename={filename!r}"
         )
-    template = with_extension(filename, save_weights_only, sharded)
+    template = with_extension(filename, save_weights_only, sharded, dedup)
     check_renders(template, "filename")
     if not template_fields(template) and varying_reason:
         raise ValueError(

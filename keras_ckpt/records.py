@@ -34,6 +34,64 @@ KIND_WEIGHTS = "weights"
 # Keras's sharded weights: an index (``<stem>.weights.json``) naming its shard files.
 SHARDED_EXTENSION = ".weights.json"
 
+# Weights stored once (``dedup=True``): an index (``<stem>.weights.dedup.json``) naming
+# content-addressed blobs, ``blob-<sha256 of the bytes>.bin``, which several checkpoints share.
+DEDUP_EXTENSION = ".weights.dedup.json"
+DEDUP_FORMAT = "keras_ckpt.dedup"
+DEDUP_VERSION = 1
+BLOB_PATTERN = re.compile(r"blob-[0-9a-f]{64}\.bin")
+# Bytes per element of each dtype a dedup index may name (NumPy's names; bfloat16 via
+# ml_dtypes, as Keras has it).
+DEDUP_DTYPES = {
+    "bool": 1,
+    "int8": 1,
+    "uint8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "float32": 4,
+    "float64": 8,
+    "complex64": 8,
+    "complex128": 16,
+}
+
+
+def blob_filename(sha256: str) -> str:
+    """The file name of the blob whose bytes have the hex SHA-256 ``sha256``.
+
+    Example:
+        >>> blob_filename("ab" * 32) == "blob-" + "ab" * 32 + ".bin"
+        True
+    """
+    name = f"blob-{sha256}.bin"
+    if not BLOB_PATTERN.fullmatch(name):
+        raise ValueError(f"Not a hex SHA-256: {sha256!r}")
+    return name
+
+
+def is_blob(name: str) -> bool:
+    """Whether ``name`` is a content-addressed blob, a file several checkpoints may share."""
+    return BLOB_PATTERN.fullmatch(name) is not None
+
+
+def unreferenced(names: list[str], remaining: list[CheckpointRecord]) -> list[str]:
+    """``names`` (the files of dropped checkpoints) less those a ``remaining`` record still
+    lists: a blob shared with a checkpoint that stays is not deleted.
+
+    Example:
+        >>> kept = CheckpointRecord("d/b.weights.dedup.json", 2, 2, {}, 0.0, 1, "", "", "weights",
+        ...     "", parts=(CheckpointPart("blob-" + "0" * 64 + ".bin", 4, "0" * 64),))
+        >>> unreferenced(["a.weights.dedup.json", "blob-" + "0" * 64 + ".bin"], [kept])
+        ['a.weights.dedup.json']
+    """
+    listed = {name for record in remaining for name in record.filenames}
+    return [name for name in names if name not in listed]
+
 
 class ManifestError(ValueError):
     """A manifest that keras_ckpt cannot trust: refused whole, nothing is acted on because of it.
@@ -108,6 +166,8 @@ class CheckpointRecord:
         parts: The checkpoint's other files, for one that is several files (Keras's sharded
             weights: ``path`` is the ``.weights.json`` index, the parts are its shards); they
             are committed, verified and deleted together with ``path``. Empty for one file.
+            For weights stored once (``path`` a ``.weights.dedup.json`` index) the parts are
+            blobs, which other records may list too: a blob goes with the last of them.
 
     Records are read-only: reads of an unchanged manifest share them, dictionaries included.
     """
@@ -174,9 +234,9 @@ class CheckpointRecord:
         """
         entry = _Entry(data, where)
         filename = entry.name("file")
-        if filename.startswith(TEMP_PREFIX):
+        if filename.startswith(TEMP_PREFIX) or is_blob(filename):
             raise ManifestError(
-                f"{where} has file={filename!r}: a temporary name, not a checkpoint"
+                f"{where} has file={filename!r}: a temporary name or a blob, not a checkpoint"
             )
         entry.where = f"{where} ({filename!r})"
         kept_by = entry.get("kept_by", list, [])
@@ -212,10 +272,112 @@ def _parts(entry: _Entry, filename: str) -> tuple[CheckpointPart, ...]:
         if name.startswith(TEMP_PREFIX) or name in seen:
             raise part.fail("file", name, "a checkpoint file listed once, not a temporary name")
         seen.add(name)
-        parts.append(
-            CheckpointPart(filename=name, size=part.integer("size"), sha256=part.get("sha256", str))
-        )
+        sha256 = part.get("sha256", str)
+        if is_blob(name) and sha256 != name[len("blob-") : -len(".bin")]:
+            raise part.fail("sha256", sha256, f"the SHA-256 its name {name!r} gives")
+        parts.append(CheckpointPart(filename=name, size=part.integer("size"), sha256=sha256))
     return tuple(parts)
+
+
+@dataclass(frozen=True)
+class DedupGroup:
+    """A ``vars`` group of Keras's ``.weights.h5`` layout: ``path`` (``""`` for the top-level
+    ``vars``) and its attributes."""
+
+    path: str
+    attrs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DedupDataset:
+    """A variable in the current group: its key, the blob holding its bytes, dtype and shape."""
+
+    key: str
+    blob: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes of the variable (so of its blob)."""
+        count = 1
+        for dimension in self.shape:
+            count *= dimension
+        return count * DEDUP_DTYPES[self.dtype]
+
+
+def dedup_index_layout(data: Any, where: str) -> list[DedupGroup | DedupDataset]:
+    """The layout a dedup index (``.weights.dedup.json``) gives, every field checked.
+
+    The index is untrusted input like a manifest: each blob must be a blob name (a plain file
+    name of the pattern ``blob-<sha256>.bin``), each dtype a known one, each shape a list of
+    integers.
+
+    Args:
+        data: The parsed JSON of the index.
+        where: The index, as the error names it.
+
+    Raises:
+        ManifestError: Naming the entry and the field that is wrong.
+
+    Example:
+        >>> layout = dedup_index_layout({"format": "keras_ckpt.dedup", "version": 1, "layout": [
+        ...     {"group": "layers/dense", "attrs": {}},
+        ...     {"dataset": "0", "blob": "blob-" + "0" * 64 + ".bin", "dtype": "float32",
+        ...      "shape": [2, 3]}]}, "e1")
+        >>> layout[1].size
+        24
+    """
+    top = _Entry(data, where)
+    if data.get("format") != DEDUP_FORMAT:
+        raise top.fail("format", data.get("format"), repr(DEDUP_FORMAT))
+    if data.get("version") != DEDUP_VERSION:
+        raise top.fail("version", data.get("version"), f"{DEDUP_VERSION} (a newer keras_ckpt?)")
+    layout: list[DedupGroup | DedupDataset] = []
+    for index, item in enumerate(top.get("layout", list)):
+        entry = _Entry(item, f"{where} layout[{index}]")
+        if "group" in item:
+            path = entry.get("group", str)
+            if not path.isprintable():
+                raise entry.fail("group", path, "a printable HDF5 group path")
+            attrs = dict(entry.get("attrs", dict, {}))
+            for name, value in attrs.items():
+                if not isinstance(value, (str, int, float)) or (
+                    isinstance(value, str) and not value.isprintable()
+                ):
+                    raise entry.fail(f"attrs.{name}", value, "a number or a printable string")
+            layout.append(DedupGroup(path=path, attrs=attrs))
+            continue
+        key = entry.get("dataset", str)
+        if not key.isprintable() or not key or "/" in key:
+            raise entry.fail("dataset", key, "a printable dataset name without '/'")
+        blob = entry.name("blob")
+        if not is_blob(blob):
+            raise entry.fail("blob", blob, "a blob name, blob-<sha256>.bin")
+        dtype = entry.get("dtype", str)
+        if dtype not in DEDUP_DTYPES:
+            raise entry.fail("dtype", dtype, f"one of {sorted(DEDUP_DTYPES)}")
+        shape = entry.get("shape", list)
+        if len(shape) > 64:
+            raise entry.fail("shape", shape, "at most 64 dimensions")
+        dimensions = tuple(entry.integer_value(f"shape[{i}]", d) for i, d in enumerate(shape))
+        layout.append(DedupDataset(key=key, blob=blob, dtype=dtype, shape=dimensions))
+    if layout and not isinstance(layout[0], DedupGroup):
+        raise top.fail("layout", data["layout"][0], "a group first")
+    return layout
+
+
+def dedup_index_json(layout: list[DedupGroup | DedupDataset]) -> dict[str, Any]:
+    """The JSON form of ``layout`` that ``dedup_index_layout`` reads back."""
+    entries: list[dict[str, Any]] = []
+    for item in layout:
+        if isinstance(item, DedupGroup):
+            entries.append({"group": item.path, "attrs": item.attrs})
+        else:
+            entries.append(
+                {"dataset": item.key, "blob": item.blob, "dtype": item.dtype, "shape": item.shape}
+            )
+    return {"format": DEDUP_FORMAT, "version": DEDUP_VERSION, "layout": entries}
 
 
 def sharded_index_shards(data: Any, where: str) -> list[str]:
@@ -289,8 +451,11 @@ class _Entry:
         value = self.get(key, object, None if optional else ...)
         if value is None and optional:
             return None
+        return self.integer_value(key, value)
+
+    def integer_value(self, field_name: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-            raise self.fail(key, value, "an integer from 0 to 2**63 - 1")
+            raise self.fail(field_name, value, "an integer from 0 to 2**63 - 1")
         return value
 
     def number(self, field_name: str, value: Any) -> float:
@@ -400,8 +565,9 @@ class Manifest:
         ]
         seen: set[str] = set()
         for record in records:
-            for name in record.filenames:  # no file belongs to two checkpoints
-                if name in seen:
+            # No file belongs to two checkpoints, but a blob (weights stored once) may.
+            for name in record.filenames:
+                if name in seen and not is_blob(name):
                     raise top.fail("checkpoints", name, "each file listed once")
                 seen.add(name)
         aliases = top.get("aliases", dict, {})

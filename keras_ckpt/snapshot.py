@@ -17,10 +17,13 @@ the callers save synchronously with ``write_now``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import weakref
 import zipfile
+from collections.abc import Iterator
 from typing import Any
 
 import h5py
@@ -28,6 +31,15 @@ import keras
 import numpy as np
 
 from keras_ckpt import ema, keras_adapter
+from keras_ckpt.records import (
+    DEDUP_DTYPES,
+    CheckpointRecord,
+    DedupDataset,
+    DedupGroup,
+    blob_filename,
+    dedup_index_json,
+)
+from keras_ckpt.store import CheckpointCorruptedError, open_regular, read_dedup_index
 
 _COPY_CHUNK = 1 << 20
 
@@ -45,19 +57,23 @@ class ModelSnapshot:
         metadata_json: str | None = None,
         assets: Any = None,
         max_shard_size: float | None = None,
+        dedup_known: set[str] | None = None,
     ):
         self._calls = calls
         self._config_json = config_json
         self._metadata_json = metadata_json
         self._assets = assets
         self._max_shard_size = max_shard_size
+        self._dedup_known = dedup_known
 
     def write(self, path: str) -> None:
         """Writes the snapshot to ``path``: a ``.keras`` archive for a whole model, sharded
         weights (``path`` the ``.weights.json`` index, the shards beside it) with a
         ``max_shard_size``, otherwise a ``.weights.h5`` file. Any thread may call it, once."""
         try:
-            if self._max_shard_size is not None:
+            if self._dedup_known is not None:
+                _write_dedup(path, self._calls, self._dedup_known)
+            elif self._max_shard_size is not None:
                 calls = [(op, key, on_host(v) if op == "set" else v) for op, key, v in self._calls]
                 keras_adapter.write_sharded_weights(path, calls, self._max_shard_size)
             # The config and metadata are both there (a whole model) or both absent (weights).
@@ -108,23 +124,120 @@ def _write_h5(path: str, calls: list[tuple[str, Any, Any]]) -> None:
     The copies are written as they are (Keras's own store would copy each once more); the test
     suite checks that the bytes equal those of ``model.save_weights``.
     """
+    _write_layout(path, _h5_layout(calls))
+
+
+def _h5_layout(calls: list[tuple[str, Any, Any]]) -> Iterator[tuple[str, str, Any]]:
+    """The groups (``("group", path, metadata)``) and datasets (``("dataset", key, array)``)
+    of the ``.weights.h5`` file of ``calls``, in the order Keras makes them."""
+    made, group_path = True, ""
+    for op, key, value in calls:
+        if op == "make":
+            group_path, made = key, False
+            # With metadata (or a Keras before 3.10) the group is made at once, else at
+            # its first variable.
+            if value or not keras_adapter.H5_GROUPS_DEFERRED:
+                made = True
+                yield "group", group_path, value
+            continue
+        if not made:
+            made = True
+            yield "group", group_path, None
+        yield "dataset", key, on_host(value)
+
+
+def _write_layout(path: str, layout: Any) -> None:
+    """Writes ``_h5_layout``'s groups and datasets as a ``.weights.h5`` file."""
     with h5py.File(path, "w") as file:
-        group, group_path = None, ""
-        for op, key, value in calls:
-            if op == "make":
-                group_path, group = key, None
-                # With metadata (or a Keras before 3.10) the group is made at once, else at
-                # its first variable.
-                if value or not keras_adapter.H5_GROUPS_DEFERRED:
-                    group = _vars_group(file, group_path, value)
-                continue
-            if group is None:
-                group = _vars_group(file, group_path, None)
-            value = on_host(value)
-            if keras.backend.standardize_dtype(value.dtype) == "bfloat16":
+        group: Any = None  # a dataset always follows its group (``_h5_layout``)
+        for kind, key, value in layout:
+            if kind == "group":
+                group = _vars_group(file, key, value)
+            elif keras.backend.standardize_dtype(value.dtype) == "bfloat16":
                 group.create_dataset(key, data=value).attrs["dtype"] = "bfloat16"
             else:
                 group[key] = value
+
+
+def _write_dedup(path: str, calls: list[tuple[str, Any, Any]], known: set[str]) -> None:
+    """Writes a dedup checkpoint: ``path`` the index (``.weights.dedup.json``: the layout of
+    the ``.weights.h5`` file, each variable by the blob of its bytes) and, beside it, the blobs
+    that are not ``known`` (committed in the directory already): those are shared, not written
+    again. Each variable is hashed here, on the writer thread."""
+    folder = os.path.dirname(path)
+    layout: list[DedupGroup | DedupDataset] = []
+    written: set[str] = set()
+    for kind, key, value in _h5_layout(calls):
+        if kind == "group":
+            layout.append(DedupGroup(path=key, attrs=_json_attrs(value)))
+            continue
+        array = np.asarray(value)
+        if not array.flags.c_contiguous:  # (``ascontiguousarray`` would make a 0-d array 1-d)
+            array = np.array(array, order="C")
+        dtype = keras.backend.standardize_dtype(array.dtype)
+        if dtype not in DEDUP_DTYPES:
+            raise ValueError(
+                f"dedup=True cannot store the variable {key!r} of dtype {dtype!r}; it stores "
+                f"{sorted(DEDUP_DTYPES)}."
+            )
+        raw = array.reshape(-1).view(np.uint8).data  # the bytes, not a copy
+        name = blob_filename(hashlib.sha256(raw).hexdigest())
+        if name not in known and name not in written:
+            with open(os.path.join(folder, name), "xb") as file:
+                file.write(raw)
+            written.add(name)
+        layout.append(DedupDataset(key=key, blob=name, dtype=dtype, shape=tuple(array.shape)))
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(dedup_index_json(layout), file, indent=0)
+
+
+def _json_attrs(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """A group's attributes as JSON values (Keras gives strings and numbers)."""
+    attrs = {}
+    for name, value in (metadata or {}).items():
+        attrs[str(name)] = value.item() if isinstance(value, np.generic) else value
+    json.dumps(attrs)  # a value JSON cannot hold is an error now, not a corrupt index
+    return attrs
+
+
+def _blob_dtype(name: str) -> np.dtype[Any]:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def assemble_weights(record: CheckpointRecord, path: str) -> None:
+    """Writes the dedup checkpoint ``record`` as the standard ``.weights.h5`` file ``path``,
+    which plain ``model.load_weights`` opens: the same groups and datasets in the same order as
+    the file ``model.save_weights`` writes, each variable read from its blob.
+
+    The index is checked as untrusted input (``store.read_dedup_index``): only blobs among the
+    record's parts, each a regular file of the variable's size, are read.
+
+    Raises:
+        CheckpointCorruptedError: If the index or a blob is not what the record says.
+    """
+    layout = read_dedup_index(record)
+    directory = os.path.dirname(record.path)
+
+    def items() -> Iterator[tuple[str, str, Any]]:
+        for item in layout:
+            if isinstance(item, DedupGroup):
+                yield "group", item.path, item.attrs
+                continue
+            with os.fdopen(open_regular(os.path.join(directory, item.blob)), "rb") as file:
+                raw = file.read(item.size + 1)
+            if len(raw) != item.size:
+                raise CheckpointCorruptedError(
+                    f"Checkpoint {record.path}: the blob {item.blob!r} has {len(raw)} bytes, "
+                    f"not the {item.size} of {item.key!r}."
+                )
+            array = np.frombuffer(raw, dtype=_blob_dtype(item.dtype)).reshape(item.shape)
+            yield "dataset", item.key, array
+
+    _write_layout(path, items())
 
 
 def _vars_group(file: Any, path: str, metadata: dict[str, Any] | None) -> Any:
@@ -292,9 +405,12 @@ def take_snapshot(
     filepath: str,
     weights_only: bool,
     max_shard_size: float | None = None,
+    dedup_known: set[str] | None = None,
 ) -> ModelSnapshot | None:
     """Copies what ``model.save_weights(filepath)`` / ``model.save(filepath)`` would write
     (``model.save_weights(filepath, max_shard_size=...)`` for sharded ``.weights.json``).
+    With ``dedup_known`` (weights stored once), the snapshot writes a dedup index
+    (``.weights.dedup.json``) and the blobs not among ``dedup_known``.
 
     Returns ``None`` where the file must be written synchronously by Keras: a legacy ``.h5`` /
     ``.hdf5`` model or weights file, or a Keras without the saving internals used here (probe
@@ -304,7 +420,9 @@ def take_snapshot(
     if not keras_adapter.can_snapshot():
         return None
     if weights_only:
-        if max_shard_size is not None:
+        if dedup_known is not None:
+            pass  # written by ``_write_dedup`` from the copies
+        elif max_shard_size is not None:
             if not keras_adapter.SHARDED_SNAPSHOT_SUPPORTED:
                 return None
         elif not filepath.endswith(".weights.h5"):
@@ -330,7 +448,12 @@ def take_snapshot(
             assets.close()
         raise
     return ModelSnapshot(
-        copies, config_json, metadata_json, assets, max_shard_size if weights_only else None
+        copies,
+        config_json,
+        metadata_json,
+        assets,
+        max_shard_size if weights_only else None,
+        dedup_known if weights_only else None,
     )
 
 
@@ -394,6 +517,7 @@ def write_now(
 __all__ = [
     "ModelSnapshot",
     "SUPPORTED",
+    "assemble_weights",
     "host_copy",
     "on_host",
     "snapshot_copy",

@@ -19,6 +19,13 @@ are removed. Readers (``list_checkpoints``) see only what the manifest lists.
 Deletion is recorded the same way: the manifest drops the records and lists the files as
 *trash* before they are unlinked.
 
+Weights stored once (``dedup=True``): a checkpoint is an index (``.weights.dedup.json``) whose
+parts are content-addressed blobs (``blob-<sha256>.bin``). It is committed like sharded
+weights, through a temporary folder, with only the blobs no committed checkpoint has; the ones
+it shares are taken from the records that list them. A blob is the one file several records
+may list; it is trashed only when no remaining record lists it, and recovery removes a file of
+the blob pattern that no record lists (what a killed save left).
+
 A directory is untrusted input (runs are downloaded and shared). The manifest is checked as a
 whole when it is parsed (``keras_ckpt.records``): every name in it must be a plain file name in
 the directory, or it is refused. Files are opened without following symbolic links, and a
@@ -67,16 +74,22 @@ from typing import Any, BinaryIO
 from keras_ckpt import validation
 from keras_ckpt.records import (
     ALIASES,
+    DEDUP_EXTENSION,
     LOCK_NAME,
     MANIFEST_NAME,
     TEMP_PATTERN,
     TEMP_PREFIX,
     CheckpointPart,
     CheckpointRecord,
+    DedupDataset,
+    DedupGroup,
     Manifest,
     ManifestError,
+    dedup_index_layout,
+    is_blob,
     name_problem,
     sharded_index_shards,
+    unreferenced,
 )
 
 try:
@@ -305,15 +318,18 @@ def verify(record: CheckpointRecord) -> None:
     directory = os.path.dirname(record.path)
     for part in record.parts:
         _verify_file(os.path.join(directory, part.filename), part.size, part.sha256, record.path)
-    if record.parts:
-        check_sharded_index(record)
+    check_sharded_index(record)
 
 
 def check_sharded_index(record: CheckpointRecord) -> None:
     """Raises ``CheckpointCorruptedError`` unless the index of a sharded checkpoint (its
     ``.weights.json``) names only plain file names among the checkpoint's recorded parts, each
     a regular file: Keras opens every name it gives, so nothing else may be reached through it.
+    A dedup index (``.weights.dedup.json``) is checked the same way (``check_dedup_index``).
     """
+    if record.filename.endswith(DEDUP_EXTENSION):
+        check_dedup_index(record)
+        return
     if not record.filename.endswith(".weights.json"):
         return
     with os.fdopen(open_regular(record.path), "rb") as file:
@@ -331,6 +347,45 @@ def check_sharded_index(record: CheckpointRecord) -> None:
     directory = os.path.dirname(record.path)
     for name in shards:
         check_regular_file(os.path.join(directory, name))
+
+
+def read_dedup_index(record: CheckpointRecord) -> list[DedupGroup | DedupDataset]:
+    """The layout of a dedup checkpoint's index (``records.dedup_index_layout``), checked
+    against the record: every blob it names is one of the record's parts, a regular file of
+    the variable's size.
+
+    Raises:
+        CheckpointCorruptedError: If the index is not a valid dedup index or names a blob that
+            is not one of the checkpoint's recorded parts, or of another size.
+    """
+    with os.fdopen(open_regular(record.path), "rb") as file:
+        raw = file.read()
+    try:
+        layout = dedup_index_layout(json.loads(raw), record.path)
+    except (ValueError, RecursionError) as error:  # ManifestError is a ValueError
+        raise CheckpointCorruptedError(f"Checkpoint {record.path} is refused: {error}") from None
+    parts = {part.filename: part for part in record.parts}
+    directory = os.path.dirname(record.path)
+    for item in layout:
+        if not isinstance(item, DedupDataset):
+            continue
+        blob = item.blob
+        if blob not in parts:
+            raise CheckpointCorruptedError(
+                f"Checkpoint {record.path} names a blob that is not its recorded part: {blob!r}."
+            )
+        if parts[blob].size != item.size:
+            raise CheckpointCorruptedError(
+                f"Checkpoint {record.path} gives {item.key!r} {item.size} bytes; its blob "
+                f"{blob!r} has {parts[blob].size}."
+            )
+        check_regular_file(os.path.join(directory, blob))
+    return layout
+
+
+def check_dedup_index(record: CheckpointRecord) -> None:
+    """``read_dedup_index`` for its checks alone."""
+    read_dedup_index(record)
 
 
 def _verify_file(path: str, expected_size: int, sha256: str, of: str | None = None) -> None:
@@ -424,6 +479,49 @@ def _resolve_pending(manifest: Manifest, directory: str) -> list[str]:
     ]
 
 
+def _dedup_parts(
+    manifest: Manifest, folder: str, record: CheckpointRecord
+) -> tuple[CheckpointPart, ...]:
+    """Every blob the dedup index in ``folder`` names: those ``record`` wrote (its parts so
+    far) and those it shares with committed checkpoints (weights stored once).
+
+    Raises:
+        ValueError: If the index names a blob neither written nor any committed checkpoint's,
+            or a blob written is not named by the index.
+    """
+    index = replace(record, path=os.path.join(folder, record.filename))
+    try:
+        layout = dedup_index_layout(_read_json(index.path), record.filename)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"Saving {record.filename!r} wrote an invalid index: {error}") from None
+    named = {item.blob: item for item in layout if isinstance(item, DedupDataset)}
+    written = {part.filename: part for part in record.parts}
+    stray = sorted(set(written) - set(named))
+    if stray:
+        raise ValueError(f"Saving {record.filename!r} wrote blobs its index does not name: {stray}")
+    committed = {
+        part.filename: part
+        for other in manifest.records
+        for part in other.parts
+        if is_blob(part.filename)
+    }
+    parts = []
+    for blob in sorted(named):
+        part = written.get(blob) or committed.get(blob)
+        if part is None:
+            raise ValueError(
+                f"Saving {record.filename!r} shares the blob {blob!r}, which no committed "
+                "checkpoint has any more; nothing was committed."
+            )
+        parts.append(part)
+    return tuple(parts)
+
+
+def _read_json(path: str) -> Any:
+    with os.fdopen(open_regular(path), "rb") as file:
+        return json.loads(file.read())
+
+
 def _move_out(folder: str, directory: str, record: CheckpointRecord) -> None:
     """Renames the files of ``record`` from ``folder`` into ``directory`` (the parts first, the
     index last; those moved already are skipped), then removes the folder."""
@@ -443,7 +541,8 @@ def _remove_staging_folder(path: str) -> bool:
     temporary pattern, is not keras_ckpt's to delete and stays. Returns whether it went."""
     name = os.path.basename(path)
     filename = TEMP_PATTERN.sub("", name, count=1)
-    if not (TEMP_PATTERN.match(name) and filename.endswith(".weights.json")):
+    dedup = filename.endswith(DEDUP_EXTENSION)
+    if not (TEMP_PATTERN.match(name) and (filename.endswith(".weights.json") or dedup)):
         return False
     stem = filename[: -len(".weights.json")]
     try:
@@ -451,7 +550,9 @@ def _remove_staging_folder(path: str) -> bool:
             return False
         entries = os.listdir(path)
         for entry in entries:
-            shard = entry.startswith(stem) and _SHARD_SUFFIX.fullmatch(entry[len(stem) :])
+            shard = (dedup and is_blob(entry)) or (
+                entry.startswith(stem) and _SHARD_SUFFIX.fullmatch(entry[len(stem) :])
+            )
             if not (entry == filename or shard) or not stat.S_ISREG(
                 os.lstat(os.path.join(path, entry)).st_mode
             ):
@@ -494,6 +595,7 @@ def drop_keeper(manifest: Manifest, keeper: str, names: set[str]) -> tuple[list[
                 continue
         remaining.append(record)
     manifest.records = remaining
+    files = unreferenced(files, remaining)  # a blob another checkpoint still lists stays
     for alias, target in list(manifest.aliases.items()):
         if target in deleted:
             del manifest.aliases[alias]
@@ -506,6 +608,8 @@ def check_plain_name(filename: str) -> None:
     problem = name_problem(filename)
     if problem is None and filename.startswith(TEMP_PREFIX):
         problem = f"starts with {TEMP_PREFIX!r}, which keras_ckpt reserves for temporary files"
+    if problem is None and is_blob(filename):
+        problem = "is a blob name (blob-<sha256>.bin), which keras_ckpt reserves"
     if problem is not None:
         raise ValueError(
             f"Checkpoint file name must be a plain name in the directory ({filename!r} {problem}). "
@@ -531,7 +635,7 @@ def reserved_alias_filenames() -> list[str]:
 
 # ``.weights.json`` is reserved too, though a sharded checkpoint's alias has no file (see
 # ``alias_has_file``): a name some version may want must not be a checkpoint's today.
-_ALIAS_EXTENSIONS = (".weights.h5", ".weights.json", ".keras", ".h5")
+_ALIAS_EXTENSIONS = (".weights.h5", ".weights.json", DEDUP_EXTENSION, ".keras", ".h5")
 
 
 def alias_has_file(target_filename: str) -> bool:
@@ -542,7 +646,7 @@ def alias_has_file(target_filename: str) -> bool:
     would not load; the alias lives in the manifest only, where ``load_best`` and
     ``load_latest`` read it.
     """
-    return not target_filename.endswith(".weights.json")
+    return not target_filename.endswith((".weights.json", DEDUP_EXTENSION))
 
 
 def alias_filename(alias: str, target_filename: str) -> str:
@@ -951,6 +1055,8 @@ class CheckpointStore(Store):
             with self._lock:
                 manifest = self.manifest()
                 manifest.trash += _resolve_pending(manifest, self.directory)
+                if filename.endswith(DEDUP_EXTENSION):
+                    record = replace(record, parts=_dedup_parts(manifest, folder, record))
                 self._check_owners(manifest, record)
                 manifest.pending = {"temp": os.path.basename(folder), "record": record.to_json()}
                 self._write_manifest(manifest)
@@ -995,6 +1101,13 @@ class CheckpointStore(Store):
             if problem is not None:
                 raise ValueError(f"Saving {filename!r} wrote {name!r}, which {problem}.")
             size, sha256 = _fsync_and_hash(path)
+            if filename.endswith(DEDUP_EXTENSION) and not (
+                is_blob(name) and name == f"blob-{sha256}.bin"
+            ):
+                raise ValueError(
+                    f"Saving {filename!r} wrote {name!r}, which is not a blob named by the "
+                    "SHA-256 of its bytes."
+                )
             parts.append(CheckpointPart(filename=name, size=size, sha256=sha256))
         if filename.endswith(".weights.json"):
             with open(os.path.join(folder, filename), "rb") as file:
@@ -1017,6 +1130,8 @@ class CheckpointStore(Store):
             )
         aliases = {alias_filename(a, t) for a, t in manifest.aliases.items()}
         for name in record.parts:
+            if is_blob(name.filename):
+                continue  # named by its content: another checkpoint's copy is this very blob
             owner = manifest.owner(name.filename)
             if owner is not None and owner.filename == record.filename:
                 continue
@@ -1164,6 +1279,14 @@ class CheckpointStore(Store):
                             os.remove(path)
                         else:  # the folder of a sharded save; no other folder
                             _remove_staging_folder(path)
+            listed = {name for record in manifest.records for name in record.filenames}
+            for name in os.listdir(self.directory):
+                # A blob no checkpoint lists: written by a save that did not commit. Only names
+                # of the blob pattern, only regular files, are keras_ckpt's to remove.
+                if is_blob(name) and name not in listed:
+                    with contextlib.suppress(FileNotFoundError):
+                        if stat.S_ISREG(os.lstat(self.path(name)).st_mode):
+                            os.remove(self.path(name))
             for alias, target in list(manifest.aliases.items()):
                 if manifest.find(target) is None:
                     continue

@@ -199,6 +199,14 @@ def test_must_come_before_resume_from_latest(tmp_path):
         fit(make_resume_model(), callbacks, epochs=1)
 
 
+def test_a_dedup_resume_checkpoint_refuses_the_running_average(tmp_path):
+    swa = keras_ckpt.StochasticWeightAveraging(start_epoch=0)
+    resume = keras_ckpt.ResumeFromLatest(tmp_path, dedup=True)
+    with pytest.raises(ValueError, match=r"ResumeFromLatest\(dedup=True\) cannot store the arr"):
+        fit(make_resume_model(), [swa, resume], epochs=2)
+    assert keras_ckpt.list_checkpoints(tmp_path) == []
+
+
 # Real training -------------------------------------------------------------------------------
 
 

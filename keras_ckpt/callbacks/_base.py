@@ -21,7 +21,7 @@ from keras_ckpt.callbacks._monitor import (
 )
 from keras_ckpt.keras_adapter import check_sharded_weights, fit_callbacks, print_message
 from keras_ckpt.policies import RetentionPolicy
-from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord
+from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord, is_blob
 from keras_ckpt.snapshot import append_arrays, take_snapshot, write_now
 from keras_ckpt.store import Store, reserved_alias_filenames
 from keras_ckpt.writer import WRITER
@@ -39,6 +39,8 @@ class StoreCallback(keras.callbacks.Callback):
     event_name: str | None = None
     # Set by a callback saving Keras's sharded weights (``.weights.json``), in GB.
     max_shard_size: float | None = None
+    # Set by a callback storing weights once (``.weights.dedup.json`` and shared blobs).
+    dedup: bool = False
 
     def __init__(self, save_weights_only: bool, async_save: bool = True):
         super().__init__()
@@ -150,10 +152,25 @@ class StoreCallback(keras.callbacks.Callback):
                 stacklevel=4,
             )
             return False
+        if arrays and self.dedup:
+            raise ValueError(
+                f"{type(self).__name__}(dedup=True) cannot store the arrays of callback states "
+                "(StochasticWeightAveraging's running average): a dedup checkpoint holds the "
+                "model's variables only. Use dedup=False for this run; nothing was saved."
+            )
         for listener in self._save_listeners:
             listener(filename)
         max_shard_size = self.max_shard_size if weights_only else None
-        snapshot = take_snapshot(model, filename, weights_only, max_shard_size)
+        # Weights stored once: the blobs committed already are shared, not written again.
+        known = None
+        if self.dedup:
+            known = {p.filename for r in store.records() for p in r.parts if is_blob(p.filename)}
+        snapshot = take_snapshot(model, filename, weights_only, max_shard_size, known)
+        if snapshot is None and self.dedup:
+            raise ValueError(
+                f"{type(self).__name__}(dedup=True) needs Keras's saving internals, which "
+                f"this Keras ({keras.__version__}) lacks (see the warning above)."
+            )
         if not store.writes and snapshot is not None:
             # Not the chief, which writes this checkpoint: the store commits in memory only,
             # right here. The snapshot is still taken: Keras's saving walk may enter collectives
@@ -192,7 +209,7 @@ class StoreCallback(keras.callbacks.Callback):
                     run=run,
                     keeper=self.keeper,
                     state=state,
-                    multi_file=max_shard_size is not None,
+                    multi_file=max_shard_size is not None or self.dedup,
                 )
             finally:
                 if snapshot is not None:
@@ -361,6 +378,36 @@ def sharded_weights_size(max_shard_size: Any, location: str, argument: str) -> f
             f"{argument}={location!r}, max_shard_size={size!r}"
         )
     return size
+
+
+def dedup_argument(dedup: Any, max_shard_size: float | None, location: str, argument: str) -> bool:
+    """Validates a saving callback's ``dedup`` (weights stored once).
+
+    Args:
+        dedup: The argument as given.
+        max_shard_size: The callback's validated ``max_shard_size``.
+        location: Where the callback saves (its ``directory``).
+        argument: The name of ``location``'s argument, for the message.
+
+    Raises:
+        ValueError: If it is not a bool, or with ``dedup=True``: ``max_shard_size`` is set (a
+            checkpoint is either sharded or deduplicated), or ``location`` is a remote URL
+            (blobs are files shared by checkpoints, kept in local directories only).
+    """
+    dedup = validation.boolean("dedup", dedup)
+    if dedup and max_shard_size is not None:
+        raise ValueError(
+            "Arguments `dedup` and `max_shard_size` cannot be combined: a checkpoint is stored "
+            "per variable (dedup) or in shards, not both. Received: dedup=True, "
+            f"max_shard_size={max_shard_size!r}"
+        )
+    if dedup and remote.is_url(location):
+        raise ValueError(
+            "Argument `dedup=True` stores weights once in blobs that several checkpoints share, "
+            "which keras_ckpt keeps in local directories only, not at a URL. Received: "
+            f"{argument}={location!r}, dedup=True"
+        )
+    return dedup
 
 
 @contextlib.contextmanager

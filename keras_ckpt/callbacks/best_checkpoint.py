@@ -8,7 +8,7 @@ import warnings
 from typing import Any
 
 from keras_ckpt import ema, naming, ranking, validation
-from keras_ckpt.callbacks._base import StoreCallback, sharded_weights_size
+from keras_ckpt.callbacks._base import StoreCallback, dedup_argument, sharded_weights_size
 from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
 from keras_ckpt.keras_adapter import fit_callbacks, uses_ema
 from keras_ckpt.policies import KeepBest
@@ -62,6 +62,15 @@ class BestCheckpoint(LazyMode, StoreCallback):
             has no file (Keras opens an index's first shard by the index's own name, so a
             linked ``best.weights.json`` would not load): the manifest names it, and
             ``load_best`` / ``keras_ckpt.best_checkpoint`` find it there.
+        dedup: Store weights once: each checkpoint is a small index
+            (``.weights.dedup.json``) naming one content-addressed blob per variable
+            (``blob-<sha256>.bin``), and a variable whose bytes an earlier checkpoint of the
+            directory holds already (a frozen backbone) is not written again. Needs
+            ``save_weights_only=True`` and a local ``directory``; not with ``max_shard_size``.
+            ``load_best`` / ``load_latest`` / ``load_checkpoint`` load such checkpoints
+            directly, ``keras-ckpt export`` writes a standard ``.weights.h5``; retention deletes
+            a blob only when no remaining checkpoint uses it. The ``best`` alias has no file:
+            the manifest names it.
 
     Raises:
         ValueError: On any invalid argument, naming it; as training begins, with
@@ -90,6 +99,7 @@ class BestCheckpoint(LazyMode, StoreCallback):
         weights: str = "raw",
         *,
         max_shard_size: float | None = None,
+        dedup: bool = False,
     ):
         super().__init__(
             save_weights_only=validation.boolean("save_weights_only", save_weights_only),
@@ -97,6 +107,7 @@ class BestCheckpoint(LazyMode, StoreCallback):
         )
         self.directory = check_directory_usable(directory, "directory")
         self.max_shard_size = sharded_weights_size(max_shard_size, self.directory, "directory")
+        self.dedup = dedup_argument(dedup, self.max_shard_size, self.directory, "directory")
         self.monitor = validation.non_empty_str("monitor", monitor)
         self.mode = validation.one_of("mode", mode, ranking.MODES)
         self.top_k = validation.positive_int("top_k", top_k)
@@ -108,6 +119,7 @@ class BestCheckpoint(LazyMode, StoreCallback):
             self.save_weights_only,
             varying_reason="`top_k` > 1" if self.top_k > 1 else None,
             sharded=self.max_shard_size is not None,
+            dedup=self.dedup,
         )
         self._store: Store | None = None
         self._epochs_without_validation = 0

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from keras_ckpt import naming, validation
-from keras_ckpt.callbacks._base import StoreCallback, sharded_weights_size
+from keras_ckpt.callbacks._base import StoreCallback, dedup_argument, sharded_weights_size
 from keras_ckpt.callbacks._batches import EpochPosition, enable_batch_hook
 from keras_ckpt.callbacks._monitor import plain_metrics
 from keras_ckpt.policies import AnyOf, KeepAll, KeepEvery, KeepLatest, RetentionPolicy
@@ -61,6 +61,15 @@ class IntervalCheckpoint(StoreCallback):
             has no file (Keras opens an index's first shard by the index's own name, so a
             linked ``latest.weights.json`` would not load): the manifest names it, and
             ``load_latest`` / ``keras_ckpt.latest_checkpoint`` find it there.
+        dedup: Store weights once: each checkpoint is a small index
+            (``.weights.dedup.json``) naming one content-addressed blob per variable
+            (``blob-<sha256>.bin``), and a variable whose bytes an earlier checkpoint of the
+            directory holds already (a frozen backbone) is not written again. Needs
+            ``save_weights_only=True`` and a local ``directory``; not with ``max_shard_size``.
+            ``load_best`` / ``load_latest`` / ``load_checkpoint`` load such checkpoints
+            directly, ``keras-ckpt export`` writes a standard ``.weights.h5``; retention deletes
+            a blob only when no remaining checkpoint uses it. The ``latest`` alias has no file:
+            the manifest names it.
 
     Raises:
         ValueError: On any invalid argument, naming it.
@@ -90,12 +99,14 @@ class IntervalCheckpoint(StoreCallback):
         retention: RetentionPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_shard_size: float | None = None,
+        dedup: bool = False,
     ):
         super().__init__(
             validation.boolean("save_weights_only", save_weights_only), async_save=async_save
         )
         self.directory = check_directory_usable(directory, "directory")
         self.max_shard_size = sharded_weights_size(max_shard_size, self.directory, "directory")
+        self.dedup = dedup_argument(dedup, self.max_shard_size, self.directory, "directory")
         self.every_epochs = validation.optional(
             validation.positive_int, "every_epochs", every_epochs
         )
@@ -123,7 +134,11 @@ class IntervalCheckpoint(StoreCallback):
             validation.retention_policy("retention", retention)
         self.retention = retention if retention is not None else self._default_retention()
         self.filename = naming.checked_template(
-            filename, self.save_weights_only, None, sharded=self.max_shard_size is not None
+            filename,
+            self.save_weights_only,
+            None,
+            sharded=self.max_shard_size is not None,
+            dedup=self.dedup,
         )
         self._check_filename_varies()
         self._trigger = IntervalTrigger(self.every_epochs, self.every_steps, self.every_seconds)

@@ -12,13 +12,13 @@ import keras
 import numpy as np
 
 from keras_ckpt import naming, processes, ranking, remote, validation
-from keras_ckpt.callbacks._base import StoreCallback, sharded_weights_size
+from keras_ckpt.callbacks._base import StoreCallback, dedup_argument, sharded_weights_size
 from keras_ckpt.callbacks._batches import enable_batch_hook
 from keras_ckpt.callbacks._monitor import LazyMode, plain_metrics
 from keras_ckpt.callbacks._state import Resumable
 from keras_ckpt.keras_adapter import print_message
 from keras_ckpt.policies import KeepBest
-from keras_ckpt.records import CheckpointRecord
+from keras_ckpt.records import DEDUP_EXTENSION, CheckpointRecord
 from keras_ckpt.store import Store
 from keras_ckpt.triggers import IntervalTrigger
 
@@ -77,6 +77,12 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
             local directories only. The index and its shards
             (``<stem>_00000.weights.h5``, ...) are one checkpoint: committed together,
             verified and deleted together; ``model.load_weights(<index>)`` loads them.
+        dedup: Store weights once: a ``filepath`` ending in ``.weights.dedup.json`` (required
+            there), ``save_weights_only=True``, a local directory. Each checkpoint is an index
+            naming one content-addressed blob per variable; a variable whose bytes an earlier
+            checkpoint of the directory holds (a frozen backbone) is not written again. Load
+            with ``keras_ckpt.load_checkpoint`` / ``load_latest``, or
+            ``keras-ckpt export DIR OUT.weights.h5`` for a standard file.
 
     Raises:
         ValueError: On a bad ``save_freq``, ``save_top_k``, ``period``, ``max_shard_size`` or
@@ -109,6 +115,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         period: int | None = None,
         options: Any = None,
         max_shard_size: float | None = None,
+        dedup: bool = False,
     ):
         super().__init__(save_weights_only=save_weights_only, async_save=async_save)
         mode = validation.keras_mode(type(self).__name__, mode)  # Keras warns, falls back
@@ -132,7 +139,10 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
             validation.non_empty_str("monitor", monitor)
         validation.save_freq(save_freq, keras_class="ModelCheckpoint")
         self.max_shard_size = sharded_weights_size(max_shard_size, self.filepath, "filepath")
-        if self.max_shard_size is not None or self.filepath.endswith(
+        self.dedup = dedup_argument(dedup, self.max_shard_size, self.filepath, "filepath")
+        if self.dedup or self.filepath.endswith(DEDUP_EXTENSION):
+            naming.dedup_template(self.filepath, self.save_weights_only, self.dedup, "filepath")
+        elif self.max_shard_size is not None or self.filepath.endswith(
             naming.SHARDED_WEIGHTS_EXTENSION
         ):
             naming.sharded_template(

@@ -10,7 +10,7 @@ from typing import Any
 import keras
 
 from keras_ckpt import ema, validation
-from keras_ckpt.callbacks._base import StoreCallback
+from keras_ckpt.callbacks._base import StoreCallback, dedup_argument
 from keras_ckpt.callbacks._batches import EpochPosition, enable_batch_hook
 from keras_ckpt.callbacks._callback_states import (
     has_arrays,
@@ -34,11 +34,12 @@ from keras_ckpt.keras_adapter import (
     print_message,
     set_fit_start_epoch,
 )
+from keras_ckpt.loading import checkpoint_file
 from keras_ckpt.policies import KeepLatest
 from keras_ckpt.processes import agree_on_save, is_writer
-from keras_ckpt.records import LATEST_ALIAS, CheckpointRecord
+from keras_ckpt.records import DEDUP_EXTENSION, LATEST_ALIAS, CheckpointRecord
 from keras_ckpt.snapshot import read_arrays
-from keras_ckpt.store import Store, check_directory_usable, local_file
+from keras_ckpt.store import Store, check_directory_usable
 from keras_ckpt.triggers import IntervalTrigger
 
 FILENAME = "resume-epoch{epoch:04d}-step{step:08d}.weights.h5"
@@ -85,6 +86,11 @@ class ResumeFromLatest(StoreCallback):
             thread and write the checkpoint in the background (at most one save in flight; a
             failure is raised at the next save or at the end of training). ``False`` writes
             before training goes on.
+        dedup: Store weights once: each checkpoint is an index
+            (``.weights.dedup.json``) naming one content-addressed blob per variable, and a
+            variable whose bytes an earlier checkpoint of the directory holds (a frozen
+            backbone) is not written again (see ``IntervalCheckpoint``). A local
+            ``directory`` only.
 
     Raises:
         ValueError: On any invalid argument, naming it.
@@ -109,9 +115,13 @@ class ResumeFromLatest(StoreCallback):
         async_save: bool = True,
         *,
         clock: Callable[[], float] = time.monotonic,
+        dedup: bool = False,
     ):
         super().__init__(save_weights_only=True, async_save=async_save)
         self.directory = check_directory_usable(directory, self._directory_argument)
+        self.dedup = dedup_argument(dedup, None, self.directory, self._directory_argument)
+        if self.dedup:
+            self.filename_template = FILENAME[: -len(".weights.h5")] + DEDUP_EXTENSION
         every_steps, at_epoch_end = self._save_schedule(save_freq)
         self.save_freq = save_freq
         self.every_seconds = validation.optional(
@@ -349,7 +359,7 @@ class ResumeFromLatest(StoreCallback):
     def _restore(self, record: CheckpointRecord) -> None:
         state = record.state or {}
         callbacks = state.get("callbacks", {})
-        with local_file(record, verify_checksum=False) as path:  # verified when chosen
+        with checkpoint_file(record, verify_checksum=False) as path:  # verified when chosen
             load_variables(self.model, path, state.get("variables", []))
             if has_arrays(callbacks):
                 try:

@@ -37,10 +37,11 @@ from keras_ckpt.keras_adapter import (
     rebuild_train_function,
     set_optimizer_schedule,
 )
+from keras_ckpt.loading import checkpoint_file
 from keras_ckpt.processes import is_writer
 from keras_ckpt.records import CheckpointRecord
 from keras_ckpt.schedules import Scaled
-from keras_ckpt.store import CheckpointCorruptedError, local_file, verify
+from keras_ckpt.store import CheckpointCorruptedError, verify
 
 # How many checkpoints of an IntervalCheckpoint source the callback keeps states for in memory.
 _STATES_KEPT = 8
@@ -377,7 +378,7 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
         """Puts back what ``record`` saved; returns its step (the run's steps restart there)."""
         state = record.state if record.state is not None else self._captured.get(record.filename)
         state = state or {}
-        with local_file(record, verify_checksum=False) as path:  # verified when chosen
+        with checkpoint_file(record, verify_checksum=False) as path:  # verified when chosen
             load_variables(model, path, state.get("variables", []))
         random = state.get("random", {})
         set_seed_generators(model, random.get("seed_generators", []))
