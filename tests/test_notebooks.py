@@ -9,6 +9,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 # What each notebook must leave behind, and a line its output must contain.
 EXPECTED = {
+    "averaging.ipynb": ("runs/averaging/soup.keras", "greedy soup saved: "),
     "quickstart.ipynb": ("runs/quickstart/best.keras", "best: "),
     "resume.ipynb": (
         "runs/resume/keras_ckpt.json",
