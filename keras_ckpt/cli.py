@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("raw", "ema"),
         default="raw",
         help="'raw' (the default): the file as saved; 'ema': the model holding the optimizer's "
-        "moving averages (a run with use_ema=True)",
+        "moving averages (a run with use_ema=True; OUT.keras, a whole-model checkpoint)",
     )
 
     average = commands.add_parser(
@@ -781,10 +781,17 @@ def _export(args: argparse.Namespace) -> int:
             "export it as OUT.weights.h5, export a whole-model checkpoint "
             "(save_weights_only=False), or load the weights into your model and call model.save"
         )
-    if weights_out and (record.kind == KIND_MODEL or record.filename.endswith(".weights.json")):
+    if weights_out and args.weights == "ema":
         raise UsageError(
-            f"{record.filename} is not a weights-only checkpoint in one file or in blobs "
-            "(a whole model or sharded weights); export it as OUT.keras or keep it as it is"
+            "--weights ema writes a whole model holding the moving averages: give OUT.keras "
+            "and a whole-model checkpoint"
+        )
+    if weights_out and record.kind == KIND_MODEL:
+        raise UsageError(f"{record.filename} is a whole model; export it as OUT.keras")
+    if weights_out and record.filename.endswith(".weights.json"):
+        raise UsageError(
+            f"{record.filename} is sharded weights, which export does not copy; load it with "
+            "keras_ckpt.load_checkpoint(record, model) or model.load_weights(<index>)"
         )
     with contextlib.ExitStack() as download:
         try:

@@ -74,6 +74,22 @@ def blob_filename(sha256: str) -> str:
     return name
 
 
+def first_shard_name(index_filename: str) -> str:
+    """The shard Keras opens first for a sharded index, whatever the index lists: Keras names
+    shards after the index's name without ``.json`` and with every ``.weights`` removed.
+
+    Example:
+        >>> first_shard_name("e3.weights.json"), first_shard_name("a.weights.b.weights.json")
+        ('e3_00000.weights.h5', 'a.b_00000.weights.h5')
+    """
+    return shard_base_name(index_filename) + "_00000.weights.h5"
+
+
+def shard_base_name(index_filename: str) -> str:
+    """What Keras puts before ``_<5 digits>.weights.h5`` in the shards of ``index_filename``."""
+    return index_filename.removesuffix(".json").replace(".weights", "")
+
+
 def is_blob(name: str) -> bool:
     """Whether ``name`` is a content-addressed blob, a file several checkpoints may share."""
     return BLOB_PATTERN.fullmatch(name) is not None

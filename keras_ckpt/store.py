@@ -86,8 +86,10 @@ from keras_ckpt.records import (
     Manifest,
     ManifestError,
     dedup_index_layout,
+    first_shard_name,
     is_blob,
     name_problem,
+    shard_base_name,
     sharded_index_shards,
     unreferenced,
 )
@@ -338,14 +340,20 @@ def check_sharded_index(record: CheckpointRecord) -> None:
         shards = sharded_index_shards(json.loads(raw), record.path)
     except (ValueError, RecursionError) as error:  # ManifestError is a ValueError
         raise CheckpointCorruptedError(f"Checkpoint {record.path} is refused: {error}") from None
+    # Keras opens the first shard by the index's own name even when the index does not list
+    # it, so it is checked as the listed ones are.
+    opened = [
+        *shards,
+        *([first] if (first := first_shard_name(record.filename)) not in shards else []),
+    ]
     parts = {part.filename for part in record.parts}
-    outside = [name for name in shards if name not in parts]
+    outside = [name for name in opened if name not in parts]
     if outside:
         raise CheckpointCorruptedError(
             f"Checkpoint {record.path} names shards that are not its recorded parts: {outside}."
         )
     directory = os.path.dirname(record.path)
-    for name in shards:
+    for name in opened:
         check_regular_file(os.path.join(directory, name))
 
 
@@ -411,7 +419,9 @@ def _verify_file(path: str, expected_size: int, sha256: str, of: str | None = No
 @contextlib.contextmanager
 def local_file(record: CheckpointRecord, verify_checksum: bool = True) -> Iterator[str]:
     """A local path of the checkpoint for Keras to open: the file itself, or for a remote
-    directory a downloaded copy, deleted afterwards. ``verify_checksum`` checks it first."""
+    directory a downloaded copy, deleted afterwards. ``verify_checksum`` checks it first;
+    without it, a local file must still be a regular file (no link) and a sharded index may
+    name only the checkpoint's own regular files."""
     from keras_ckpt import remote
 
     if remote.is_url(record.path):
@@ -422,6 +432,9 @@ def local_file(record: CheckpointRecord, verify_checksum: bool = True) -> Iterat
         return
     if verify_checksum:
         verify(record)
+    else:  # unverified, but never a link, nor an index that reaches outside the directory
+        check_regular_file(record.path)
+        check_sharded_index(record)
     yield record.path
 
 
@@ -544,7 +557,7 @@ def _remove_staging_folder(path: str) -> bool:
     dedup = filename.endswith(DEDUP_EXTENSION)
     if not (TEMP_PATTERN.match(name) and (filename.endswith(".weights.json") or dedup)):
         return False
-    stem = filename[: -len(".weights.json")]
+    stem = shard_base_name(filename)
     try:
         if not stat.S_ISDIR(os.lstat(path).st_mode):
             return False

@@ -1,6 +1,8 @@
 """Exponential moving averages (``use_ema=True``): checkpoints hold the raw weights as the
 model's and the averages in the optimizer, whatever SwapEMAWeights does; resumes are exact."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -265,6 +267,11 @@ def test_export_with_the_averages(tmp_path, data, capsys):
     )
     assert_weights_equal(keras.saving.load_model(out).get_weights(), record.averages[epoch])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "ema.keras", "raw.keras"]
+    # The averages make a whole model: a weights file is the wrong output, said in one line.
+    weights_out = str(tmp_path / "ema.weights.h5")
+    assert cli.main(["export", str(tmp_path / "best"), weights_out, "--weights", "ema"]) == 2
+    assert "--weights ema writes a whole model" in capsys.readouterr().err
+    assert not os.path.exists(weights_out)
 
 
 def test_averages_are_asked_of_a_checkpoint_without_them(tmp_path, data, capsys):
