@@ -18,6 +18,7 @@ from conftest import assert_weights_equal, needs_keras, run_child_script
 
 import keras_ckpt
 from keras_ckpt import cli, keras_adapter
+from keras_ckpt.loading import checkpoint_file
 from keras_ckpt.records import MANIFEST_NAME, TEMP_PREFIX, CheckpointRecord, ManifestError
 from keras_ckpt.store import CheckpointCorruptedError, CheckpointStore, read_manifest, verify
 
@@ -235,6 +236,40 @@ def test_an_index_naming_a_shard_outside_is_refused_before_keras_opens_it(
     for verify_checksum in (True, False):
         with pytest.raises(CheckpointCorruptedError, match="plain file name"):
             keras_ckpt.load_checkpoint(record, model=make_model(), verify_checksum=verify_checksum)
+
+
+def test_the_first_shard_keras_opens_unlisted_is_checked_too(sharded_run, tmp_path, make_model):
+    """Keras opens ``<base>_00000.weights.h5`` whatever the index lists: an index that routes
+    every variable elsewhere, beside a link of that name to a file outside, is refused."""
+    directory = tmp_path / "copy"
+    shutil.copytree(sharded_run, directory)
+    (tmp_path / "outside.weights.h5").write_bytes(b"not a checkpoint")
+    index = directory / "e1.weights.json"
+    data = json.loads(index.read_text())
+    assert ["e1_00000.weights.h5"] in data["weight_map"].values()
+    data["weight_map"] = {key: ["e1_00001.weights.h5"] for key in data["weight_map"]}
+    os.remove(index)  # a hard link may share it with the session's directory
+    index.write_text(json.dumps(data))
+    os.remove(directory / "e1_00000.weights.h5")
+    os.symlink(tmp_path / "outside.weights.h5", directory / "e1_00000.weights.h5")
+    record = keras_ckpt.list_checkpoints(directory)[0]
+    with pytest.raises(CheckpointCorruptedError, match="e1_00000.weights.h5"):
+        keras_ckpt.load_checkpoint(record, model=make_model(), verify_checksum=False)
+
+
+def test_an_unverified_checkpoint_that_is_a_link_is_refused(sharded_run, tmp_path, make_model):
+    directory = tmp_path / "copy"
+    shutil.copytree(sharded_run, directory)
+    (tmp_path / "outside.weights.json").write_text("{}")
+    os.remove(directory / "e2.weights.json")
+    os.symlink(tmp_path / "outside.weights.json", directory / "e2.weights.json")
+    record = keras_ckpt.list_checkpoints(directory)[1]
+    with pytest.raises(CheckpointCorruptedError, match="e2.weights.json"):
+        keras_ckpt.load_checkpoint(record, model=make_model(), verify_checksum=False)
+    # The file that average_checkpoints and the resume callbacks hand to Keras: refused too.
+    with pytest.raises(CheckpointCorruptedError, match="e2.weights.json"):
+        with checkpoint_file(record, verify_checksum=False):
+            pass
 
 
 # Crashes -----------------------------------------------------------------------------------
