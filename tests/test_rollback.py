@@ -124,6 +124,15 @@ def test_a_state_from_the_manifest_is_checked(tmp_path, state, match):
         train([resume, rollback], NaNData(), epochs=1)
 
 
+def test_a_run_of_several_processes_is_refused_before_training(tmp_path, monkeypatch):
+    from keras_ckpt.callbacks import rollback
+
+    monkeypatch.setattr(rollback, "process_count", lambda: 2)
+    resume = keras_ckpt.ResumeFromLatest(tmp_path)
+    with pytest.raises(ValueError, match="RollbackOnDivergence restores in one process only"):
+        train([resume, keras_ckpt.RollbackOnDivergence(resume)], NaNData(), epochs=1)
+
+
 def test_a_source_outside_the_fit_is_an_error(tmp_path):
     rollback = keras_ckpt.RollbackOnDivergence(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="no ResumeFromLatest or IntervalCheckpoint saving into"):
@@ -177,6 +186,23 @@ def test_rollback_equals_a_run_without_the_skipped_batches(
         if key.startswith("RollbackOnDivergence")
     ]
     assert recorded[-1] == [{**event, "loss": "nan"}]
+
+
+def test_a_rollback_gives_stochastic_weight_averaging_its_average_back(tmp_path):
+    # SWA's running average lives in the resume checkpoint's file; a rollback reads it there.
+    swa = keras_ckpt.StochasticWeightAveraging(start_epoch=0)
+    resume = keras_ckpt.ResumeFromLatest(tmp_path, save_freq=3)
+    rollback = keras_ckpt.RollbackOnDivergence(resume)
+    seen = []
+
+    class AverageCount(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(swa.averaged_count)
+
+    train([swa, resume, rollback, AverageCount()], NaNData(poisoned=[(1, 4)]))
+    assert len(rollback.rollbacks) == 1
+    assert seen == [1, 2, 3]  # the epoch-end averages, restored with the checkpoint of epoch 2
+    assert all(np.isfinite(w).all() for w in swa.average)
 
 
 def test_interval_checkpoint_source_by_directory_is_exact(tmp_path):

@@ -13,7 +13,12 @@ import keras
 
 from keras_ckpt import decisions, validation
 from keras_ckpt.callbacks._base import StoreCallback
-from keras_ckpt.callbacks._callback_states import callback_states, load_callback_states
+from keras_ckpt.callbacks._callback_states import (
+    callback_states,
+    has_arrays,
+    join_arrays,
+    load_callback_states,
+)
 from keras_ckpt.callbacks._monitor import (
     EVENT_PREFIX,
     batches_trained,
@@ -38,9 +43,10 @@ from keras_ckpt.keras_adapter import (
     set_optimizer_schedule,
 )
 from keras_ckpt.loading import checkpoint_file
-from keras_ckpt.processes import is_writer
+from keras_ckpt.processes import is_writer, process_count
 from keras_ckpt.records import CheckpointRecord
 from keras_ckpt.schedules import Scaled
+from keras_ckpt.snapshot import read_arrays
 from keras_ckpt.store import CheckpointCorruptedError, verify
 
 # How many checkpoints of an IntervalCheckpoint source the callback keeps states for in memory.
@@ -170,6 +176,12 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
         self.stopping_reason = None
         self._recent.clear()
         self._captured = {}
+        if process_count() > 1:
+            raise ValueError(
+                "RollbackOnDivergence restores in one process only: in a run of "
+                f"{process_count()} processes each would have to restore the same checkpoint "
+                "together, which it does not do yet. Remove it, or train in one process."
+            )
         self._siblings = [c for c in fit_callbacks(self) if c is not self]
         self._source = self._find_source()
         if isinstance(self._source, IntervalCheckpoint):
@@ -376,15 +388,30 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
 
     def _restore(self, model: keras.Model, record: CheckpointRecord) -> int:
         """Puts back what ``record`` saved; returns its step (the run's steps restart there)."""
-        state = record.state if record.state is not None else self._captured.get(record.filename)
-        state = state or {}
+        # What this process kept as the save began (random states, other callbacks' states),
+        # under what the record itself holds (an IntervalCheckpoint's records hold little).
+        captured = self._captured.get(record.filename, {})
+        state = {**captured, **(record.state or {})}
+        state["callbacks"] = {
+            **captured.get("callbacks", {}),
+            **(record.state or {}).get("callbacks", {}),
+        }
+        callbacks = state["callbacks"]
         with checkpoint_file(record, verify_checksum=False) as path:  # verified when chosen
             load_variables(model, path, state.get("variables", []))
+            if has_arrays(callbacks):  # StochasticWeightAveraging's average, in the file
+                try:
+                    callbacks = join_arrays(callbacks, lambda: read_arrays(path))
+                except (ValueError, OSError, KeyError) as error:
+                    raise ValueError(
+                        f"RollbackOnDivergence could not read the callback states' arrays of "
+                        f"{record.path}: {error}"
+                    ) from error
         random = state.get("random", {})
         set_seed_generators(model, random.get("seed_generators", []))
         if random.get("torch_now") and keras.backend.backend() == "torch":
             set_torch_generators(random["torch_now"])
-        load_callback_states(self._restored_callbacks(), state.get("callbacks", {}), record.path)
+        load_callback_states(self._restored_callbacks(), callbacks, record.path)
         return record.step
 
     def _lower_learning_rate(self, model: keras.Model) -> None:
