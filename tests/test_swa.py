@@ -199,6 +199,13 @@ def test_must_come_before_resume_from_latest(tmp_path):
         fit(make_resume_model(), callbacks, epochs=1)
 
 
+def test_an_optimizer_with_use_ema_is_refused_before_training():
+    model = make_resume_model()
+    model.compile(optimizer=keras.optimizers.Adam(use_ema=True), loss="mse")
+    with pytest.raises(ValueError, match="does not combine with an optimizer's use_ema=True"):
+        fit(model, [keras_ckpt.StochasticWeightAveraging()], epochs=1)
+
+
 def test_a_dedup_resume_checkpoint_refuses_the_running_average(tmp_path):
     swa = keras_ckpt.StochasticWeightAveraging(start_epoch=0)
     resume = keras_ckpt.ResumeFromLatest(tmp_path, dedup=True)

@@ -14,7 +14,12 @@ from keras_ckpt.averaging import batch_norm_layers, recompute_batch_norm
 from keras_ckpt.callbacks._batches import EpochPosition, enable_batch_hook
 from keras_ckpt.callbacks._monitor import batches_trained, learning_rate_optimizers
 from keras_ckpt.callbacks._state import Resumable
-from keras_ckpt.keras_adapter import fit_callbacks, optimizer_schedule, print_message
+from keras_ckpt.keras_adapter import (
+    fit_callbacks,
+    optimizer_schedule,
+    print_message,
+    uses_ema,
+)
 from keras_ckpt.swa import SwaSchedule
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
@@ -157,6 +162,12 @@ class StochasticWeightAveraging(Resumable, keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._check_order()
+        if uses_ema(self.model):
+            raise ValueError(
+                "StochasticWeightAveraging does not combine with an optimizer's use_ema=True: "
+                "at the end of fit both would replace the model's weights, and the checkpoints "
+                "would keep only one of them. Use one kind of averaging per run."
+            )
         if self.swa_lr is not None:
             for optimizer in learning_rate_optimizers(self.model):
                 if isinstance(optimizer_schedule(optimizer), Schedule):
