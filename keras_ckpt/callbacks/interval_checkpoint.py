@@ -276,10 +276,12 @@ class IntervalCheckpoint(StoreCallback):
         committed = self._commit(
             store, filename, epoch=epoch, batch=batch, metrics=metrics, state=state, then=tidy
         )
+        # A save refused for a non-finite loss counts as the time trigger's save too: the loss
+        # stays NaN until the epoch ends, and retrying at every batch would read it every batch.
+        self._trigger.saved(self._clock())
         if not committed:
             return  # a non-finite training loss: nothing saved
         self._last_saved_step = self._step()
-        self._trigger.saved(self._clock())
         self._epoch_saves += 1
         self._epoch_deleted += len(dropped)
         self._kept = len(kept) + (filename not in {r.filename for r in kept})

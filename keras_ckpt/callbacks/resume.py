@@ -336,8 +336,9 @@ class ResumeFromLatest(StoreCallback):
             then=tidy,
             arrays=arrays,
         )
-        if committed:
-            self._trigger.saved(self._clock())
+        # A save refused for a non-finite loss counts as the time trigger's save too: the loss
+        # stays NaN until the epoch ends, and retrying at every batch would read it every batch.
+        self._trigger.saved(self._clock())
         return committed
 
     def _after_rollback(self, batch: int, rollback_states: dict[str, Any]) -> None:
