@@ -303,19 +303,25 @@ class Crash(keras.callbacks.Callback):
         self.step += 1
 
 
+@pytest.mark.parametrize(
+    ("skip_batches", "crash"),
+    # The bad batch is batch 3 of epoch 1 (the 10th read); the crash comes 2 batches on, or,
+    # skipping batch 4 too, right before batch 5, the first trained after the rollback.
+    [(None, 12), (2, 11)],
+)
 def test_a_rerun_after_a_rollback_neither_retrains_skipped_batches_nor_resets_the_count(
-    tmp_path,
+    tmp_path, skip_batches, crash
 ):
     def callbacks(directory):
         resume = keras_ckpt.ResumeFromLatest(directory, save_freq=4)
-        return resume, keras_ckpt.RollbackOnDivergence(resume)
+        return resume, keras_ckpt.RollbackOnDivergence(resume, skip_batches=skip_batches)
 
     whole = callbacks(tmp_path / "whole")
     expected = train(list(whole), NaNData(poisoned=[(1, 3)])).model.get_weights()
     assert len(whole[1].rollbacks) == 1
     crashed = callbacks(tmp_path / "crashed")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train([*crashed, Crash(12)], NaNData(poisoned=[(1, 3)]))  # crashes 2 batches on
+        train([*crashed, Crash(crash)], NaNData(poisoned=[(1, 3)]))
     rerun = callbacks(tmp_path / "crashed")
     model = make_resume_model(seed=1)
     train(list(rerun), NaNData(), model=model)  # batch 3 of epoch 1 is only read again

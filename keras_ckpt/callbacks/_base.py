@@ -331,10 +331,11 @@ class StoreCallback(keras.callbacks.Callback):
                 return not ranking.is_improvement(value, record.metrics.get(monitor), mode)
         return False
 
-    def _after_rollback(self, batch: int, rollback_states: dict[str, Any]) -> None:
+    def _after_rollback(self, batch: int, rollback_states: dict[str, Any], ahead: int = 0) -> None:
         """``RollbackOnDivergence`` restored one of this callback's checkpoints after batch
-        ``batch`` of the current epoch; ``rollback_states`` is its state by its key, as
-        ``callback_states`` gives it (the callbacks it restores from say what follows)."""
+        ``batch`` of the current epoch, and reads the next ``ahead`` batches without training
+        them; ``rollback_states`` is its state by its key, as ``callback_states`` gives it (the
+        callbacks it restores from say what follows)."""
 
     def state_dict(self) -> dict[str, Any]:
         """The run this callback continues after a resume (its checkpoints are in the manifest)."""

@@ -243,12 +243,13 @@ class IntervalCheckpoint(StoreCallback):
 
     # Internals ---------------------------------------------------------------------------
 
-    def _after_rollback(self, batch: int, rollback_states: dict[str, Any]) -> None:
-        """``RollbackOnDivergence`` restored a checkpoint after batch ``batch`` of this epoch:
-        steps count on from the restored one, and the restored state is saved at once, its
-        manifest record holding the rollbacks (``state["callbacks"]``, as ResumeFromLatest
-        records them)."""
-        self._position = EpochPosition(self._step() - (batch + 1), self._position.replayed)
+    def _after_rollback(self, batch: int, rollback_states: dict[str, Any], ahead: int = 0) -> None:
+        """``RollbackOnDivergence`` restored a checkpoint after batch ``batch`` of this epoch,
+        and will read the next ``ahead`` batches without training them: steps count on from the
+        restored one, and the restored state is saved at once, its manifest record holding the
+        rollbacks (``state["callbacks"]``, as ResumeFromLatest records them)."""
+        done = batch + 1 + ahead  # batches of the epoch read, trained or skipped
+        self._position = EpochPosition(self._step() - done, max(self._position.replayed, done))
         self._save(self._current_epoch, batch, {}, state={"callbacks": rollback_states})
 
     def _save(

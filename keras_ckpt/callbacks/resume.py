@@ -341,18 +341,20 @@ class ResumeFromLatest(StoreCallback):
         self._trigger.saved(self._clock())
         return committed
 
-    def _after_rollback(self, batch: int, rollback_states: dict[str, Any]) -> None:
-        """``RollbackOnDivergence`` restored a checkpoint after batch ``batch`` of this epoch.
+    def _after_rollback(self, batch: int, rollback_states: dict[str, Any], ahead: int = 0) -> None:
+        """``RollbackOnDivergence`` restored a checkpoint after batch ``batch`` of this epoch,
+        and will read the next ``ahead`` batches without training them (``skip_batches``).
 
-        Steps count on from the restored one, and the restored state is saved at once at this
-        position (unless the epoch ends here, which saves anyway): a rerun then resumes past
-        the skipped batches, with the rollback counted (the saved state holds every other
-        callback's, ``rollback_states`` included).
+        Steps count on from the restored one, and the restored state is saved at once at the
+        position after the skipped batches (unless the epoch ends there, which saves anyway): a
+        rerun then resumes past every skipped batch, with the rollback counted (the saved state
+        holds every other callback's, ``rollback_states`` included).
         """
-        self._position = EpochPosition(self._step() - (batch + 1), self._position.replayed)
+        done = batch + 1 + ahead  # batches of the epoch read, trained or skipped
+        self._position = EpochPosition(self._step() - done, max(self._position.replayed, done))
         steps = self.params.get("steps") if self.params else None
-        if steps is None or batch + 1 < steps:
-            if self._save(self._epoch, batch + 1):
+        if steps is None or done < steps:
+            if self._save(self._epoch, done):
                 self._epoch_saves += 1
 
     # Restoring ---------------------------------------------------------------------------

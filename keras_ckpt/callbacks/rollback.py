@@ -344,10 +344,11 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
         self._last_mean, self._last_counted = 0.0, 0
         if self.lr_factor != 1.0:
             self._lower_learning_rate(model)
-        source._after_rollback(batch, callback_states([self]))
-        if self.skip_batches is not None and self.skip_batches > 1:
-            replay_trained_batches(model, self.skip_batches - 1)
-            self._mean_starts_after += self.skip_batches - 1
+        ahead = (self.skip_batches or 1) - 1  # batches after the bad one, read untrained
+        source._after_rollback(batch, callback_states([self]), ahead)
+        if ahead:
+            replay_trained_batches(model, ahead)
+            self._mean_starts_after += ahead
 
     def _last_good(self, source: StoreCallback, step: int) -> CheckpointRecord | None:
         """The newest of ``source``'s checkpoints of this run committed before ``step``, with
