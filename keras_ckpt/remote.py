@@ -682,23 +682,44 @@ class RemoteStore(Store):
     def _abort_unfinished_uploads(self, in_flight: set[str]) -> None:
         """Aborts the S3 multipart uploads of temporary objects that a killed writer left in
         this directory: S3 lists them nowhere else, and keeps (and bills) their parts until
-        they are aborted. Only keys of the temporary pattern directly in the directory."""
+        they are aborted. Only keys of the temporary pattern directly in the directory.
+
+        Best effort: a store without the call, or credentials without the permission to list
+        multipart uploads (``s3:ListBucketMultipartUploads``), get one warning and the
+        directory opens as before; a bucket lifecycle rule then cleans up instead.
+        """
         bucket, _, key_prefix = self._object(TEMP_PREFIX).partition("/")
         directory_prefix = key_prefix[: -len(TEMP_PREFIX)]
-        listing = _retried(
-            f"listing the unfinished uploads of {self.directory}",
-            lambda: self._fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key_prefix),
-        )
-        for upload in listing.get("Uploads", []):
-            name = str(upload["Key"])[len(directory_prefix) :]
-            if TEMP_PATTERN.match(name) and "/" not in name and name not in in_flight:
-                with contextlib.suppress(Exception):  # another opener may have aborted it
-                    self._fs.call_s3(
-                        "abort_multipart_upload",
-                        Bucket=bucket,
-                        Key=upload["Key"],
-                        UploadId=upload["UploadId"],
-                    )
+        markers: dict[str, str] = {}
+        while True:
+            try:
+                listing = self._fs.call_s3(
+                    "list_multipart_uploads", Bucket=bucket, Prefix=key_prefix, **markers
+                )
+            except Exception as error:  # noqa: BLE001 - cleaning up is not worth failing for
+                warnings.warn(
+                    f"keras_ckpt could not list the unfinished uploads of {self.directory} to "
+                    f"abort a killed writer's ({type(error).__name__}: {error}); a bucket "
+                    "lifecycle rule that aborts incomplete multipart uploads cleans them up.",
+                    stacklevel=2,
+                )
+                return
+            for upload in listing.get("Uploads", []):
+                name = str(upload["Key"])[len(directory_prefix) :]
+                if TEMP_PATTERN.match(name) and "/" not in name and name not in in_flight:
+                    with contextlib.suppress(Exception):  # another opener may have aborted it
+                        self._fs.call_s3(
+                            "abort_multipart_upload",
+                            Bucket=bucket,
+                            Key=upload["Key"],
+                            UploadId=upload["UploadId"],
+                        )
+            if not listing.get("IsTruncated"):
+                return
+            markers = {
+                "KeyMarker": listing.get("NextKeyMarker", ""),
+                "UploadIdMarker": listing.get("NextUploadIdMarker", ""),
+            }
 
     def _read(self, fresh: bool = False) -> tuple[Manifest, Any]:
         """The manifest as this process last read or wrote it (from the store if ``fresh``),

@@ -1059,6 +1059,7 @@ class CheckpointStore(Store):
         folder = self._temporary_path(filename)
         with _locks_guard:
             _writing.add(folder)
+        decided = False  # once the pending manifest is written, the folder is recovery's
         try:
             os.mkdir(folder)
             write(os.path.join(folder, filename))
@@ -1072,7 +1073,12 @@ class CheckpointStore(Store):
                     record = replace(record, parts=_dedup_parts(manifest, folder, record))
                 self._check_owners(manifest, record)
                 manifest.pending = {"temp": os.path.basename(folder), "record": record.to_json()}
+                # The folder's entries, and the folder in the directory, are durable before the
+                # manifest says the commit is decided.
+                _fsync_directory(folder)
+                _fsync_directory(self.directory)
                 self._write_manifest(manifest)
+                decided = True
                 try:
                     _move_out(folder, self.directory, record)
                     _fsync_directory(self.directory)
@@ -1088,7 +1094,8 @@ class CheckpointStore(Store):
                         self.recover()
                     raise
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)  # made here, a moment ago: ours
+            if not decided:  # made here, a moment ago, and no manifest names it: ours
+                shutil.rmtree(folder, ignore_errors=True)
             raise
         finally:
             with _locks_guard:
