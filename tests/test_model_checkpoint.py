@@ -169,6 +169,19 @@ def test_best_restarts_with_each_fit(tmp_path, make_model, data, scripted):
     assert record.run != first and record.metrics["val_loss"] == 0.5 and callback.best == 0.5
 
 
+def test_a_save_refused_for_a_nan_training_loss_does_not_become_the_best(
+    tmp_path, make_model, data, scripted
+):
+    # Epoch 2's val_loss improves, but its training loss is NaN: not saved, so not the best.
+    filepath = tmp_path / "e{epoch}.keras"
+    callback = keras_ckpt.ModelCheckpoint(str(filepath), save_best_only=True)
+    callbacks = [scripted([0.5, 0.3, 0.4]), scripted([1.0, math.nan, 1.0], key="loss"), callback]
+    with pytest.warns(UserWarning, match="not saving e2.keras .* the training loss is nan"):
+        fit(make_model(), data, callbacks, epochs=3)
+    assert checkpoint_files(tmp_path) == ["e1.keras", "e3.keras"]
+    assert callback.best == 0.4
+
+
 def test_nan_is_never_best(tmp_path, make_model, data, scripted):
     filepath = tmp_path / "e{epoch}.keras"
     callback = keras_ckpt.ModelCheckpoint(str(filepath), save_best_only=True)

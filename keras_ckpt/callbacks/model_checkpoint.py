@@ -181,6 +181,7 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
         self._stores: dict[str, Store] = {}
         self._has_saved = False
         self._warned_replaced: set[str] = set()
+        self._best_if_saved: float | None = None
         # The names each directory held when this run opened it: what an earlier run wrote.
         self._names_before: dict[str, set[str]] = {}
 
@@ -297,6 +298,8 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
             store = self._stores[directory] = self._open_store(directory)
             self._names_before[directory] = store.names_in_use()
         if not self._should_save(epoch, logs, metrics, filepath, store):
+            if self._best_if_saved is not None:  # a best kept out by top-k or the threshold
+                self.best, self._best_if_saved = self._best_if_saved, None
             return
         earlier = filename in self._names_before[directory]
         if earlier and store.is_directory(filename):
@@ -322,9 +325,12 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
             if self.verbose > 0:
                 print_message(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 
+        best_if_saved, self._best_if_saved = self._best_if_saved, None
         if not self._commit(store, filename, epoch=epoch, batch=batch, metrics=metrics, then=tidy):
             return  # a non-finite training loss: nothing saved
         self._has_saved = True
+        if best_if_saved is not None:
+            self.best = best_if_saved
 
     def _format_path(self, epoch: int, batch: int | None, logs: dict[str, Any]) -> str:
         values = {**logs, "epoch": epoch + 1}
@@ -382,8 +388,9 @@ class ModelCheckpoint(LazyMode, Resumable, StoreCallback):
                 print_message(
                     f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best_text}"
                 )
-        if new_best:
-            self.best = value
+        # Taken as the best once the save commits (a save refused for a non-finite training
+        # loss leaves the best as it was).
+        self._best_if_saved = value if new_best else None
         return improved
 
     def _warn_about_keras_2_arguments(self) -> None:
