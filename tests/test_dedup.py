@@ -600,7 +600,10 @@ def test_bfloat16_and_integer_variables_round_trip_to_the_same_file(tmp_path):
     assert output.read_bytes() == (tmp_path / "keras.weights.h5").read_bytes()
     (record,) = keras_ckpt.list_checkpoints(directory)
     dtypes = {item.dtype for item in read_dedup_index(record) if hasattr(item, "dtype")}
-    assert {"bfloat16", "float32", "int64"} <= dtypes
+    # The optimizer's counter is int64 on TensorFlow, int32 on JAX (without x64) and PyTorch.
+    counter = keras.backend.standardize_dtype(model.optimizer.iterations.dtype)
+    assert counter.startswith("int")
+    assert {"bfloat16", "float32", counter} <= dtypes
 
 
 def test_model_checkpoint_replacing_one_dedup_file_leaves_only_its_blobs(tmp_path, backbone_data):
