@@ -220,13 +220,13 @@ class ResumeFromLatest(StoreCallback):
         due, signalled = agree_on_save(self._trigger, due, signalled)
         if signalled and not self._stopped_by_signal:
             self._stopped_by_signal = True
-            self._save(self._epoch, batch)
-            self._epoch_saves += 1
+            saved = self._save(self._epoch, batch)
+            self._epoch_saves += saved
             self.model.stop_training = True
-            self._say("received a signal: saved, stopping", self._epoch)
+            what = "saved" if saved else "not saved (a non-finite loss)"
+            self._say(f"received a signal: {what}, stopping", self._epoch)
         elif due:
-            self._save(self._epoch, batch)
-            self._epoch_saves += 1
+            self._epoch_saves += self._save(self._epoch, batch)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch + 1
