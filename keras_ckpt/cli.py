@@ -44,6 +44,7 @@ from keras_ckpt.records import (
     Manifest,
     ManifestError,
     is_blob,
+    unreferenced,
 )
 from keras_ckpt.store import (
     CheckpointCorruptedError,
@@ -695,7 +696,7 @@ def _prune(args: argparse.Namespace) -> int:
     verb = "would delete" if args.dry_run else "deleting"
     for record in dropped:
         print(f"{verb} {record.filename} ({_size(record.total_size)})")
-    freed = sum(record.total_size for record in dropped)
+    freed = _bytes_freed(manifest, dropped)
     if args.dry_run:
         print(f"dry run: {len(dropped)} would go ({_size(freed)}), {kept} stay; nothing deleted")
         return 0
@@ -709,9 +710,19 @@ def _prune(args: argparse.Namespace) -> int:
     except _failures(path) as error:
         done = f"after deleting {', '.join(deleted)}" if deleted else "with nothing deleted"
         raise UsageError(f"prune stopped {done}: {_describe(error)}") from None
-    freed = sum(record.total_size for record in dropped if record.filename in deleted)
+    freed = _bytes_freed(manifest, [r for r in dropped if r.filename in deleted])
     print(f"deleted {len(deleted)} ({_size(freed)}), {len(manifest.records) - len(deleted)} kept")
     return 0
+
+
+def _bytes_freed(manifest: Manifest, dropped: list[CheckpointRecord]) -> int:
+    """The bytes deleting ``dropped`` frees: each file once, and not the blobs (weights stored
+    once) that a checkpoint which stays still lists."""
+    sizes = {record.filename: record.size for record in dropped}
+    sizes.update((part.filename, part.size) for record in dropped for part in record.parts)
+    gone = {r.filename for r in dropped}
+    remaining = [record for record in manifest.records if record.filename not in gone]
+    return sum(sizes[name] for name in unreferenced(list(sizes), remaining))
 
 
 def _check_before_deleting(

@@ -391,8 +391,18 @@ def test_frozen_backbone_is_stored_once_and_every_checkpoint_exports_to_plain_ke
     head = np.mean([recorded[e][2] for e in (7, 8, 9)], axis=0)  # the head's kernel
     np.testing.assert_allclose(averaged.get_layer("head").kernel.numpy(), head, atol=1e-6)
     assert_same(averaged.get_layer("backbone").get_weights(), recorded[-1][:2])
-    # keras-ckpt prune deletes checkpoints, never a blob a kept one lists.
+
+    # keras-ckpt prune deletes checkpoints, never a blob a kept one lists, and counts each
+    # file it deletes once.
+    def checkpoint_bytes():
+        return sum(p.stat().st_size for p in directory.iterdir() if p.name != MANIFEST_NAME)
+
+    before = checkpoint_bytes()
+    capsys.readouterr()
     assert cli.main(["prune", str(directory), "--keep-last", "3"]) == 0
+    assert f"deleted {EPOCHS - 3} ({cli._size(before - checkpoint_bytes())})" in (
+        capsys.readouterr().out
+    )
     assert len(keras_ckpt.list_checkpoints(directory)) == 3
     assert_consistent(directory)
     fresh = keras_ckpt.load_latest(directory, model=frozen_backbone_model(seed=2))
