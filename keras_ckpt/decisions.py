@@ -15,6 +15,7 @@ behaviour.
 from __future__ import annotations
 
 import math
+import numbers
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -372,11 +373,12 @@ def spike_threshold(value: Any) -> float | None:
         f"Argument `spike_threshold` must be a finite number > 1 or None. "
         f"Received: spike_threshold={value!r}"
     )
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise validation.ArgumentTypeError(message)
-    if not (math.isfinite(value) and value > 1):
+    threshold = float(value)
+    if not (math.isfinite(threshold) and threshold > 1):
         raise ValueError(message)
-    return float(value)
+    return threshold
 
 
 def batch_loss(mean_now: float, mean_before: float, batches_now: int, batches_before: int) -> float:

@@ -58,10 +58,8 @@ def watch(model: keras.Model, callbacks: list[Any]) -> None:
         if found is not None:
             _keep_raw(found)
 
-    for optimizer in keras_adapter.ema_optimizers(model):
-        keras_adapter.run_before(optimizer, "finalize_variable_values", keep)
-    for callback in keras_swaps:
-        keras_adapter.run_before(callback, "_finalize_ema_values", keep)
+    for owner in [*keras_adapter.ema_optimizers(model), *keras_swaps]:
+        keras_adapter.run_before_ema_finalize(owner, keep)
 
 
 def is_swap_callback(callback: Any) -> bool:

@@ -858,14 +858,24 @@ def forget_keras_swap(callback: Any) -> None:
         callback._ema_weights_in_model = False
 
 
-def run_before(owner: Any, method: str, hook: Callable[[], None]) -> None:
-    """Makes ``owner.<method>`` call ``hook()`` first (on this instance only; calling it again
-    replaces the hook). Used on an EMA optimizer's ``finalize_variable_values``, which copies the
-    averages over the model's weights at the end of ``fit``, and on Keras's ``SwapEMAWeights``'s
-    ``_finalize_ema_values`` (probe ``KERAS_SWAP_STATE_SUPPORTED``; where it fails, nothing is
-    done there), so that the raw weights are copied aside before they are overwritten."""
-    if method.startswith("_") and not KERAS_SWAP_STATE_SUPPORTED:
-        return
+def run_before_ema_finalize(owner: Any, hook: Callable[[], None]) -> None:
+    """Makes what copies the moving averages over the model's weights at the end of ``fit``
+    call ``hook()`` first, so that the raw weights can be copied aside before they are
+    overwritten (on this instance only; calling it again replaces the hook).
+
+    ``owner`` is an EMA optimizer (its public ``finalize_variable_values``) or Keras's
+    ``SwapEMAWeights`` (its private ``_finalize_ema_values``, probe
+    ``KERAS_SWAP_STATE_SUPPORTED``; where that fails, nothing is done for it).
+    """
+    if isinstance(owner, keras.callbacks.SwapEMAWeights):
+        if KERAS_SWAP_STATE_SUPPORTED:
+            _run_before(owner, "_finalize_ema_values", hook)
+    else:
+        _run_before(owner, "finalize_variable_values", hook)
+
+
+def _run_before(owner: Any, method: str, hook: Callable[[], None]) -> None:
+    """Makes ``owner.<method>`` call ``hook()`` first, on this instance only."""
     hooks = owner.__dict__.get("_keras_ckpt_hooks")
     if hooks is None:
         hooks = {}

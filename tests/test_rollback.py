@@ -124,6 +124,11 @@ def test_a_state_from_the_manifest_is_checked(tmp_path, state, match):
         train([resume, rollback], NaNData(), epochs=1)
 
 
+def test_a_numpy_spike_threshold_is_a_number(tmp_path):
+    rollback = keras_ckpt.RollbackOnDivergence(tmp_path, spike_threshold=np.float32(5.0))
+    assert rollback.spike_threshold == 5.0
+
+
 def test_a_run_of_several_processes_is_refused_before_training(tmp_path, monkeypatch):
     from keras_ckpt.callbacks import rollback
 
