@@ -5,9 +5,9 @@ trainable weights and non-trainable ones such as BatchNormalization's moving mea
 variance). Everything else comes from the newest of the chosen checkpoints: integer variables
 (counters, seed-generator states) and the optimizer's variables (its iteration count and
 moments: an average of moments means nothing, and the newest's let training go on from the
-soup). The mean is taken in float64 and rounded once to each variable's dtype, so averaging k
-identical checkpoints gives them back bit for bit, and two checkpoints give ``(a + b) / 2``
-rounded to float32.
+soup). The mean is taken in float64 and rounded once to each variable's dtype (bfloat16, which
+NumPy lacks, through float32), so averaging k identical checkpoints gives them back bit for bit,
+and two checkpoints give ``(a + b) / 2`` rounded to float32.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def average_checkpoints(
     the newest chosen checkpoint (see the module's docstring).
 
     Memory: the uniform mean holds one float64 copy of the model's floating-point variables
-    beside the model; the greedy soup holds a copy of every chosen checkpoint's (it averages
-    them again for each candidate). Checkpoints are loaded one at a time, in this process:
+    beside the model, and a host copy of the newest checkpoint's; the greedy soup holds a copy
+    of every chosen checkpoint's (it averages them again for each candidate). Checkpoints are loaded one at a time, in this process:
     in a run of several processes, call it on one (``jax.process_index() == 0``).
 
     Args:
