@@ -95,8 +95,9 @@ def average_checkpoints(
 
     Memory: the uniform mean holds one float64 copy of the model's floating-point variables
     beside the model, and a host copy of the newest checkpoint's; the greedy soup holds a copy
-    of every chosen checkpoint's (it averages them again for each candidate). Checkpoints are loaded one at a time, in this process:
-    in a run of several processes, call it on one (``jax.process_index() == 0``).
+    of every chosen checkpoint's (it averages them again for each candidate). Checkpoints are
+    loaded one at a time, in this process: in a run of several processes, call it on one
+    (``jax.process_index() == 0``).
 
     Args:
         directory: A checkpoint directory (a local path or a remote URL such as
