@@ -43,7 +43,7 @@ from keras_ckpt.keras_adapter import (
     set_optimizer_schedule,
 )
 from keras_ckpt.loading import checkpoint_file
-from keras_ckpt.processes import is_writer, process_count
+from keras_ckpt.processes import is_writer, trains_alone
 from keras_ckpt.records import CheckpointRecord
 from keras_ckpt.schedules import Scaled
 from keras_ckpt.snapshot import read_arrays
@@ -176,11 +176,11 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
         self.stopping_reason = None
         self._recent.clear()
         self._captured = {}
-        if process_count() > 1:
+        if not trains_alone():
             raise ValueError(
-                "RollbackOnDivergence restores in one process only: in a run of "
-                f"{process_count()} processes each would have to restore the same checkpoint "
-                "together, which it does not do yet. Remove it, or train in one process."
+                "RollbackOnDivergence restores in one process only: in a run of several "
+                "processes each would have to restore the same checkpoint together, which it "
+                "does not do yet. Remove it, or train in one process."
             )
         self._siblings = [c for c in fit_callbacks(self) if c is not self]
         self._source = self._find_source()
