@@ -2,6 +2,7 @@
 backend, in a fresh process with KERAS_BACKEND set (a backend is chosen once per process)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -58,4 +59,5 @@ def test_fast_suite_passes_on(backend):
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in summary and "failed" not in summary, summary
+    # "1 xfailed" is an expected failure, named in the test that expects it.
+    assert " passed" in summary and re.search(r"\d+ failed", summary) is None, summary
