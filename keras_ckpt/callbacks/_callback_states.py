@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_ckpt.snapshot import read_arrays
+
 # What a callback watches and where it writes: stable across reruns of the same script, and
 # different between two callbacks of one class that are meant to differ. Settings such as
 # ``patience`` are left out, so that a state still comes back after one was changed.
@@ -128,6 +130,25 @@ def has_arrays(state: Any) -> bool:
     if isinstance(state, dict):
         return set(state) == {ARRAY_KEY} or any(has_arrays(v) for v in state.values())
     return isinstance(state, list) and any(has_arrays(value) for value in state)
+
+
+def states_with_arrays(states: Any, path: str, caller: str, checkpoint: str) -> Any:
+    """``states`` (read from a manifest) with their array references replaced by the arrays
+    stored in the checkpoint file at ``path`` (``snapshot.append_arrays``); ``states`` as they
+    are when they hold none.
+
+    Raises:
+        ValueError: Naming ``caller`` and ``checkpoint``, if a reference or the arrays' group
+            is damaged.
+    """
+    if not has_arrays(states):
+        return states
+    try:
+        return join_arrays(states, lambda: read_arrays(path))
+    except (ValueError, OSError, KeyError) as error:
+        raise ValueError(
+            f"{caller} could not read the callback states' arrays of {checkpoint}: {error}"
+        ) from error
 
 
 def join_arrays(state: Any, arrays: Callable[[], list[np.ndarray]]) -> Any:

@@ -13,10 +13,9 @@ from keras_ckpt import ema, validation
 from keras_ckpt.callbacks._base import StoreCallback, dedup_argument
 from keras_ckpt.callbacks._batches import EpochPosition, enable_batch_hook
 from keras_ckpt.callbacks._callback_states import (
-    has_arrays,
-    join_arrays,
     load_callback_states,
     split_arrays,
+    states_with_arrays,
 )
 from keras_ckpt.callbacks._monitor import plain_metrics
 from keras_ckpt.callbacks._random_state import host_generators, set_random_state
@@ -38,7 +37,6 @@ from keras_ckpt.loading import checkpoint_file
 from keras_ckpt.policies import KeepLatest
 from keras_ckpt.processes import agree_on_save, is_writer
 from keras_ckpt.records import DEDUP_EXTENSION, LATEST_ALIAS, CheckpointRecord
-from keras_ckpt.snapshot import read_arrays
 from keras_ckpt.store import Store, check_directory_usable
 from keras_ckpt.triggers import IntervalTrigger
 
@@ -364,14 +362,7 @@ class ResumeFromLatest(StoreCallback):
         callbacks = state.get("callbacks", {})
         with checkpoint_file(record, verify_checksum=False) as path:  # verified when chosen
             load_variables(self.model, path, state.get("variables", []))
-            if has_arrays(callbacks):
-                try:
-                    callbacks = join_arrays(callbacks, lambda: read_arrays(path))
-                except (ValueError, OSError, KeyError) as error:
-                    raise ValueError(
-                        f"ResumeFromLatest could not read the callback states' arrays of "
-                        f"{record.path}: {error}"
-                    ) from error
+            callbacks = states_with_arrays(callbacks, path, "ResumeFromLatest", record.path)
         self._run = record.run
         self._start_batches = int(state.get("start_batches", 0))
         set_random_state(self.model, state.get("random", {}))

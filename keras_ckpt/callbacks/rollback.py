@@ -15,9 +15,8 @@ from keras_ckpt import decisions, validation
 from keras_ckpt.callbacks._base import StoreCallback
 from keras_ckpt.callbacks._callback_states import (
     callback_states,
-    has_arrays,
-    join_arrays,
     load_callback_states,
+    states_with_arrays,
 )
 from keras_ckpt.callbacks._monitor import (
     EVENT_PREFIX,
@@ -46,7 +45,6 @@ from keras_ckpt.loading import checkpoint_file
 from keras_ckpt.processes import is_writer, trains_alone
 from keras_ckpt.records import CheckpointRecord
 from keras_ckpt.schedules import Scaled
-from keras_ckpt.snapshot import read_arrays
 from keras_ckpt.store import CheckpointCorruptedError, verify
 
 # How many checkpoints of an IntervalCheckpoint source the callback keeps states for in memory.
@@ -400,14 +398,7 @@ class RollbackOnDivergence(Resumable, keras.callbacks.Callback):
         callbacks = state["callbacks"]
         with checkpoint_file(record, verify_checksum=False) as path:  # verified when chosen
             load_variables(model, path, state.get("variables", []))
-            if has_arrays(callbacks):  # StochasticWeightAveraging's average, in the file
-                try:
-                    callbacks = join_arrays(callbacks, lambda: read_arrays(path))
-                except (ValueError, OSError, KeyError) as error:
-                    raise ValueError(
-                        f"RollbackOnDivergence could not read the callback states' arrays of "
-                        f"{record.path}: {error}"
-                    ) from error
+            callbacks = states_with_arrays(callbacks, path, "RollbackOnDivergence", record.path)
         random = state.get("random", {})
         set_seed_generators(model, random.get("seed_generators", []))
         if random.get("torch_now") and keras.backend.backend() == "torch":
