@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import assert_weights_equal, run_child_script
+from conftest import Crash, assert_weights_equal, run_child_script
 from resume_setup import make_resume_model
 from rollback_setup import BATCHES, NaNData, max_difference, reference_weights, skipped_of
 
@@ -295,17 +295,6 @@ def test_nan_without_a_checkpoint_stops_training(tmp_path):
         history = train([resume, rollback], NaNData(poisoned=[(0, 2)]))
     assert rollback.stopping_reason == decisions.NON_FINITE
     assert history.epoch == [0]
-
-
-class Crash(keras.callbacks.Callback):
-    def __init__(self, at_step):
-        super().__init__()
-        self.at_step, self.step = at_step, 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.step == self.at_step:
-            raise RuntimeError("simulated crash")
-        self.step += 1
 
 
 @pytest.mark.parametrize(
