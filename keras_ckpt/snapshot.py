@@ -16,15 +16,16 @@ the callers save synchronously with ``write_now``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
+import struct
+import time
 import weakref
 import zipfile
+import zlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import h5py
 import keras
@@ -92,29 +93,77 @@ class ModelSnapshot:
             self._assets = None
 
     def _write_model(self, path: str, config_json: str, metadata_json: str) -> None:
-        # Keras's own .keras layout: metadata, config, the weights file, then the assets. The
-        # weights go through a file beside the archive (as Keras does when memory is short),
-        # so no second in-memory copy of the serialized weights is made.
-        weights_path = path + ".weights.h5"
-        try:
-            with open(path, "wb") as file, zipfile.ZipFile(file, "w") as archive:
-                with archive.open(keras_adapter.ARCHIVE_METADATA_NAME, "w") as entry:
-                    entry.write(metadata_json.encode())
-                with archive.open(keras_adapter.ARCHIVE_CONFIG_NAME, "w") as entry:
-                    entry.write(config_json.encode())
-                _write_h5(weights_path, self._calls)
-                # ``archive.write`` copies in 8 kB pieces: two system calls and a CRC call per
-                # piece, twice the CPU time of this copy for a large file.
-                weights = zipfile.ZipInfo.from_file(
-                    weights_path, keras_adapter.ARCHIVE_WEIGHTS_NAME
-                )
-                with open(weights_path, "rb") as source, archive.open(weights, "w") as target:
-                    shutil.copyfileobj(source, target, _COPY_CHUNK)
-                if self._assets is not None:
-                    keras_adapter.zip_assets(archive, self._assets.working_dir)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(weights_path)
+        _write_archive(path, self._calls, config_json, metadata_json, self._assets)
+
+
+# The weights entry of a ``.keras`` archive is written in place: the HDF5 file is made inside
+# the archive file, after a user block (space HDF5 leaves alone at the start of a file, a power
+# of two of at least 512 bytes) that then takes the entry's zip header. The weights are written
+# once, with no second file to copy them from.
+_USER_BLOCK = 512
+# The extra field that pads the entry's local header to the user block's size: the id that
+# Android's zipalign uses for padding; readers skip extra fields they do not know.
+_PADDING_EXTRA_ID = 0xD935
+
+
+def _write_archive(
+    path: str,
+    calls: list[tuple[str, Any, Any]],
+    config_json: str,
+    metadata_json: str,
+    assets: Any,
+) -> None:
+    """Writes Keras's ``.keras`` archive of ``calls``: the weights entry
+    (``model.weights.h5``, stored), then the metadata, the config and the assets.
+
+    Keras's own archives put the weights after the config; readers find entries through the
+    central directory, so the order does not matter to them (plain ``keras.saving.load_model``
+    opens the archive; the test suite checks it, and that every entry's CRC holds).
+    """
+    with h5py.File(path, "w", userblock_size=_USER_BLOCK) as file:
+        _fill_h5(file, _h5_layout(calls))
+    with open(path, "r+b") as file:
+        weights = _stored_entry(file, keras_adapter.ARCHIVE_WEIGHTS_NAME)
+        with zipfile.ZipFile(file, "w") as archive:  # goes on after the weights
+            # The entry written in place goes first in the central directory, as it does in
+            # the file (``filelist`` is the list ``infolist()`` returns).
+            archive.filelist.insert(0, weights)
+            archive.NameToInfo[weights.filename] = weights
+            archive.writestr(keras_adapter.ARCHIVE_METADATA_NAME, metadata_json)
+            archive.writestr(keras_adapter.ARCHIVE_CONFIG_NAME, config_json)
+            if assets is not None:
+                keras_adapter.zip_assets(archive, assets.working_dir)
+
+
+def _stored_entry(file: BinaryIO, name: str, zip64: bool | None = None) -> zipfile.ZipInfo:
+    """Makes the data after the first ``_USER_BLOCK`` bytes of ``file`` (open for reading and
+    writing) the stored zip entry ``name``: writes its local header, padded to fill the user
+    block, and returns its ``ZipInfo`` for the central directory, ``file`` positioned after
+    the data. ``zip64`` forces (or, ``False``, forbids) zip64 sizes; by default they are used
+    where zipfile's central directory uses them."""
+    size = file.seek(0, os.SEEK_END) - _USER_BLOCK
+    file.seek(_USER_BLOCK)
+    crc = 0
+    while chunk := file.read(_COPY_CHUNK):
+        crc = zlib.crc32(chunk, crc)
+    info = zipfile.ZipInfo(name, date_time=time.localtime(time.time())[:6])
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o600 << 16  # as ``ZipFile.open(name, "w")`` sets it
+    info.file_size = info.compress_size = size
+    info.CRC = crc
+    info.header_offset = 0
+    if zip64 is None:
+        zip64 = size > zipfile.ZIP64_LIMIT
+    padding = _USER_BLOCK - len(info.FileHeader(zip64)) - 4
+    info.extra = struct.pack("<HH", _PADDING_EXTRA_ID, padding) + bytes(padding)
+    header = info.FileHeader(zip64)
+    info.extra = b""  # the padding belongs to the local header only
+    if len(header) != _USER_BLOCK:  # pragma: no cover - the name is Keras's, 16 characters
+        raise AssertionError(f"zip header of {len(header)} bytes for a {_USER_BLOCK}-byte block")
+    file.seek(0)
+    file.write(header)
+    file.seek(_USER_BLOCK + size)
+    return info
 
 
 def _write_h5(path: str, calls: list[tuple[str, Any, Any]]) -> None:
@@ -149,14 +198,19 @@ def _h5_layout(calls: list[tuple[str, Any, Any]]) -> Iterator[tuple[str, str, An
 def _write_layout(path: str, layout: Any) -> None:
     """Writes ``_h5_layout``'s groups and datasets as a ``.weights.h5`` file."""
     with h5py.File(path, "w") as file:
-        group: Any = None  # a dataset always follows its group (``_h5_layout``)
-        for kind, key, value in layout:
-            if kind == "group":
-                group = _vars_group(file, key, value)
-            elif keras.backend.standardize_dtype(value.dtype) == "bfloat16":
-                group.create_dataset(key, data=value).attrs["dtype"] = "bfloat16"
-            else:
-                group[key] = value
+        _fill_h5(file, layout)
+
+
+def _fill_h5(file: Any, layout: Any) -> None:
+    """Makes ``_h5_layout``'s groups and datasets in the open HDF5 ``file``."""
+    group: Any = None  # a dataset always follows its group (``_h5_layout``)
+    for kind, key, value in layout:
+        if kind == "group":
+            group = _vars_group(file, key, value)
+        elif keras.backend.standardize_dtype(value.dtype) == "bfloat16":
+            group.create_dataset(key, data=value).attrs["dtype"] = "bfloat16"
+        else:
+            group[key] = value
 
 
 def _write_dedup(path: str, calls: list[tuple[str, Any, Any]], known: set[str]) -> None:

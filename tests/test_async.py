@@ -7,6 +7,7 @@ the end of training); timings belong to benchmarks/.
 import hashlib
 import json
 import os
+import struct
 import threading
 import time
 import zipfile
@@ -121,6 +122,54 @@ def test_model_snapshot_is_a_keras_archive_that_plain_keras_loads(tmp_path, make
     assert_weights_equal(loaded.get_weights(), model.get_weights())
     assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 3
     assert not [n for n in os.listdir(tmp_path) if n not in ("keras.keras", "ours.keras")]
+
+
+def local_headers(path):
+    """Each entry's local header as (fields, name, extra, data offset), read from the file
+    by the zip format (signature, version, flags, method, time, date, CRC, sizes, lengths)."""
+    headers = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as file:
+        for info in archive.infolist():
+            file.seek(info.header_offset)
+            fields = struct.unpack("<IHHHHHIIIHH", file.read(30))
+            name, extra = file.read(fields[9]), file.read(fields[10])
+            headers[info.filename] = (info, fields, name, extra, file.tell())
+    return headers
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_model_archive_holds_the_weights_written_once_in_a_valid_zip(
+    tmp_path, make_model, data, monkeypatch, zip64
+):
+    # The weights entry is the HDF5 file made in place after a 512-byte block that then takes
+    # the entry's local header: its CRC, sizes and name agree with the central directory.
+    model = make_model()
+    fit(model, data, [], epochs=1)
+    if zip64:  # entries above the limit get zip64 sizes in both headers; make ours one
+        monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 1000)
+    take_snapshot(model, "x.keras", weights_only=False).write(str(tmp_path / "ours.keras"))
+    monkeypatch.undo()
+    with zipfile.ZipFile(tmp_path / "ours.keras") as archive:
+        assert archive.testzip() is None  # every entry's CRC holds
+        assert archive.namelist()[0] == "model.weights.h5"
+    headers = local_headers(tmp_path / "ours.keras")
+    for filename, (info, fields, name, extra, data_offset) in headers.items():
+        signature, _, _, method, _, _, crc, compressed, size = fields[:9]
+        assert (signature, method, name, crc) == (0x04034B50, 0, filename.encode(), info.CRC)
+        if compressed == size == 0xFFFFFFFF:  # zip64: the sizes are in an extra field
+            fields = {}
+            while extra:  # (id, length, data) records
+                field, length = struct.unpack("<HH", extra[:4])
+                fields[field], extra = extra[4 : 4 + length], extra[4 + length :]
+            assert struct.unpack("<QQ", fields[1]) == (info.file_size, info.compress_size)
+        else:
+            assert filename != "model.weights.h5" or not zip64
+            assert (compressed, size) == (info.compress_size, info.file_size)
+    weights = headers["model.weights.h5"]
+    assert weights[0].header_offset == 0 and weights[4] == 512
+    loaded = keras.saving.load_model(tmp_path / "ours.keras")
+    assert_weights_equal(loaded.get_weights(), model.get_weights())
+    assert_weights_equal(loaded.optimizer.variables, model.optimizer.variables)
 
 
 def test_model_snapshot_carries_assets(tmp_path):
