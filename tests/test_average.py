@@ -408,7 +408,7 @@ def test_cli_average_refuses_a_damaged_checkpoint(run, tmp_path, capsys):
     damaged = keras_ckpt.list_checkpoints(copy)[0].path
     with open(damaged, "r+b") as file:
         file.seek(100)
-        file.write(b"\0" * 16)
+        file.write(b"damaged!" * 2)  # not zeros: a .keras archive's first 512 bytes hold some
     code, out, err = command(capsys, "average", copy, tmp_path / "soup.keras", "--latest", "4")
     assert code == 2 and err.count("\n") == 1, err
     assert os.path.basename(damaged) in err and "Nothing written" in err
