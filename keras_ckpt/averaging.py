@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from keras_ckpt import ranking, validation
 from keras_ckpt.loading import (
-    _check_load_options,
-    _committed,
-    _load,
+    check_load_options,
     checkpoint_file,
+    committed_manifest,
+    load_record,
     load_weights,
 )
 from keras_ckpt.records import KIND_WEIGHTS, CheckpointRecord
@@ -154,7 +154,7 @@ def average_checkpoints(
     )
     verify_checksum = validation.boolean("verify_checksum", verify_checksum)
     verbose = validation.one_of("verbose", verbose, (0, 1))
-    _check_load_options(safe_mode, custom_objects)
+    check_load_options(safe_mode, custom_objects)
     chosen, oldest_first = _choose(directory, which, k, monitor, resolved)
     if model is None:
         weights_only = [record.filename for record in chosen if record.kind == KIND_WEIGHTS]
@@ -164,7 +164,7 @@ def average_checkpoints(
                 "to average them into, e.g. average_checkpoints(directory, model=model)."
             )
     newest = oldest_first[-1]
-    model = _load(
+    model = load_record(
         "average_checkpoints",
         newest,
         model,
@@ -223,7 +223,7 @@ def _choose(
     directory: str | os.PathLike[str], which: str, k: int, monitor: str, mode: str | None
 ) -> tuple[list[CheckpointRecord], list[CheckpointRecord]]:
     """The chosen records, best (or newest) first, and the same in commit order."""
-    path, manifest = _committed(directory)
+    path, manifest = committed_manifest(directory)
     chosen = ranking.checkpoints_to_average(manifest.records, which, k, monitor, mode)
     if not chosen:
         if which == "best" and manifest.records:

@@ -47,11 +47,17 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointRecord
         FileNotFoundError: If ``directory`` does not exist.
         ValueError: If ``directory`` is not a non-empty path without NUL.
     """
-    return _committed(directory)[1].records
+    return committed_manifest(directory)[1].records
 
 
-def _committed(directory: str | os.PathLike[str]) -> tuple[str, Manifest]:
-    """``directory``'s absolute path (or normalized URL) and its committed manifest."""
+def committed_manifest(directory: str | os.PathLike[str]) -> tuple[str, Manifest]:
+    """``directory``'s absolute path (or normalized URL) and its committed manifest (for
+    loaders built on this module, such as ``averaging``).
+
+    Raises:
+        FileNotFoundError: If ``directory`` does not exist.
+        ValueError: If ``directory`` is not a non-empty path without NUL.
+    """
     text = validation.directory("directory", directory)
     if remote.is_url(text):
         url = remote.check_url("directory", text)
@@ -68,7 +74,7 @@ def _committed(directory: str | os.PathLike[str]) -> tuple[str, Manifest]:
 def _aliased(
     directory: str | os.PathLike[str], alias: str, writer: str, hint: str = ""
 ) -> CheckpointRecord:
-    path, manifest = _committed(directory)
+    path, manifest = committed_manifest(directory)
     target = manifest.aliases.get(alias)
     record = None if target is None else manifest.find(target)
     if record is None:
@@ -108,7 +114,7 @@ def best_checkpoint(
             f"Argument `mode` is 'auto', and the name {monitor!r} does not tell whether higher "
             "is better. Pass mode='min' or mode='max'."
         )
-    path, manifest = _committed(directory)
+    path, manifest = committed_manifest(directory)
     candidates = [
         record
         for record in manifest.records
@@ -200,9 +206,9 @@ def load_best(
     Example:
         After ``keras-ckpt demo``: ``model = keras_ckpt.load_best("runs/demo")``.
     """
-    _check_load_options(safe_mode, custom_objects)
+    check_load_options(safe_mode, custom_objects)
     validation.weights(weights)
-    return _load(
+    return load_record(
         "load_best",
         best_checkpoint(directory, monitor, mode),
         model,
@@ -227,9 +233,9 @@ def load_latest(
     Arguments (``safe_mode`` and ``custom_objects`` included), return value and errors as for
     ``load_best``.
     """
-    _check_load_options(safe_mode, custom_objects)
+    check_load_options(safe_mode, custom_objects)
     validation.weights(weights)
-    return _load(
+    return load_record(
         "load_latest",
         latest_checkpoint(directory),
         model,
@@ -271,9 +277,9 @@ def load_checkpoint(
         ValueError: As for ``load_best``.
         keras_ckpt.loading.DistributedLoadError: As for ``load_best``.
     """
-    _check_load_options(safe_mode, custom_objects)
+    check_load_options(safe_mode, custom_objects)
     validation.weights(weights)
-    return _load(
+    return load_record(
         "load_checkpoint",
         record,
         model,
@@ -313,7 +319,7 @@ def checkpoint_file(record: CheckpointRecord, verify_checksum: bool = True) -> I
         yield path
 
 
-def _load(
+def load_record(
     caller: str,
     record: CheckpointRecord,
     model: keras.Model | None,
@@ -323,7 +329,8 @@ def _load(
     custom_objects: dict[str, Any] | None,
     weights: str = "raw",
 ) -> keras.Model:
-    """``load_checkpoint``, for the public loader ``caller`` (named in its errors)."""
+    """``load_checkpoint`` (arguments checked already), for the public loader ``caller``,
+    named in its errors."""
     model = _load_as_saved(
         caller,
         record,
@@ -369,7 +376,7 @@ def _load_as_saved(
         check_sharded_index(record)  # nor a shard name that does
     if record.filename.endswith(DEDUP_EXTENSION):  # weights stored once: a standard file first
         with checkpoint_file(record, verify_checksum=False) as path:
-            return _load(
+            return load_record(
                 caller,
                 dataclasses.replace(record, path=path, parts=()),
                 model,
@@ -420,7 +427,8 @@ def load_weights(model: keras.Model, path: str) -> None:
     ema.loaded(model)
 
 
-def _check_load_options(safe_mode: Any, custom_objects: Any) -> None:
+def check_load_options(safe_mode: Any, custom_objects: Any) -> None:
+    """Checks the ``safe_mode`` and ``custom_objects`` arguments of a loader."""
     boolean("safe_mode", safe_mode)
     if custom_objects is not None and not isinstance(custom_objects, dict):
         raise ValueError(
