@@ -331,8 +331,10 @@ def snapshot_copy(variable: Any) -> Any:
     alive (``keras_adapter.tensorflow_reads_hold`` checks that it does), so the copy happens
     only for variables that change, inside the training step's update, and the transfer to the
     host (none on a CPU) happens on the writer. On JAX a copy on the variable's device, queued
-    there (JAX dispatches asynchronously), moved to the host by the writer. Elsewhere
-    (PyTorch, whose optimizers update tensors in place) ``host_copy``.
+    there (JAX dispatches asynchronously), moved to the host by the writer. On PyTorch, whose
+    optimizers update tensors in place, a clone on the tensor's device (on a GPU queued there,
+    then moved to the host by the writer; where the device has no room for it, ``host_copy``).
+    Elsewhere ``host_copy``.
     """
     value = getattr(variable, "value", variable)
     backend = keras.backend.backend()
@@ -346,13 +348,31 @@ def snapshot_copy(variable: Any) -> Any:
         # Training donates the variables' buffers to the next step: hold a copy, not the
         # value. The copy is queued on the device; it runs there while training goes on.
         return jnp.copy(value)
+    elif backend == "torch" and hasattr(value, "detach") and "bfloat16" not in str(value.dtype):
+        copy = _torch_device_copy(value.detach())
+        return host_copy(variable) if copy is None else copy
     return host_copy(variable)
+
+
+def _torch_device_copy(tensor: Any) -> Any:
+    """A clone of ``tensor`` on its own device, or ``None`` where the device has no room."""
+    import torch
+
+    out_of_memory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    try:
+        return tensor.clone()
+    except out_of_memory:
+        return None
 
 
 def on_host(value: Any) -> np.ndarray:
     """``value`` from ``snapshot_copy`` as a NumPy array (the same memory where it is on the
     host already)."""
-    return value if isinstance(value, np.ndarray) else np.asarray(value)
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a PyTorch tensor
+        return value.cpu().numpy()  # (a clone nothing else holds: its memory, not a copy)
+    return np.asarray(value)
 
 
 class _RecordingStore(keras_adapter.H5StoreBase):
