@@ -122,7 +122,10 @@ def frozen_backbone(
             keras.layers.Dense(outputs, name="head_2"),
         ]
     )
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    # Logits: a loss on unnormalized outputs can stop the head's updates after many epochs,
+    # and checkpoints whose head is unchanged would share its blobs (flattering dedup).
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer="adam", loss=loss)
     return model
 
 
