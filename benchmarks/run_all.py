@@ -17,6 +17,7 @@ BENCHMARKS = [
     ("4. resume start-up, alias bytes", "resume_startup.py"),
     ("5. write throughput", "write_throughput.py"),
     ("6. remote directory (moto S3) against local: stall per save, whole fit", "remote_stall.py"),
+    ("7. frozen backbone, with and without dedup: disk bytes, stall", "frozen_backbone.py"),
 ]
 
 
