@@ -97,7 +97,9 @@ def mlp(width: int, inputs: int = 256, outputs: int = 10) -> keras.Model:
             keras.layers.Dense(outputs),
         ]
     )
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    # The last layer gives logits (a loss that took them for probabilities trained badly).
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer="adam", loss=loss)
     return model
 
 
