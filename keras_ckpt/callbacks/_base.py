@@ -22,7 +22,7 @@ from keras_ckpt.callbacks._monitor import (
 from keras_ckpt.keras_adapter import check_sharded_weights, fit_callbacks, print_message
 from keras_ckpt.policies import RetentionPolicy
 from keras_ckpt.records import KIND_MODEL, KIND_WEIGHTS, CheckpointRecord, is_blob
-from keras_ckpt.snapshot import append_arrays, take_snapshot, write_now
+from keras_ckpt.snapshot import append_arrays, release_host_buffers, take_snapshot, write_now
 from keras_ckpt.store import Store, reserved_alias_filenames
 from keras_ckpt.writer import WRITER
 
@@ -82,7 +82,8 @@ class StoreCallback(keras.callbacks.Callback):
 
     def _finish_training(self, announce: bool = True) -> None:
         """The end of ``fit``: every checkpoint on disk, then the directories this callback
-        opened are free for other processes to write into (a later save takes the lock again).
+        opened are free for other processes to write into (a later save takes the lock again),
+        and the host buffers that snapshots reused between saves are freed.
         """
         try:
             self._settle(announce=announce)
@@ -90,6 +91,8 @@ class StoreCallback(keras.callbacks.Callback):
             for store in self._open_stores:
                 store.close()
             self._open_stores.clear()
+            if self.model is not None:
+                release_host_buffers(self.model)
 
     def _say(self, message: str, epoch: int | None = None) -> None:
         """One short line when ``verbose``: "Epoch 3: BestCheckpoint saved ..."."""
