@@ -2,8 +2,9 @@
 
 ``take_snapshot`` runs on the training thread. It finds what ``model.save_weights`` /
 ``model.save`` would write with Keras's own saving traversal (recorded once and reused while
-the model has the same variables), then copies each variable to host memory. That copy is the
-whole stall. ``ModelSnapshot.write`` runs anywhere, the background writer included: it writes
+the model has the same variables), then takes a copy of each variable that training cannot
+change (``snapshot_copy``: a read on TensorFlow, a copy on the device on JAX and PyTorch; on the
+CPU, for JAX and PyTorch, a copy into host buffers reused between saves). That is the stall. ``ModelSnapshot.write`` runs anywhere, the background writer included: it writes
 the copies in the HDF5 layout of Keras's ``.weights.h5`` (the bytes equal those of
 ``model.save_weights``; the test suite checks it), inside a ``.keras`` archive for a whole
 model, so plain ``keras.saving.load_model`` / ``model.load_weights`` open the files.
