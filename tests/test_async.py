@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import struct
+import sys
 import threading
 import time
 import zipfile
@@ -21,7 +22,7 @@ import keras_ckpt
 from keras_ckpt.records import LOCK_NAME, MANIFEST_NAME
 from keras_ckpt.snapshot import ModelSnapshot, take_snapshot
 from keras_ckpt.store import TEMP_PREFIX
-from keras_ckpt.writer import BackgroundWriter
+from keras_ckpt.writer import WRITER_NICENESS, BackgroundWriter
 
 
 def digest(path):
@@ -80,6 +81,27 @@ def test_writer_runs_jobs_one_at_a_time_in_order():
     assert log == [0, 1, 2, 3, 4]
     assert not any(overlap)
     assert not writer.busy
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness: Linux")
+def test_writer_runs_below_the_training_threads_priority():
+    # The writer yields the cores to training (its niceness WRITER_NICENESS above), and the
+    # threads it starts (the fsync beside the hash) inherit that; the submitter keeps its own.
+    writer, seen = BackgroundWriter(), []
+    before = os.getpriority(os.PRIO_PROCESS, 0)  # on Linux: the calling thread's niceness
+
+    def job():
+        seen.append(os.getpriority(os.PRIO_PROCESS, 0))
+        child = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))
+        child.start()
+        child.join()
+
+    writer.submit(job, on_error=pytest.fail)
+    writer.wait()
+    expected = min(before + WRITER_NICENESS, 19)
+    assert expected > before or before == 19
+    assert seen == [expected, expected]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
 def test_writer_hands_errors_to_the_submitter():
