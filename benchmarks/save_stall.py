@@ -156,6 +156,8 @@ def main() -> None:
         "'ModelCheckpoint .keras,ResumeFromLatest'",
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1. Received: {args.rounds}")
     only = [o.strip() for o in args.only.split(",") if o.strip()] or None
     print(f"machine: {describe_machine()}")
     print("stall/save: median time in the callback's epoch hooks per save (epochs 2..N)")

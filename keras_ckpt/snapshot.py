@@ -3,11 +3,12 @@
 ``take_snapshot`` runs on the training thread. It finds what ``model.save_weights`` /
 ``model.save`` would write with Keras's own saving traversal (recorded once and reused while
 the model has the same variables), then takes a copy of each variable that training cannot
-change (``snapshot_copy``: a read on TensorFlow, a copy on the device on JAX and PyTorch; on the
-CPU, for JAX and PyTorch, a copy into host buffers reused between saves). That is the stall. ``ModelSnapshot.write`` runs anywhere, the background writer included: it writes
-the copies in the HDF5 layout of Keras's ``.weights.h5`` (the bytes equal those of
-``model.save_weights``; the test suite checks it), inside a ``.keras`` archive for a whole
-model, so plain ``keras.saving.load_model`` / ``model.load_weights`` open the files.
+change (``snapshot_copy``: a read on TensorFlow, a copy on the device on JAX; on the CPU, for
+JAX and PyTorch, a copy into host buffers reused between saves). That is the stall.
+``ModelSnapshot.write`` runs anywhere, the background writer included: it writes the copies in
+the HDF5 layout of Keras's ``.weights.h5`` (the bytes equal those of ``model.save_weights``; the
+test suite checks it), inside a ``.keras`` archive for a whole model, so plain
+``keras.saving.load_model`` / ``model.load_weights`` open the files.
 
 The traversal and the model config come from Keras internals, reached through
 ``keras_ckpt.keras_adapter``. Where the file is a legacy ``.h5`` / ``.hdf5`` file, or the Keras
@@ -339,10 +340,8 @@ def snapshot_copy(variable: Any) -> Any:
     alive (``keras_adapter.tensorflow_reads_hold`` checks that it does), so the copy happens
     only for variables that change, inside the training step's update, and the transfer to the
     host (none on a CPU) happens on the writer. On JAX a copy on the variable's device, queued
-    there (JAX dispatches asynchronously), moved to the host by the writer. On PyTorch, whose
-    optimizers update tensors in place, a clone on the tensor's device (on a GPU queued there,
-    then moved to the host by the writer; where the device has no room for it, ``host_copy``).
-    Elsewhere ``host_copy``.
+    there (JAX dispatches asynchronously), moved to the host by the writer. Elsewhere
+    (PyTorch, whose optimizers update tensors in place) ``host_copy``.
     """
     value = getattr(variable, "value", variable)
     backend = keras.backend.backend()
@@ -356,21 +355,7 @@ def snapshot_copy(variable: Any) -> Any:
         # Training donates the variables' buffers to the next step: hold a copy, not the
         # value. The copy is queued on the device; it runs there while training goes on.
         return jnp.copy(value)
-    elif backend == "torch" and hasattr(value, "detach") and "bfloat16" not in str(value.dtype):
-        copy = _torch_device_copy(value.detach())
-        return host_copy(variable) if copy is None else copy
     return host_copy(variable)
-
-
-def _torch_device_copy(tensor: Any) -> Any:
-    """A clone of ``tensor`` on its own device, or ``None`` where the device has no room."""
-    import torch
-
-    out_of_memory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    try:
-        return tensor.clone()
-    except out_of_memory:
-        return None
 
 
 def _host_memory(value: Any) -> np.ndarray | None:
@@ -398,24 +383,29 @@ class _HostBuffers:
     """
 
     _pools: weakref.WeakKeyDictionary[Any, dict[int, np.ndarray]] = weakref.WeakKeyDictionary()
+    # Per model, how many times its buffers were released: a snapshot borrowed before a
+    # release drops its buffers when written instead of pooling them again.
+    _releases: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
     _lock = threading.Lock()
 
-    def __init__(self, model: Any, available: dict[int, np.ndarray]):
+    def __init__(self, model: Any, available: dict[int, np.ndarray], releases: int):
         self._model = weakref.ref(model)
         self._available = available
+        self._released_before = releases
         self._used: dict[int, np.ndarray] = {}
 
     @classmethod
     def borrow(cls, model: Any) -> _HostBuffers:
         """The model's free buffers (none if a snapshot in flight holds them)."""
         with cls._lock:
-            return cls(model, cls._pools.pop(model, {}))
+            return cls(model, cls._pools.pop(model, {}), cls._releases.get(model, 0))
 
     @classmethod
     def release(cls, model: Any) -> None:
-        """Frees the model's buffers (a snapshot in flight keeps its own until written)."""
+        """Frees the model's buffers; a snapshot in flight frees its own once written."""
         with cls._lock:
             cls._pools.pop(model, None)
+            cls._releases[model] = cls._releases.get(model, 0) + 1
 
     def copy(self, index: int, value: Any) -> Any:
         """``snapshot_copy(value)``; a CPU value is copied into buffer ``index`` instead."""
@@ -434,7 +424,8 @@ class _HostBuffers:
         model = self._model()
         if model is not None and self._used:
             with self._lock:
-                type(self)._pools[model] = self._used
+                if type(self)._releases.get(model, 0) == self._released_before:
+                    type(self)._pools[model] = self._used
         self._used = {}
 
 
@@ -447,11 +438,7 @@ def release_host_buffers(model: Any) -> None:
 def on_host(value: Any) -> np.ndarray:
     """``value`` from ``snapshot_copy`` as a NumPy array (the same memory where it is on the
     host already)."""
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a PyTorch tensor
-        return value.cpu().numpy()  # (a clone nothing else holds: its memory, not a copy)
-    return np.asarray(value)
+    return value if isinstance(value, np.ndarray) else np.asarray(value)
 
 
 class _RecordingStore(keras_adapter.H5StoreBase):
