@@ -70,9 +70,9 @@ def accelerator() -> str:
 SIZES = {"small": (2048, 2048, 128), "large": (6752, 512, 32)}
 
 
-def stall_arguments(description: str, sizes: str) -> argparse.ArgumentParser:
-    """The arguments of the stall benchmarks: ``--sizes`` (default ``sizes``), ``--epochs`` and
-    ``--epoch-seconds``; a script adds its own."""
+def stall_arguments(description: str, sizes: str, rounds: bool = False) -> argparse.ArgumentParser:
+    """The arguments of the stall benchmarks: ``--sizes`` (default ``sizes``), ``--epochs``,
+    ``--epoch-seconds``, with ``rounds`` also ``--rounds``; a script adds its own."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--sizes", default=sizes, help="comma-separated: small, large")
     parser.add_argument("--epochs", type=int, default=6)
@@ -82,7 +82,22 @@ def stall_arguments(description: str, sizes: str) -> argparse.ArgumentParser:
         default=0.0,
         help="repeat the data until an epoch without a callback lasts this long (for GPUs)",
     )
+    if rounds:
+        parser.add_argument(
+            "--rounds",
+            type=positive_int,
+            default=1,
+            help="run every variant this many times, interleaved; medians are reported",
+        )
     return parser
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1. Received: {value}")
+    return value
 
 
 def mlp(width: int, inputs: int = 256, outputs: int = 10) -> keras.Model:
@@ -232,12 +247,13 @@ class PeakMemory:
         return self.peak - self.start
 
 
-def disk_bytes(directory: str) -> int:
-    """Bytes the directory's files occupy on disk, each hard-linked file counted once."""
+def disk_bytes(directory: str, apparent: bool = False) -> int:
+    """Bytes the directory's files occupy on disk (with ``apparent``, their sizes), each
+    hard-linked file counted once."""
     seen, total = set(), 0
     for name in os.listdir(directory):
         info = os.stat(os.path.join(directory, name))
         if info.st_ino not in seen:
             seen.add(info.st_ino)
-            total += info.st_blocks * 512
+            total += info.st_size if apparent else info.st_blocks * 512
     return total

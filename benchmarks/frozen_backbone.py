@@ -113,17 +113,6 @@ def callback_less(name: str) -> bool:
     return name in (NO_CALLBACK, NO_CALLBACK_AGAIN)
 
 
-def apparent_bytes(directory: str) -> int:
-    """The sizes of the directory's files, each hard-linked file counted once."""
-    seen, total = set(), 0
-    for name in os.listdir(directory):
-        info = os.stat(os.path.join(directory, name))
-        if info.st_ino not in seen:
-            seen.add(info.st_ino)
-            total += info.st_size
-    return total
-
-
 def checkpoints_kept(name: str, directory: str) -> int:
     if name.startswith("keras "):
         return sum(n.endswith(".weights.h5") for n in os.listdir(directory))
@@ -172,7 +161,7 @@ def run_size(size: str, epochs: int, epoch_seconds: float, rounds: int) -> None:
                 fits.setdefault(name, []).append(time.perf_counter() - start)
                 stalls.setdefault(name, []).extend(per_epoch[1:])
                 kept = checkpoints_kept(name, folder) if callback is not None else 0
-                disk[name] = (kept, disk_bytes(folder), apparent_bytes(folder))
+                disk[name] = (kept, disk_bytes(folder), disk_bytes(folder, apparent=True))
                 shutil.rmtree(folder)
     rows = [
         (name, statistics.median(stalls[name] or [0.0]), statistics.median(fits[name]), *disk[name])
@@ -214,13 +203,7 @@ def run_size(size: str, epochs: int, epoch_seconds: float, rounds: int) -> None:
 
 
 def main() -> None:
-    parser = stall_arguments(__doc__.splitlines()[0], sizes="small,large")
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="run every variant this many times, interleaved; medians over all (fit is noisy)",
-    )
+    parser = stall_arguments(__doc__.splitlines()[0], sizes="small,large", rounds=True)
     args = parser.parse_args()
     print(f"machine: {describe_machine()}")
     print(

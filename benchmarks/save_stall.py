@@ -141,14 +141,7 @@ def run_size(
 
 
 def main() -> None:
-    parser = stall_arguments(__doc__.splitlines()[0], sizes="small,large")
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="run every variant this many times, interleaved; medians are reported (the "
-        "whole-fit overhead of each round is against that round's fit without a callback)",
-    )
+    parser = stall_arguments(__doc__.splitlines()[0], sizes="small,large", rounds=True)
     parser.add_argument(
         "--only",
         default="",
@@ -156,8 +149,6 @@ def main() -> None:
         "'ModelCheckpoint .keras,ResumeFromLatest'",
     )
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1. Received: {args.rounds}")
     only = [o.strip() for o in args.only.split(",") if o.strip()] or None
     print(f"machine: {describe_machine()}")
     print("stall/save: median time in the callback's epoch hooks per save (epochs 2..N)")
